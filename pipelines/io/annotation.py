@@ -1,0 +1,116 @@
+"""ppmtrack's own annotation format (JSON); see docs/annotation-format.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.labels import FrameRef, Labels, LabelsError
+
+FORMAT_KEY = "ppmtrack_annotation"
+FORMAT_VERSION = 1
+
+
+def _pairs(doc: dict, key: str, path: Path) -> list[tuple[str, str]]:
+    out = []
+    for i, e in enumerate(doc.get(key, []) or []):
+        if not (isinstance(e, (list, tuple)) and len(e) == 2 and all(isinstance(n, str) for n in e)):
+            raise LabelsError(f"{path}: {key}[{i}] must be a pair of keypoint names, got {e!r}")
+        out.append((e[0], e[1]))
+    return out
+
+
+def read_annotation(path: str | Path) -> Labels:
+    """Read a ppmtrack annotation JSON file into Labels; relative image and video paths are taken from its folder."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LabelsError(f"{path}: no such annotation file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LabelsError(f"{path}: not a readable JSON annotation file ({e})") from None
+    if not isinstance(doc, dict) or "keypoints" not in doc or "frames" not in doc:
+        raise LabelsError(f"{path}: expected a JSON object with 'keypoints' and 'frames' (see docs/annotation-format.md)")
+    names = doc["keypoints"]
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise LabelsError(f"{path}: 'keypoints' must be a non-empty list of names")
+    if len(set(names)) != len(names):
+        raise LabelsError(f"{path}: 'keypoints' has duplicate names")
+    frames_doc = doc["frames"]
+    if not isinstance(frames_doc, list) or not frames_doc:
+        raise LabelsError(f"{path}: 'frames' is empty: at least one annotated frame is needed")
+    index = {n: k for k, n in enumerate(names)}
+    frames, kps = [], np.full((len(frames_doc), len(names), 2), np.nan)
+    for i, f in enumerate(frames_doc):
+        where = f"{path}: frames[{i}]"
+        if not isinstance(f, dict):
+            raise LabelsError(f"{where} must be an object")
+        if "image" in f:
+            ref = FrameRef(image=(path.parent / f["image"]))
+        elif "video" in f:
+            if not isinstance(f.get("frame"), int) or f["frame"] < 0:
+                raise LabelsError(f"{where}: a video frame needs a non-negative integer 'frame'")
+            ref = FrameRef(video=(path.parent / f["video"]), frame=int(f["frame"]))
+        else:
+            raise LabelsError(f"{where} needs 'image' or 'video' + 'frame'")
+        points = f.get("points", {})
+        if not isinstance(points, dict):
+            raise LabelsError(f"{where}: 'points' must map keypoint names to [x, y] or null")
+        for name, xy in points.items():
+            if name not in index:
+                raise LabelsError(f"{where}: unknown keypoint {name!r} (known: {', '.join(names)})")
+            if xy is None:
+                continue
+            if not (isinstance(xy, (list, tuple)) and len(xy) == 2
+                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in xy)):
+                raise LabelsError(f"{where}: keypoint {name!r} must be [x, y] or null, got {xy!r}")
+            kps[i, index[name]] = xy
+        frames.append(ref)
+    return Labels(
+        names=list(names),
+        frames=frames,
+        keypoints=kps,
+        skeleton=_pairs(doc, "skeleton", path),
+        flip_pairs=_pairs(doc, "flip_pairs", path),
+        source=path,
+    )
+
+
+def write_annotation(labels: Labels, path: str | Path) -> None:
+    """Write Labels as a ppmtrack annotation file (atomically); paths are stored relative to its folder.
+
+    Frames held only in memory (``FrameRef.pixels``) are saved as PNG files next to the annotation.
+    """
+    import cv2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for i, ref in enumerate(labels.frames):
+        if ref.image is not None:
+            entry = {"image": os.path.relpath(Path(ref.image).resolve(), path.parent.resolve())}
+        elif ref.video is not None:
+            entry = {"video": os.path.relpath(Path(ref.video).resolve(), path.parent.resolve()), "frame": ref.frame}
+        else:
+            png = path.with_name(f"{path.stem}_frame{i:04d}.png")
+            cv2.imwrite(str(png), cv2.cvtColor(ref.pixels[..., :3], cv2.COLOR_RGB2BGR))
+            entry = {"image": png.name}
+        entry["points"] = {
+            n: (None if np.isnan(labels.keypoints[i, k]).any() else [round(float(v), 3) for v in labels.keypoints[i, k]])
+            for k, n in enumerate(labels.names)
+        }
+        frames.append(entry)
+    doc = {
+        FORMAT_KEY: FORMAT_VERSION,
+        "keypoints": list(labels.names),
+        "skeleton": [list(e) for e in labels.skeleton],
+        "flip_pairs": [list(e) for e in labels.flip_pairs],
+        "frames": frames,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,124 @@
+"""Labels: keypoint annotations of some frames, read from any supported format, before images are loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine.support import SupportSet
+
+
+class LabelsError(ValueError):
+    """An annotation file is malformed; the message names the file and the entry."""
+
+
+@dataclass
+class FrameRef:
+    """Where a labelled frame's pixels come from: an image file, a video frame, or an in-memory array."""
+
+    image: Path | None = None
+    video: Path | None = None
+    frame: int | None = None
+    pixels: np.ndarray | None = None  # RGB uint8, e.g. frames embedded in a SLEAP file
+
+    def describe(self) -> str:
+        if self.image is not None:
+            return str(self.image)
+        if self.video is not None:
+            return f"{self.video} frame {self.frame}"
+        return "embedded frame"
+
+
+@dataclass
+class Labels:
+    """Keypoint labels for a set of frames.
+
+    Parameters
+    ----------
+    names : list of str
+        Keypoint names (K).
+    frames : list of FrameRef
+        The labelled frames (F).
+    keypoints : np.ndarray
+        (F, K, 2) pixel coordinates; NaN where a keypoint is missing (not visible or not labelled).
+    skeleton, flip_pairs : list of (str, str)
+        Edges for drawing; left/right pairs for flip augmentation.
+    source : Path
+        The file the labels came from, for error messages.
+    """
+
+    names: list[str]
+    frames: list[FrameRef]
+    keypoints: np.ndarray
+    skeleton: list[tuple[str, str]] = field(default_factory=list)
+    flip_pairs: list[tuple[str, str]] = field(default_factory=list)
+    source: Path = Path("<memory>")
+
+    def __post_init__(self):
+        self.keypoints = np.asarray(self.keypoints, dtype=np.float64)
+        expected = (len(self.frames), len(self.names), 2)
+        if self.keypoints.shape != expected:
+            raise LabelsError(f"{self.source}: keypoints have shape {self.keypoints.shape}, expected {expected}")
+        for a, b in list(self.skeleton) + list(self.flip_pairs):
+            for n in (a, b):
+                if n not in self.names:
+                    raise LabelsError(f"{self.source}: skeleton/flip pair names unknown keypoint {n!r}")
+
+    def load_images(self) -> list[np.ndarray]:
+        """Read every labelled frame as an RGB uint8 array, checking that its keypoints lie inside it."""
+        from pipelines.sources import read_frames_at
+
+        images: list[np.ndarray | None] = [None] * len(self.frames)
+        by_video: dict[Path, list[int]] = {}
+        for i, ref in enumerate(self.frames):
+            if ref.pixels is not None:
+                images[i] = np.ascontiguousarray(ref.pixels[..., :3]).astype(np.uint8)
+            elif ref.image is not None:
+                bgr = cv2.imread(str(ref.image), cv2.IMREAD_COLOR)
+                if bgr is None:
+                    raise LabelsError(f"{self.source}: frame {i}: cannot read image {ref.image}")
+                images[i] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            elif ref.video is not None and ref.frame is not None:
+                by_video.setdefault(ref.video, []).append(i)
+            else:
+                raise LabelsError(f"{self.source}: frame {i} names neither an image nor a video frame")
+        for video, idx in by_video.items():
+            wanted = sorted({self.frames[i].frame for i in idx})
+            try:
+                got = read_frames_at(video, wanted)
+            except (OSError, ValueError) as e:
+                raise LabelsError(f"{self.source}: cannot read frames of {video}: {e}") from e
+            for i in idx:
+                f = self.frames[i].frame
+                if f not in got:
+                    raise LabelsError(f"{self.source}: frame {i}: {video} has no frame {f}")
+                images[i] = got[f]
+        for i, img in enumerate(images):
+            h, w = img.shape[:2]
+            kp = self.keypoints[i]
+            ok = np.isnan(kp[:, 0]) | ((kp[:, 0] >= -0.5) & (kp[:, 0] <= w - 0.5) & (kp[:, 1] >= -0.5)
+                                       & (kp[:, 1] <= h - 0.5))
+            if not ok.all():
+                bad = self.names[int(np.flatnonzero(~ok)[0])]
+                raise LabelsError(
+                    f"{self.source}: frame {i} ({self.frames[i].describe()}): keypoint {bad!r} at "
+                    f"{tuple(np.round(kp[~ok][0], 1))} lies outside the {w}x{h} image"
+                )
+        return images
+
+    def to_support(self) -> SupportSet:
+        """Load the images and return the engine's support set."""
+        images = self.load_images()
+        if not np.isfinite(self.keypoints).any():
+            raise LabelsError(f"{self.source}: no keypoint is labelled in any frame")
+        return SupportSet(
+            names=list(self.names),
+            images=images,
+            keypoints=self.keypoints,
+            skeleton=list(self.skeleton),
+            flip_pairs=list(self.flip_pairs),
+            labels=[f"{self.source} frame {i} ({r.describe()})" for i, r in enumerate(self.frames)],
+        )
