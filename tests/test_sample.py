@@ -1,0 +1,119 @@
+"""The bundled sample (samples/): annotations readable, video agrees with them, generator deterministic."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipelines.io.annotation import read_annotation
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SCRIPT = SAMPLES / "make_sample.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("ppmtrack_make_sample", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return _load_script()
+
+
+@pytest.fixture(scope="module")
+def truth():
+    return read_annotation(SAMPLES / "truth.json")
+
+
+@pytest.fixture(scope="module")
+def support():
+    return read_annotation(SAMPLES / "support.json")
+
+
+def _decode(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+
+
+@pytest.fixture(scope="module")
+def video_frames():
+    return _decode(SAMPLES / "sample.mp4")
+
+
+def test_annotations_read(truth, support, gen):
+    for labels in (truth, support):
+        assert labels.names == gen.KEYPOINTS
+        assert labels.skeleton == gen.SKELETON
+        assert labels.flip_pairs == gen.FLIP_PAIRS
+        assert all(ref.video == SAMPLES / "sample.mp4" for ref in labels.frames)
+    assert [r.frame for r in truth.frames] == list(range(len(truth.frames)))
+    assert np.isfinite(truth.keypoints).all()  # every keypoint is visible in every frame
+    idx = [r.frame for r in support.frames]
+    assert idx == gen.SUPPORT_FRAMES and len(idx) == 4
+    np.testing.assert_array_equal(support.keypoints, truth.keypoints[idx])
+
+
+def test_video_matches_truth(truth, video_frames):
+    assert (SAMPLES / "sample.mp4").stat().st_size < 3_000_000
+    assert len(video_frames) == len(truth.frames) >= 150
+    h, w = video_frames[0].shape[:2]
+    assert (w, h) == (320, 240)
+    assert all(f.shape == (240, 320, 3) for f in video_frames)
+    kp = truth.keypoints
+    assert (kp[..., 0] >= 0).all() and (kp[..., 0] <= w - 1).all()
+    assert (kp[..., 1] >= 0).all() and (kp[..., 1] <= h - 1).all()
+    with av.open(str(SAMPLES / "sample.mp4")) as c:
+        assert c.streams.video[0].average_rate == 30
+
+
+def test_support_frames_load(support, truth, video_frames):
+    images = support.load_images()
+    assert len(images) == 4
+    for ref, img in zip(support.frames, images, strict=True):
+        assert img.shape == (240, 320, 3) and img.dtype == np.uint8
+        np.testing.assert_array_equal(img, video_frames[ref.frame])
+
+
+def test_keypoints_sit_on_their_parts(truth, video_frames, gen):
+    """The ground truth agrees with the pixels: each marked keypoint's pixel has its body part's colour."""
+    parts = {n: p for n, p in gen.KEYPOINT_PART.items() if p is not None}
+    palette = {p: np.array(gen.COLOURS[p], float) for p in parts.values()}
+    assert len(parts) >= 8
+    checked = 0
+    for f, img in enumerate(video_frames):
+        for k, name in enumerate(truth.names):
+            if name not in parts:
+                continue
+            x, y = np.round(truth.keypoints[f, k]).astype(int)
+            pixel = np.median(img[y - 1 : y + 2, x - 1 : x + 2].reshape(-1, 3), axis=0)
+            dist = {p: np.linalg.norm(pixel - c) for p, c in palette.items()}
+            assert min(dist, key=dist.get) == parts[name], (f, name, pixel, dist)
+            assert dist[parts[name]] < 80, (f, name, pixel, gen.COLOURS[parts[name]])
+            checked += 1
+    assert checked == len(video_frames) * len(parts)
+    # and just off the animal, a few pixels beyond the tail tip, it is not the tail tip's colour
+    k_tip, k_mid = truth.names.index("tail_tip"), truth.names.index("tail_mid")
+    for f in (0, len(video_frames) // 2):
+        tip, mid = truth.keypoints[f, k_tip], truth.keypoints[f, k_mid]
+        beyond = tip + 12 * (tip - mid) / np.linalg.norm(tip - mid)
+        x, y = np.round(beyond).astype(int)
+        assert np.linalg.norm(video_frames[f][y, x] - palette["tail_tip"]) > 80
+
+
+def test_regeneration_is_deterministic(tmp_path, video_frames):
+    subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], check=True, capture_output=True)
+    for name in ("truth.json", "support.json"):
+        assert (tmp_path / name).read_text() == (SAMPLES / name).read_text(), name
+    again = _decode(tmp_path / "sample.mp4")
+    assert len(again) == len(video_frames)
+    for f in (0, len(again) // 2, len(again) - 1):  # same pixels, up to encoder differences
+        assert np.abs(again[f].astype(int) - video_frames[f].astype(int)).mean() < 2.0
