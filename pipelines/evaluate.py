@@ -1,0 +1,187 @@
+"""Score tracks against ground-truth labels: PCK at several thresholds, pixel error, frames tracked.
+
+PCK (percentage of correct keypoints) as in category-agnostic pose estimation: a predicted keypoint is
+correct when its distance to the ground truth is at most α · max(w, h), where w × h is the bounding box of
+that frame's labelled keypoints. See docs/outputs.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.labels import Labels
+from tracker.track import Tracks
+
+MIN_BBOX_SIZE_PX = 32.0
+
+
+@dataclass
+class EvalResult:
+    """Scores of one tracks file against one truth file.
+
+    Parameters
+    ----------
+    names : list of str
+        Keypoint names (K), in the truth's order.
+    use : str
+        Which positions were scored: "xy" (smoothed) or "raw".
+    thresholds : tuple of float
+        The PCK thresholds α.
+    pck : dict of float to float
+        α → fraction of ground-truth-visible keypoints predicted within α · bbox size (missing = wrong).
+    pck_per_keypoint : dict of float to np.ndarray
+        α → (K,) the same per keypoint (NaN where a keypoint is never labelled).
+    mean_error_px : float
+        Mean distance in pixels over the labelled keypoints that have a prediction (NaN if none).
+    mean_error_per_keypoint_px : np.ndarray
+        (K,) the same per keypoint.
+    n_labelled, n_predicted : np.ndarray
+        (K,) ground-truth-visible keypoints, and how many of them have a prediction.
+    n_truth_frames, n_tracked_frames : int
+        Truth frames, and how many of them the tracks contain.
+    """
+
+    names: list[str]
+    use: str
+    thresholds: tuple[float, ...]
+    pck: dict[float, float]
+    pck_per_keypoint: dict[float, np.ndarray]
+    mean_error_px: float
+    mean_error_per_keypoint_px: np.ndarray
+    n_labelled: np.ndarray
+    n_predicted: np.ndarray
+    n_truth_frames: int
+    n_tracked_frames: int
+
+    @property
+    def fraction_tracked(self) -> float:
+        """Fraction of truth frames that the tracks contain."""
+        return self.n_tracked_frames / self.n_truth_frames
+
+
+def _bbox_sizes(keypoints: np.ndarray, min_bbox_size: float) -> np.ndarray:
+    """(F,) max(w, h) of each frame's labelled keypoints, at least ``min_bbox_size``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a frame with no labelled keypoint
+        span = np.nanmax(keypoints, axis=1) - np.nanmin(keypoints, axis=1)
+    return np.maximum(np.nan_to_num(span.max(axis=1), nan=0.0), min_bbox_size)
+
+
+def evaluate(tracks: Tracks, truth: Labels, thresholds=(0.05, 0.1, 0.2), use: str = "xy",
+             min_bbox_size: float = MIN_BBOX_SIZE_PX) -> EvalResult:
+    """Compare tracks with ground-truth labels of the same video.
+
+    Truth frames are matched to tracked frames by video frame index (``FrameRef.frame`` against
+    ``Tracks.frame``) and keypoints by name. Only keypoints labelled in the truth count. A labelled keypoint
+    without a prediction (lost, NaN, keypoint or frame not tracked) counts as wrong for PCK and is left out
+    of the pixel error.
+
+    Parameters
+    ----------
+    tracks : Tracks
+        The tracker's output, e.g. from ``read_tracks_csv``.
+    truth : Labels
+        Ground truth whose frames are video frames (``read_annotation`` of a file with "video" + "frame").
+    thresholds : sequence of float
+        PCK thresholds α, as fractions of the bounding-box size max(w, h).
+    use : {"xy", "raw"}
+        Score the smoothed positions (``Tracks.xy``, NaN when lost) or the raw measurements.
+    min_bbox_size : float
+        Smallest bounding-box size in pixels, used when a frame's labelled keypoints span less (one keypoint,
+        or keypoints very close together).
+    """
+    if use not in ("xy", "raw"):
+        raise ValueError(f"use must be 'xy' or 'raw', got {use!r}")
+    thresholds = tuple(float(a) for a in thresholds)
+    frames = []
+    for i, ref in enumerate(truth.frames):
+        if ref.frame is None:
+            raise ValueError(
+                f"{truth.source}: truth frame {i} ({ref.describe()}) is not a video frame; evaluation needs "
+                "truth labelled on frames of the tracked video ('video' + 'frame' entries)"
+            )
+        frames.append(int(ref.frame))
+    videos = {str(ref.video) for ref in truth.frames}
+    if len(videos) > 1:
+        raise ValueError(
+            f"{truth.source}: truth labels frames of {len(videos)} videos ({', '.join(sorted(videos))}); "
+            "tracks hold one video, so split the truth into one file per video"
+        )
+    row_of = {int(f): t for t, f in enumerate(tracks.frame)}
+    tracked = np.array([f in row_of for f in frames])
+    if not tracked.any():
+        raise ValueError(
+            f"{truth.source}: no truth frame is in the tracks (truth frames {_span(frames)}, tracked frames "
+            f"{_span(tracks.frame.tolist())}); check that the truth belongs to the tracked video"
+        )
+
+    positions = tracks.xy if use == "xy" else tracks.raw_xy
+    column_of = {n: k for k, n in enumerate(tracks.names)}
+    predicted = np.full(truth.keypoints.shape, np.nan)
+    for i, f in enumerate(frames):
+        if f in row_of:
+            for k, name in enumerate(truth.names):
+                if name in column_of:
+                    predicted[i, k] = positions[row_of[f], column_of[name]]
+
+    labelled = np.isfinite(truth.keypoints).all(axis=2)
+    error = np.linalg.norm(predicted - truth.keypoints, axis=2)  # NaN where either is missing
+    has_prediction = labelled & np.isfinite(error)
+    size = _bbox_sizes(truth.keypoints, float(min_bbox_size))[:, None]
+    n_labelled = labelled.sum(axis=0)
+    n_predicted = has_prediction.sum(axis=0)
+    pck, pck_per_keypoint = {}, {}
+    for a in thresholds:
+        correct = has_prediction & (np.nan_to_num(error, nan=np.inf) <= a * size)
+        pck[a] = float(correct.sum() / labelled.sum()) if labelled.any() else float("nan")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pck_per_keypoint[a] = correct.sum(axis=0) / n_labelled
+    masked = np.where(has_prediction, error, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_keypoint = masked.sum(axis=0) / n_predicted
+    overall = float(masked.sum() / has_prediction.sum()) if has_prediction.any() else float("nan")
+    return EvalResult(
+        names=list(truth.names),
+        use=use,
+        thresholds=thresholds,
+        pck=pck,
+        pck_per_keypoint=pck_per_keypoint,
+        mean_error_px=overall,
+        mean_error_per_keypoint_px=per_keypoint,
+        n_labelled=n_labelled,
+        n_predicted=n_predicted,
+        n_truth_frames=len(frames),
+        n_tracked_frames=int(tracked.sum()),
+    )
+
+
+def _span(frames: list[int]) -> str:
+    return f"{min(frames)}–{max(frames)}" if frames else "none"
+
+
+def format_report(result: EvalResult) -> str:
+    """A plain-text report: one line per PCK threshold, the mean pixel error, frames tracked, and a
+    per-keypoint table."""
+    total = int(result.n_labelled.sum())
+    lines = [
+        f"Evaluation of {'smoothed (xy)' if result.use == 'xy' else 'raw'} positions: "
+        f"{result.n_truth_frames} truth frames, {total} labelled keypoints",
+        f"frames tracked: {result.n_tracked_frames}/{result.n_truth_frames} "
+        f"({100 * result.fraction_tracked:.1f}%)",
+        f"keypoints predicted: {int(result.n_predicted.sum())}/{total}",
+    ]
+    for a in result.thresholds:
+        lines.append(f"PCK@{a:g}: {result.pck[a]:.3f} ({round(result.pck[a] * total)}/{total} keypoints)")
+    lines.append(f"mean error: {result.mean_error_px:.2f} px (over predicted keypoints)")
+    width = max([len("keypoint"), *(len(n) for n in result.names)])
+    header = f"{'keypoint':<{width}}  {'labelled':>8}  {'predicted':>9}"
+    header += "".join(f"  {'PCK@' + format(a, 'g'):>9}" for a in result.thresholds) + f"  {'error px':>8}"
+    lines += ["", header]
+    for k, name in enumerate(result.names):
+        row = f"{name:<{width}}  {result.n_labelled[k]:>8d}  {result.n_predicted[k]:>9d}"
+        row += "".join(f"  {result.pck_per_keypoint[a][k]:>9.3f}" for a in result.thresholds)
+        lines.append(row + f"  {result.mean_error_per_keypoint_px[k]:>8.2f}")
+    return "\n".join(lines) + "\n"

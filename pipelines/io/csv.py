@@ -1,0 +1,191 @@
+"""The tidy tracks CSV: one row per frame and keypoint; see docs/outputs.md.
+
+Columns: ``frame,time,keypoint,x,y,confidence,visible,raw_x,raw_y``. Pixels (x, y, raw_x, raw_y) are written
+with 3 decimals, confidence with 4, time (seconds) with 6; a NaN value (a lost keypoint's x and y) is an empty
+field; visible is 0 or 1. Every row ends with a newline.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time as _time
+from pathlib import Path
+
+import numpy as np
+
+from tracker.track import Tracks
+
+COLUMNS = ("frame", "time", "keypoint", "x", "y", "confidence", "visible", "raw_x", "raw_y")
+HEADER = ",".join(COLUMNS)
+FSYNC_INTERVAL_S = 1.0
+
+
+def _number(value: float, decimals: int) -> str:
+    return "" if math.isnan(value) else f"{value:.{decimals}f}"
+
+
+class TracksCsvWriter:
+    """Append tracked frames to a tracks CSV as they finish, so the file is always a valid CSV.
+
+    The header is written when the writer opens (an existing file is overwritten). Each frame's rows go to
+    the operating system in a single write, so a crashed or killed run leaves every finished frame in the
+    file; the file is also synced to disk at most every ``FSYNC_INTERVAL_S`` seconds and on close.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file, written in place (it is a growing log, not written atomically).
+    names : list of str
+        Keypoint names (K), in the order of the keypoint axis of the arrays given to ``write_frame``.
+    """
+
+    def __init__(self, path, names):
+        self.path = Path(path)
+        self.names = list(names)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._write((HEADER + "\n").encode())
+        os.fsync(self._fd)
+        self._last_sync = _time.monotonic()
+
+    def write_frame(self, frame: int, time: float, xy: np.ndarray, confidence: np.ndarray,
+                    visible: np.ndarray, raw_xy: np.ndarray) -> None:
+        """Append the K rows of one frame.
+
+        ``xy`` and ``raw_xy`` are (K, 2) pixel positions (NaN: lost, written as empty fields), ``confidence``
+        (K,) in [0, 1], ``visible`` (K,) bool; ``time`` is the frame's presentation time in seconds.
+        """
+        if self._fd is None:
+            raise ValueError(f"{self.path}: the tracks CSV writer is closed")
+        k = len(self.names)
+        xy = np.asarray(xy, dtype=np.float64).reshape(k, 2)
+        raw_xy = np.asarray(raw_xy, dtype=np.float64).reshape(k, 2)
+        confidence = np.asarray(confidence, dtype=np.float64).reshape(k)
+        visible = np.asarray(visible, dtype=bool).reshape(k)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        for i, name in enumerate(self.names):
+            writer.writerow((
+                int(frame), _number(float(time), 6), name,
+                _number(xy[i, 0], 3), _number(xy[i, 1], 3), _number(confidence[i], 4), int(visible[i]),
+                _number(raw_xy[i, 0], 3), _number(raw_xy[i, 1], 3),
+            ))
+        self._write(buffer.getvalue().encode())
+        if _time.monotonic() - self._last_sync >= FSYNC_INTERVAL_S:
+            os.fsync(self._fd)
+            self._last_sync = _time.monotonic()
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def close(self) -> None:
+        """Sync the file to disk and close it."""
+        if self._fd is None:
+            return
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> TracksCsvWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_tracks_csv(tracks: Tracks, path) -> None:
+    """Write all of ``tracks`` to a tracks CSV atomically (a temporary file, then a rename over ``path``).
+
+    Used to replace the causal CSV written during a run with the smoothed one at its end; a reader never
+    sees a half-written file.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with TracksCsvWriter(tmp, tracks.names) as writer:
+        for t in range(len(tracks)):
+            writer.write_frame(tracks.frame[t], tracks.time[t], tracks.xy[t], tracks.confidence[t],
+                               tracks.visible[t], tracks.raw_xy[t])
+    os.replace(tmp, path)
+
+
+def _field(value: str, path: Path, line: int, column: str) -> float:
+    if value == "":
+        return math.nan
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{path}: line {line}: {column} must be a number or empty, got {value!r}") from None
+
+
+def read_tracks_csv(path) -> Tracks:
+    """Read a tracks CSV into Tracks; keypoints and frames are ordered by first appearance.
+
+    A last line without a newline is what a killed writer leaves: it is ignored, and so is its frame if that
+    frame has fewer rows than there are keypoints. A keypoint missing from some other frame reads as lost
+    (NaN position and confidence, not visible). The skeleton is not stored in the CSV and comes back empty.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such tracks CSV file") from None
+    lines = text.split("\n")
+    truncated = lines[-1] != ""
+    lines = lines[:-1]
+    header = lines[0].rstrip("\r") if lines else ""
+    if header != HEADER:
+        raise ValueError(f"{path}: not a tracks CSV: the header is {header!r}, expected {HEADER!r}")
+
+    frame_index: dict[int, int] = {}
+    name_index: dict[str, int] = {}
+    times: list[float] = []
+    rows: list[tuple[int, int, list[float], int]] = []
+    seen: set[tuple[int, int]] = set()
+    for line, fields in enumerate(csv.reader(lines[1:]), start=2):
+        if len(fields) != len(COLUMNS):
+            raise ValueError(
+                f"{path}: line {line}: expected {len(COLUMNS)} fields ({HEADER}), got {len(fields)}"
+            )
+        try:
+            frame = int(fields[0])
+        except ValueError:
+            raise ValueError(f"{path}: line {line}: frame must be an integer, got {fields[0]!r}") from None
+        if fields[6] not in ("0", "1"):
+            raise ValueError(f"{path}: line {line}: visible must be 0 or 1, got {fields[6]!r}")
+        values = [_field(fields[c], path, line, COLUMNS[c]) for c in (1, 3, 4, 5, 7, 8)]
+        t = frame_index.setdefault(frame, len(frame_index))
+        if t == len(times):
+            times.append(values[0])
+        k = name_index.setdefault(fields[2], len(name_index))
+        if (t, k) in seen:
+            raise ValueError(f"{path}: line {line}: keypoint {fields[2]!r} appears twice in frame {frame}")
+        seen.add((t, k))
+        rows.append((t, k, values[1:], int(fields[6])))
+
+    n_frames, n_names = len(frame_index), len(name_index)
+    if truncated and n_frames and sum(1 for r in rows if r[0] == n_frames - 1) < n_names:
+        n_frames -= 1
+        rows = [r for r in rows if r[0] < n_frames]
+    xy = np.full((n_frames, n_names, 2), np.nan)
+    raw_xy = np.full((n_frames, n_names, 2), np.nan)
+    confidence = np.full((n_frames, n_names), np.nan)
+    visible = np.zeros((n_frames, n_names), dtype=bool)
+    for t, k, (x, y, conf, raw_x, raw_y), vis in rows:
+        xy[t, k] = x, y
+        raw_xy[t, k] = raw_x, raw_y
+        confidence[t, k] = conf
+        visible[t, k] = bool(vis)
+    return Tracks(
+        names=list(name_index),
+        frame=np.fromiter(frame_index, dtype=np.int64, count=len(frame_index))[:n_frames],
+        time=np.array(times[:n_frames], dtype=np.float64),
+        raw_xy=raw_xy,
+        confidence=confidence,
+        xy=xy,
+        visible=visible,
+    )
