@@ -1,0 +1,282 @@
+"""DeepLabCut: labelled data (CollectedData_<scorer>.csv / .h5) in, pose tables (.h5 + .csv) out."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from pathlib import Path, PureWindowsPath
+
+import numpy as np
+
+from pipelines.labels import FrameRef, Labels, LabelsError
+from tracker.track import Tracks
+
+FORMATS_EXTRA_HINT = "install the format extras: pip install 'ppmtrack[formats]'"
+LEVELS_SINGLE = ("scorer", "bodyparts", "coords")
+LEVELS_MULTI = ("scorer", "individuals", "bodyparts", "coords")
+
+
+def _import_pandas(path: Path):
+    try:
+        import pandas as pd
+        import tables  # noqa: F401  (pandas needs PyTables for DLC's HDF5 tables)
+    except ImportError as e:
+        raise ImportError(
+            f"{path}: DeepLabCut .h5 files need pandas and PyTables ({e.name} is missing); "
+            f"{FORMATS_EXTRA_HINT}, or use the CollectedData_*.csv file"
+        ) from None
+    return pd
+
+
+def _find_collected_data(folder: Path) -> Path:
+    candidates = sorted(folder.glob("CollectedData_*.h5")) + sorted(folder.glob("CollectedData_*.csv"))
+    if not candidates:
+        raise LabelsError(f"{folder}: no CollectedData_<scorer>.csv or .h5 file in this folder")
+    h5 = [c for c in candidates if c.suffix == ".h5"]
+    if h5:
+        try:
+            _import_pandas(h5[0])
+            return h5[0]
+        except ImportError:
+            pass
+    return candidates[-1] if candidates[-1].suffix == ".csv" else candidates[0]
+
+
+def _table_from_csv(path: Path) -> tuple[list[str], list[list[str]], list[tuple[str, ...]], list[list[str]]]:
+    """Split a DLC CSV into header level names, header rows, row index parts and value cells."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    except FileNotFoundError:
+        raise LabelsError(f"{path}: no such DeepLabCut labels file") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise LabelsError(f"{path}: not a readable DeepLabCut CSV file ({e})") from None
+    if not rows or rows[0][0].strip() != "scorer":
+        raise LabelsError(
+            f"{path}: the first header row must start with 'scorer' (DeepLabCut CSVs have header rows "
+            "scorer, [individuals,] bodyparts, coords)"
+        )
+    n_header = 0
+    while n_header < len(rows) and rows[n_header][0].strip() in LEVELS_MULTI:
+        n_header += 1
+    levels = [r[0].strip() for r in rows[:n_header]]
+    n_index = next((j for j, c in enumerate(rows[0]) if j > 0 and c.strip()), len(rows[0]))
+    header = [[c.strip() for c in r[n_index:]] for r in rows[:n_header]]
+    index, values = [], []
+    width = len(rows[0])
+    for i, r in enumerate(rows[n_header:], start=n_header + 1):
+        if len(r) != width:
+            raise LabelsError(f"{path}: line {i} has {len(r)} cells, the header has {width}")
+        index.append(tuple(c.strip() for c in r[:n_index]))
+        values.append(r[n_index:])
+    return levels, header, index, values
+
+
+def _table_from_h5(path: Path) -> tuple[list[str], list[list[str]], list[tuple[str, ...]], np.ndarray]:
+    pd = _import_pandas(path)
+    try:
+        df = pd.read_hdf(path)
+    except FileNotFoundError:
+        raise LabelsError(f"{path}: no such DeepLabCut labels file") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LabelsError(f"{path}: not a readable DeepLabCut HDF5 table ({e})") from None
+    if not isinstance(df, pd.DataFrame):
+        raise LabelsError(f"{path}: holds a {type(df).__name__}, expected a DeepLabCut DataFrame")
+    levels = [str(n) for n in df.columns.names]
+    header = [[str(c[j]) if isinstance(c, tuple) else str(c) for c in df.columns] for j in range(len(levels))]
+    index = [tuple(str(p) for p in (i if isinstance(i, tuple) else (i,))) for i in df.index]
+    try:
+        values = df.to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise LabelsError(f"{path}: the table holds non-numeric values ({e})") from None
+    return levels, header, index, values
+
+
+def _number(cell) -> float:
+    """A CSV cell or table value as a float; an empty cell is a missing keypoint (NaN)."""
+    if isinstance(cell, str):
+        return float(cell) if cell.strip() else math.nan
+    return float(cell)
+
+
+def _config_for(path: Path) -> dict:
+    """The project's config.yaml (two folders above labeled-data/<video>/), or {} if absent or unreadable."""
+    config = path.resolve().parents[2] / "config.yaml" if len(path.resolve().parents) > 2 else None
+    if config is None or not config.is_file():
+        return {}
+    try:
+        import yaml
+
+        doc = yaml.safe_load(config.read_text())
+    except (ImportError, OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _image_ref(path: Path, index: tuple[str, ...]) -> FrameRef:
+    """Resolve a row index (a relative/absolute path string or the parts of one) to an image file."""
+    parts = [p for p in index if p]
+    if len(parts) == 1:
+        parts = list(PureWindowsPath(parts[0]).parts) if "\\" in parts[0] else list(Path(parts[0]).parts)
+    rel = Path(*parts)
+    here = path.resolve().parent
+    candidates = [rel] if rel.is_absolute() else []
+    candidates += [here.parents[1] / rel] if len(here.parents) > 1 and not rel.is_absolute() else []
+    candidates += [here / rel.name, path.parent / rel]
+    for c in candidates:
+        if c.is_file():
+            return FrameRef(image=c)
+    return FrameRef(image=candidates[0])
+
+
+def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
+    """Read DeepLabCut labelled data (``CollectedData_<scorer>.csv`` or ``.h5``) into Labels.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CollectedData file, or the ``labeled-data/<video>`` folder holding it (the ``.h5`` is preferred
+        there when pandas and PyTables are installed, else the ``.csv``).
+    individual : str, optional
+        For multi-animal projects (header rows scorer/individuals/bodyparts/coords): the individual to read.
+        May be left out when the file has a single individual.
+
+    Returns
+    -------
+    Labels
+        One frame per row. Images are looked up relative to the project folder (two folders above the file),
+        then by file name next to the file. Empty cells become NaN. The skeleton comes from the project's
+        ``config.yaml`` when it is there (edges naming unknown bodyparts are dropped); a bodypart that the
+        config does not list is an error.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = _find_collected_data(path)
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        levels, header, index, values = _table_from_h5(path)
+    else:
+        levels, header, index, values = _table_from_csv(path)
+    for level in ("bodyparts", "coords"):
+        if level not in levels:
+            raise LabelsError(
+                f"{path}: header row {level!r} is missing (found {', '.join(levels) or 'none'}); "
+                "DeepLabCut files have header rows scorer, [individuals,] bodyparts, coords"
+            )
+    by_level = dict(zip(levels, header, strict=True))
+    coords, bodyparts = by_level["coords"], by_level["bodyparts"]
+    keep = list(range(len(coords)))
+    if "individuals" in by_level:
+        individuals = list(dict.fromkeys(by_level["individuals"]))
+        if individual is None and len(individuals) == 1:
+            individual = individuals[0]
+        if individual not in individuals:
+            what = "is a multi-animal file" if individual is None else f"has no individual {individual!r}"
+            raise LabelsError(f"{path}: {what}; choose one with individual= among: {', '.join(individuals)}")
+        keep = [j for j in keep if by_level["individuals"][j] == individual]
+    names = list(dict.fromkeys(bodyparts[j] for j in keep))
+    column = {}
+    for j in keep:
+        if coords[j] in ("x", "y"):
+            column[(bodyparts[j], coords[j])] = j
+        elif coords[j] != "likelihood":
+            raise LabelsError(f"{path}: column {j + 1} has coords {coords[j]!r}, expected x, y or likelihood")
+    for name in names:
+        for c in ("x", "y"):
+            if (name, c) not in column:
+                raise LabelsError(f"{path}: bodypart {name!r} has no {c!r} column")
+    config = _config_for(path)
+    known = [
+        str(b)
+        for key in ("bodyparts", "multianimalbodyparts", "uniquebodyparts")
+        if isinstance(config.get(key), list)
+        for b in config[key]
+    ]
+    if known:
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise LabelsError(
+                f"{path}: bodypart {unknown[0]!r} is not listed in the project's config.yaml "
+                f"(bodyparts: {', '.join(known)}); fix the file or the config"
+            )
+    if not index:
+        raise LabelsError(f"{path}: no labelled rows under the header")
+    keypoints = np.full((len(index), len(names), 2), np.nan)
+    for i, row in enumerate(values):
+        for k, name in enumerate(names):
+            for d, c in enumerate(("x", "y")):
+                cell = row[column[(name, c)]]
+                try:
+                    keypoints[i, k, d] = _number(cell)
+                except ValueError:
+                    raise LabelsError(
+                        f"{path}: row {'/'.join(index[i])!r}, bodypart {name!r}: {c} = {cell!r} "
+                        "is not a number"
+                    ) from None
+    keypoints[np.isnan(keypoints).any(axis=2)] = np.nan
+    skeleton = []
+    for edge in config.get("skeleton") or []:
+        if isinstance(edge, list) and len(edge) == 2 and all(n in names for n in edge):
+            skeleton.append((str(edge[0]), str(edge[1])))
+    return Labels(
+        names=names,
+        frames=[_image_ref(path, ix) for ix in index],
+        keypoints=keypoints,
+        skeleton=skeleton,
+        source=path,
+    )
+
+
+def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: str) -> list[Path]:
+    """Write tracks as a DeepLabCut pose-estimation table: ``<stem><scorer>.h5`` and the matching ``.csv``.
+
+    Parameters
+    ----------
+    tracks : Tracks
+        The trajectories; the smoothed ``xy`` is written, ``confidence`` becomes ``likelihood``.
+    out_dir : str or Path
+        Folder for the two files (created if needed).
+    stem : str
+        File name start, usually the video's stem (DeepLabCut names its output ``<video stem><scorer>.h5``).
+    engine_name : str
+        The engine's name; the scorer is ``ppmtrack_<engine_name>`` (characters other than letters, digits,
+        ``.``, ``-`` and ``_`` become ``_``).
+
+    Returns
+    -------
+    list of Path
+        The ``.h5`` file (key ``df_with_missing``, format ``table``) and the ``.csv`` (three header rows).
+
+    Notes
+    -----
+    Rows are indexed by video frame number and run from 0 to the last tracked frame, one per frame as
+    DeepLabCut writes them, so that row N is frame N; frames that were not tracked are all NaN. Lost
+    keypoints have NaN x and y and keep the engine's confidence as likelihood.
+    """
+    pd = _import_pandas(Path(out_dir) / stem)
+    scorer = "ppmtrack_" + re.sub(r"[^A-Za-z0-9._-]", "_", engine_name)
+    n_rows = int(tracks.frame.max()) + 1 if len(tracks) else 0
+    data = np.full((n_rows, len(tracks.names), 3), np.nan)
+    data[tracks.frame, :, :2] = tracks.xy
+    data[tracks.frame, :, 2] = tracks.confidence
+    columns = pd.MultiIndex.from_product(
+        [[scorer], list(tracks.names), ["x", "y", "likelihood"]], names=list(LEVELS_SINGLE)
+    )
+    df = pd.DataFrame(data.reshape(n_rows, -1), index=np.arange(n_rows, dtype=np.int64), columns=columns)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix in (".h5", ".csv"):
+        path = out_dir / f"{stem}{scorer}{suffix}"
+        tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        try:
+            if suffix == ".h5":
+                df.to_hdf(tmp, key="df_with_missing", format="table", mode="w")
+            else:
+                df.to_csv(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        written.append(path)
+    return written

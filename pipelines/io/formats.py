@@ -1,0 +1,177 @@
+"""Dispatch: recognise a labels file's format and read it; write tracks in the formats the user asks for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipelines.io.annotation import FORMAT_KEY, read_annotation
+from pipelines.io.coco import read_coco
+from pipelines.io.dlc import read_dlc, write_dlc
+from pipelines.io.nwb import write_nwb
+from pipelines.io.sleap import read_sleap, write_sleap_analysis
+from pipelines.labels import Labels, LabelsError
+from tracker.track import Tracks
+
+LABEL_FORMATS = {
+    "ppmtrack": "ppmtrack annotation JSON (.json)",
+    "dlc": "DeepLabCut CollectedData_<scorer>.csv/.h5 or its labeled-data/<video> folder",
+    "sleap": "SLEAP labels (.slp, .pkg.slp)",
+    "coco": "COCO keypoints JSON (.json)",
+}
+TRACK_FORMATS = ("dlc", "sleap", "nwb")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _unsupported(path: Path, why: str) -> LabelsError:
+    listing = "; ".join(f"{k}: {v}" for k, v in LABEL_FORMATS.items())
+    return LabelsError(f"{path}: {why}. Supported label formats are {listing}")
+
+
+def detect_labels_format(path: str | Path) -> str:
+    """Tell which labels format a file (or DeepLabCut labeled-data folder) is in, by extension and content.
+
+    Returns
+    -------
+    str
+        One of "ppmtrack", "dlc", "sleap", "coco". Raises LabelsError listing the supported formats otherwise.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LabelsError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if any(path.glob("CollectedData_*.csv")) or any(path.glob("CollectedData_*.h5")):
+            return "dlc"
+        raise _unsupported(path, "this folder holds no DeepLabCut CollectedData_<scorer>.csv/.h5 file")
+    suffix = path.suffix.lower()
+    if suffix == ".slp":
+        return "sleap"
+    if suffix == ".csv":
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            first = f.readline()
+        if first.split(",")[0].strip() == "scorer":
+            return "dlc"
+        raise _unsupported(path, "a CSV file whose first cell is not 'scorer' (not a DeepLabCut file)")
+    if suffix in (".h5", ".hdf5"):
+        with open(path, "rb") as f:
+            if f.read(8) != HDF5_SIGNATURE:
+                raise _unsupported(path, "not an HDF5 file")
+        if path.name.startswith("CollectedData_"):
+            return "dlc"
+        try:
+            import h5py
+        except ImportError:
+            raise _unsupported(
+                path, "an HDF5 file not named CollectedData_*; install h5py to look inside"
+            ) from None
+        with h5py.File(path, "r") as f:
+            if "df_with_missing" in f:
+                return "dlc"
+            if "track_occupancy" in f:
+                raise _unsupported(
+                    path, "a SLEAP analysis file holds predictions, not labels; use the .slp file"
+                )
+        raise _unsupported(path, "an HDF5 file that is neither DeepLabCut labels nor a SLEAP file")
+    if suffix == ".json":
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise LabelsError(f"{path}: not a readable JSON file ({e})") from None
+        if isinstance(doc, dict) and (FORMAT_KEY in doc or ("keypoints" in doc and "frames" in doc)):
+            return "ppmtrack"
+        if isinstance(doc, dict) and all(k in doc for k in ("images", "annotations", "categories")):
+            return "coco"
+        raise _unsupported(path, "a JSON file that is neither a ppmtrack annotation nor COCO keypoints")
+    raise _unsupported(path, f"unrecognised file type {suffix or '(no extension)'!r}")
+
+
+def read_labels(path: str | Path, fmt: str | None = None, individual: str | None = None) -> Labels:
+    """Read labels in any supported format into Labels.
+
+    Parameters
+    ----------
+    path : str or Path
+        The labels file (or DeepLabCut labeled-data folder).
+    fmt : {"ppmtrack", "dlc", "sleap", "coco"}, optional
+        The format; detected with :func:`detect_labels_format` when left out.
+    individual : str, optional
+        Which animal to read: a DeepLabCut multi-animal individual or a SLEAP track name. Not used by the
+        other formats (COCO files give one annotation per image, see :func:`pipelines.io.coco.read_coco`).
+    """
+    path = Path(path)
+    fmt = fmt or detect_labels_format(path)
+    if fmt not in LABEL_FORMATS:
+        raise _unsupported(path, f"unknown format {fmt!r}")
+    if individual is not None and fmt not in ("dlc", "sleap"):
+        raise LabelsError(f"{path}: individual= applies to DeepLabCut and SLEAP files, not to {fmt} files")
+    if fmt == "dlc":
+        return read_dlc(path, individual=individual)
+    if fmt == "sleap":
+        return read_sleap(path, track=individual)
+    if fmt == "coco":
+        return read_coco(path)
+    return read_annotation(path)
+
+
+def write_tracks(
+    tracks: Tracks,
+    out_dir: str | Path,
+    stem: str,
+    formats: list[str],
+    *,
+    engine_name: str,
+    video_path: str | Path | None,
+    fps: float | None,
+) -> list[Path]:
+    """Write tracks in each of the requested formats; each file is written atomically.
+
+    Parameters
+    ----------
+    tracks : Tracks
+        The trajectories.
+    out_dir : str or Path
+        Output folder.
+    stem : str
+        File name start, usually the video's stem.
+    formats : list of str
+        Among "dlc" (``<stem>ppmtrack_<engine>.h5`` + ``.csv``), "sleap" (``<stem>.analysis.h5``) and "nwb"
+        (``<stem>.nwb``).
+    engine_name : str
+        The engine's name, recorded as the DeepLabCut scorer / NWB scorer ``ppmtrack_<engine_name>``.
+    video_path : str or Path, optional
+        The tracked video, recorded in the SLEAP and NWB files.
+    fps : float, optional
+        The video's frame rate, recorded in the SLEAP and NWB files.
+
+    Returns
+    -------
+    list of Path
+        The files written, in the order of ``formats``.
+    """
+    unknown = [f for f in formats if f not in TRACK_FORMATS]
+    if unknown:
+        raise ValueError(
+            f"unknown track output format {unknown[0]!r}; choose among {', '.join(TRACK_FORMATS)}"
+        )
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    for fmt in dict.fromkeys(formats):
+        if fmt == "dlc":
+            written += write_dlc(tracks, out_dir, stem, engine_name=engine_name)
+        elif fmt == "sleap":
+            written.append(
+                write_sleap_analysis(
+                    tracks,
+                    out_dir / f"{stem}.analysis.h5",
+                    engine_name=engine_name,
+                    video_path=video_path,
+                    fps=fps,
+                )
+            )
+        else:
+            written.append(
+                write_nwb(
+                    tracks, out_dir / f"{stem}.nwb", engine_name=engine_name, video_path=video_path, fps=fps
+                )
+            )
+    return written

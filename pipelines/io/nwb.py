@@ -1,0 +1,136 @@
+"""NWB: tracks out as ndx-pose ``PoseEstimation`` in the "behavior" processing module."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from tracker.track import Tracks
+
+FORMATS_EXTRA_HINT = "install the format extras: pip install 'ppmtrack[formats]'"
+
+
+def write_nwb(
+    tracks: Tracks,
+    path: str | Path,
+    *,
+    engine_name: str,
+    video_path: str | Path | None = None,
+    fps: float | None = None,
+    session_start_time: datetime.datetime | None = None,
+) -> Path:
+    """Write tracks as an NWB file with the ndx-pose extension, readable by pynwb, movement and sleap-io.
+
+    Parameters
+    ----------
+    tracks : Tracks
+        The trajectories: one ``PoseEstimationSeries`` per keypoint, with the smoothed ``xy`` as data (T, 2)
+        in pixels (NaN where lost), ``confidence`` (T,) and the tracks' ``time`` as timestamps in seconds.
+    path : str or Path
+        Output ``.nwb`` file.
+    engine_name : str
+        The engine's name; the scorer is ``ppmtrack_<engine_name>``.
+    video_path : str or Path, optional
+        The tracked video. With ``fps`` it is linked as the ``source_video`` (an external-file ImageSeries in
+        acquisition); it is always named in the descriptions.
+    fps : float, optional
+        The video's frame rate, for the ImageSeries (its frame count is taken as the last tracked frame + 1).
+    session_start_time : datetime, optional
+        When the recording started (timezone-aware). ppmtrack cannot know it; by default the video file's
+        modification time is used, or the current time when there is no video file. Set it for DANDI.
+
+    Returns
+    -------
+    Path
+        The file written: an NWBFile with a "behavior" processing module holding a ``Skeletons`` container
+        (one ``Skeleton`` named "subject") and a ``PoseEstimation`` named "PoseEstimation".
+    """
+    path = Path(path)
+    try:
+        import ndx_pose
+        import pynwb
+    except ImportError as e:
+        raise ImportError(
+            f"{path}: writing NWB needs pynwb and ndx-pose ({e.name} is missing); {FORMATS_EXTRA_HINT}"
+        ) from None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ppmtrack_version = version("ppmtrack")
+    except PackageNotFoundError:
+        ppmtrack_version = "unknown"
+    scorer = "ppmtrack_" + re.sub(r"[^A-Za-z0-9._-]", "_", engine_name)
+    video = Path(video_path) if video_path is not None else None
+    if session_start_time is None:
+        stamp = video.stat().st_mtime if video is not None and video.is_file() else None
+        session_start_time = (
+            datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc)
+            if stamp is not None
+            else datetime.datetime.now(datetime.timezone.utc)
+        )
+    what = f"video {video.name}" if video is not None else "a video"
+    nwbfile = pynwb.NWBFile(
+        session_description=f"Keypoint tracks of {what}, estimated by ppmtrack ({scorer}).",
+        identifier=str(uuid.uuid4()),
+        session_start_time=session_start_time,
+        source_script=f"ppmtrack {ppmtrack_version}",
+    )
+    source_video = None
+    if video is not None and fps:
+        source_video = pynwb.image.ImageSeries(
+            name="video",
+            description=f"The tracked video {video}",
+            external_file=[str(video)],
+            format="external",
+            starting_frame=[0],
+            rate=float(fps),
+            unit="n.a.",
+            num_samples=int(tracks.frame.max()) + 1 if len(tracks) else 0,
+        )
+        nwbfile.add_acquisition(source_video)
+    index = {n: k for k, n in enumerate(tracks.names)}
+    skeleton = ndx_pose.Skeleton(
+        name="subject",
+        nodes=list(tracks.names),
+        edges=np.array([(index[a], index[b]) for a, b in tracks.skeleton], dtype=np.uint8).reshape(-1, 2),
+    )
+    series = [
+        ndx_pose.PoseEstimationSeries(
+            name=name,
+            description=f"Position of {name} (smoothed; NaN where ppmtrack lost it).",
+            data=tracks.xy[:, k, :],
+            unit="pixels",
+            reference_frame="(0, 0) is the top-left corner of the video frame; x to the right, y down.",
+            timestamps=tracks.time,
+            confidence=tracks.confidence[:, k],
+            confidence_definition="ppmtrack engine confidence in [0, 1].",
+        )
+        for k, name in enumerate(tracks.names)
+    ]
+    pose = ndx_pose.PoseEstimation(
+        name="PoseEstimation",
+        pose_estimation_series=series,
+        description=f"Keypoints {', '.join(tracks.names)} tracked in {what} by ppmtrack.",
+        scorer=scorer,
+        source_software="ppmtrack",
+        source_software_version=ppmtrack_version,
+        skeleton=skeleton,
+        source_video=source_video,
+    )
+    behavior = nwbfile.create_processing_module(name="behavior", description="processed behavioral data")
+    behavior.add(ndx_pose.Skeletons(skeletons=[skeleton]))
+    behavior.add(pose)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        with pynwb.NWBHDF5IO(str(tmp), "w") as io:
+            io.write(nwbfile)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,203 @@
+"""SLEAP: user-labelled frames from ``.slp`` files in, analysis HDF5 (``.analysis.h5``) out."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.labels import FrameRef, Labels, LabelsError
+from tracker.track import Tracks
+
+FORMATS_EXTRA_HINT = "install the format extras: pip install 'ppmtrack[formats]'"
+
+
+def _resolve_media(path: Path, filename: str) -> Path:
+    """A video or image path stored in a .slp file: as stored if it exists, else by name next to the .slp."""
+    stored = Path(filename)
+    if stored.is_absolute() and stored.exists():
+        return stored
+    for candidate in (path.parent / stored, path.parent / Path(filename.replace("\\", "/")).name):
+        if candidate.exists():
+            return candidate
+    return stored if stored.is_absolute() else path.parent / stored
+
+
+def _frame_ref(path: Path, lf) -> FrameRef:
+    video = lf.video
+    backend = getattr(video, "backend", None)
+    if getattr(backend, "has_embedded_images", False) or str(video.filename).endswith(".slp"):
+        try:
+            image = np.asarray(lf.image)
+        except Exception as e:  # sleap-io raises backend-specific errors for broken embedded data
+            raise LabelsError(
+                f"{path}: cannot read the embedded image of frame {lf.frame_idx} ({e})"
+            ) from None
+        if image.ndim == 2 or image.shape[-1] == 1:
+            image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
+        return FrameRef(pixels=image.astype(np.uint8))
+    if isinstance(video.filename, list):
+        if not 0 <= lf.frame_idx < len(video.filename):
+            raise LabelsError(
+                f"{path}: frame {lf.frame_idx} is outside the image sequence of {len(video.filename)} images"
+            )
+        return FrameRef(image=_resolve_media(path, video.filename[lf.frame_idx]))
+    return FrameRef(video=_resolve_media(path, video.filename), frame=int(lf.frame_idx))
+
+
+def read_sleap(path: str | Path, track: str | None = None) -> Labels:
+    """Read the user-labelled instances of a SLEAP ``.slp`` (or ``.pkg.slp``) file into Labels.
+
+    Parameters
+    ----------
+    path : str or Path
+        The labels file.
+    track : str, optional
+        Name of the track (animal) to read. By default the first user-labelled instance of each frame is used.
+
+    Returns
+    -------
+    Labels
+        One frame per labelled frame that has a (matching) user instance; predicted instances are ignored.
+        Node names, skeleton edges and symmetries (as flip pairs) are kept. Frames embedded in the file become
+        in-memory pixels; otherwise the frame refers to the video (looked up as stored, then by file name next
+        to the ``.slp``).
+    """
+    path = Path(path)
+    try:
+        import sleap_io
+    except ImportError:
+        raise ImportError(f"{path}: reading SLEAP files needs sleap-io; {FORMATS_EXTRA_HINT}") from None
+    if not path.is_file():
+        raise LabelsError(f"{path}: no such SLEAP labels file")
+    try:
+        sl = sleap_io.load_slp(str(path), open_videos=True)
+    except Exception as e:  # sleap-io and h5py raise many types for malformed files
+        raise LabelsError(f"{path}: not a readable SLEAP .slp file ({type(e).__name__}: {e})") from None
+    if track is not None and track not in [t.name for t in sl.tracks]:
+        raise LabelsError(
+            f"{path}: has no track {track!r}; tracks: {', '.join(t.name for t in sl.tracks) or 'none'}"
+        )
+    chosen = []
+    for lf in sl.labeled_frames:
+        users = [
+            i for i in lf.user_instances if track is None or (i.track is not None and i.track.name == track)
+        ]
+        if users:
+            chosen.append((lf, users[0]))
+    if not chosen:
+        which = f" of track {track!r}" if track is not None else ""
+        raise LabelsError(
+            f"{path}: no user-labelled instances{which} (only predictions or nothing); label some "
+            "frames in SLEAP first"
+        )
+    skeleton = chosen[0][1].skeleton
+    if any(
+        inst.skeleton is not skeleton and inst.skeleton.node_names != skeleton.node_names
+        for _, inst in chosen
+    ):
+        raise LabelsError(f"{path}: the labelled instances use more than one skeleton; ppmtrack needs one")
+    names = list(skeleton.node_names)
+    keypoints = np.stack([inst.numpy(invisible_as_nan=True) for _, inst in chosen]).astype(np.float64)
+    flip_pairs = []
+    for sym in getattr(skeleton, "symmetries", []):
+        a, b = sorted(n.name for n in sym.nodes)
+        if (a, b) not in flip_pairs:
+            flip_pairs.append((a, b))
+    return Labels(
+        names=names,
+        frames=[_frame_ref(path, lf) for lf, _ in chosen],
+        keypoints=keypoints,
+        skeleton=[(e.source.name, e.destination.name) for e in skeleton.edges],
+        flip_pairs=flip_pairs,
+        source=path,
+    )
+
+
+def write_sleap_analysis(
+    tracks: Tracks,
+    path: str | Path,
+    *,
+    engine_name: str,
+    video_path: str | Path | None = None,
+    fps: float | None = None,
+) -> Path:
+    """Write tracks as a SLEAP analysis HDF5 file, laid out as SLEAP's own export (the "matlab" ordering).
+
+    Parameters
+    ----------
+    tracks : Tracks
+        The trajectories; the smoothed ``xy`` is written, ``confidence`` becomes ``point_scores``.
+    path : str or Path
+        Output file, conventionally ``<video stem>.analysis.h5``.
+    engine_name : str
+        The engine's name, stored in ``provenance``.
+    video_path : str or Path, optional
+        The tracked video, stored as ``video_path``.
+    fps : float, optional
+        Frame rate, stored in ``provenance``.
+
+    Returns
+    -------
+    Path
+        The file written. Datasets: ``tracks`` (1, 2, n_nodes, n_frames), ``track_occupancy`` (n_frames, 1),
+        ``point_scores`` (1, n_nodes, n_frames), ``instance_scores`` and ``tracking_scores`` (1, n_frames),
+        ``node_names``, ``track_names``, ``edge_names``, ``edge_inds``, ``video_path``, ``video_ind``,
+        ``labels_path`` and ``provenance``. Frames run from 0 to the last tracked frame (column N is video
+        frame N); untracked frames and lost keypoints are NaN.
+    """
+    path = Path(path)
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError(f"{path}: writing SLEAP analysis files needs h5py; {FORMATS_EXTRA_HINT}") from None
+    n_frames = int(tracks.frame.max()) + 1 if len(tracks) else 0
+    names = list(tracks.names)
+    xy = np.full((n_frames, len(names), 2), np.nan)
+    xy[tracks.frame] = tracks.xy
+    scores = np.full((n_frames, len(names)), np.nan)
+    scores[tracks.frame] = tracks.confidence
+    present = np.isfinite(xy).all(axis=2)
+    occupied = present.any(axis=1)
+    instance_scores = np.full(n_frames, np.nan)
+    instance_scores[occupied] = [scores[f][present[f]].mean() for f in np.flatnonzero(occupied)]
+    index = {n: k for k, n in enumerate(names)}
+    edges = [(a, b) for a, b in tracks.skeleton]
+    provenance = {"software": "ppmtrack", "engine": engine_name, "fps": fps}
+    datasets = {
+        "tracks": (xy.transpose(2, 1, 0)[np.newaxis], '["track", "xy", "node", "frame"]'),
+        "track_occupancy": (occupied.astype(np.uint8)[:, np.newaxis], '["frame", "track"]'),
+        "point_scores": (scores.T[np.newaxis], '["track", "node", "frame"]'),
+        "instance_scores": (instance_scores[np.newaxis], '["track", "frame"]'),
+        "tracking_scores": (np.full((1, n_frames), np.nan), '["track", "frame"]'),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, (data, dims) in datasets.items():
+                f.create_dataset(key, data=data, compression="gzip", compression_opts=9).attrs["dims"] = dims
+            f.create_dataset("track_names", data=np.array([b"track_0"]))
+            f.create_dataset("node_names", data=np.array([n.encode() for n in names]))
+            f.create_dataset(
+                "edge_names",
+                data=np.array([(a.encode(), b.encode()) for a, b in edges], dtype="S").reshape(len(edges), 2),
+            )
+            f.create_dataset(
+                "edge_inds",
+                data=np.array([(index[a], index[b]) for a, b in edges], dtype=np.int64).reshape(
+                    len(edges), 2
+                ),
+            )
+            f.create_dataset("video_path", data=str(video_path) if video_path is not None else "")
+            f.create_dataset("video_ind", data=0)
+            f.create_dataset("labels_path", data="")
+            f.create_dataset("provenance", data=json.dumps(provenance))
+            f.attrs["preset"] = "matlab"
+            f.attrs["format"] = "analysis"
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
