@@ -159,7 +159,8 @@ class _BoundedQueue:
 class Source:
     """An open video source: iterate it for :class:`VideoFrame` (and, for live streams, :class:`Gap`) items.
 
-    Created by :func:`open_source`. Use as a context manager or call :meth:`close`; iteration ends at the end
+    Created by :func:`open_source`. ``started_at`` is the ``time.monotonic()`` reading the times of live
+    frames and gaps count from. Use as a context manager or call :meth:`close`; iteration ends at the end
     of a file (or at ``stop``), when a live stream cannot be reconnected, or promptly when ``stop_event`` is
     set.
     """
@@ -174,6 +175,7 @@ class Source:
     ):
         self.info = info
         self.stats = SourceStats()
+        self.started_at = time.monotonic()
         self._stop_event = stop_event or threading.Event()
         self._closed = threading.Event()
         self._queue = _BoundedQueue(queue_size, drop_policy, self.stats, self._closed)
@@ -293,6 +295,8 @@ def open_source(
     else:
         reader = _FileReader(Path(spec), start, stop, stride, dict(ffmpeg_options or {}))
     source = Source(reader.info, queue_size=queue_size, drop_policy=policy, stop_event=stop_event)
+    if is_live:
+        source.started_at = reader.run_start
     reader.source = source
     source._start(reader.run)
     return source
