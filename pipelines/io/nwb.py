@@ -78,7 +78,6 @@ def write_nwb(
         session_description=f"Keypoint tracks of {what}, estimated by ppmtrack ({scorer}).",
         identifier=str(uuid.uuid4()),
         session_start_time=session_start_time,
-        source_script=f"ppmtrack {ppmtrack_version}",
     )
     source_video = None
     if video is not None and fps:
