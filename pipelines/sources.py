@@ -266,9 +266,12 @@ def open_source(
     reconnect
         Live only: reconnect after the stream ends or fails instead of ending the iteration.
     max_reconnect_s
-        Live only: give up (log a warning, end the iteration) after this many seconds of failed reconnects.
+        Live only: give up (log a warning, end the iteration) when the stream has not come back this many
+        seconds after it was found lost. Tries are spaced 0.5, 1, 2, 4, 8, 8, ... seconds apart.
     stop_event
-        When set (e.g. by a SIGINT/SIGTERM handler), iteration ends within ~0.1 s and the source closes.
+        When set (e.g. by a SIGINT/SIGTERM handler), iteration ends within ~0.1 s and the decoding thread
+        closes the file or stream as soon as its current read returns (on a frozen stream, within the
+        stall timeout ``STALL_TIMEOUT_S``).
     ffmpeg_options
         Extra FFmpeg input options that override the defaults, e.g. ``{"rtsp_transport": "udp"}`` for a
         server without RTSP-over-TCP.
@@ -291,7 +294,8 @@ def open_source(
     if policy not in ("drop_oldest", "block"):
         raise ValueError(f"drop_policy must be 'drop_oldest' or 'block', not {policy!r}")
     if is_live:
-        reader = _LiveReader(str(spec), stride, reconnect, max_reconnect_s, dict(ffmpeg_options or {}))
+        reader = _LiveReader(str(spec), start, stop, stride, reconnect, max_reconnect_s,
+                             dict(ffmpeg_options or {}))
     else:
         reader = _FileReader(Path(spec), start, stop, stride, dict(ffmpeg_options or {}))
     source = Source(reader.info, queue_size=queue_size, drop_policy=policy, stop_event=stop_event)
@@ -511,10 +515,11 @@ class _LiveReader:
 
     source: Source
 
-    def __init__(self, url: str, stride: int, reconnect: bool, max_reconnect_s: float,
-                 options: dict[str, str]):
+    def __init__(self, url: str, start: int, stop: int | None, stride: int, reconnect: bool,
+                 max_reconnect_s: float, options: dict[str, str]):
         self.url = url
-        self.stride = stride
+        self.start, self.stop, self.stride = start, stop, stride
+        self.done = False
         self.reconnect = reconnect
         self.max_reconnect_s = max_reconnect_s
         self.options = self._default_options(url) | options
@@ -549,16 +554,22 @@ class _LiveReader:
     def _now(self) -> float:
         return time.monotonic() - self.run_start
 
-    def _read_until_outage(self, container, outage: tuple[float, str] | None) -> tuple[float, str]:
-        """Decode frames until the stream fails; return (time of the last frame, reason). Pushes the gap."""
+    def _read_until_outage(self, container, outage: tuple[float, str] | None) -> tuple[bool, float, str]:
+        """Decode and queue frames until the stream fails or the source is done.
+
+        ``outage`` is the (start time, reason) of the outage this connection ends; its :class:`Gap` is queued
+        before the first frame. Returns whether any frame arrived, the time of the last one, and the reason
+        the reading stopped.
+        """
         source = self.source
         stats = source.stats
         stream = container.streams.video[0]
+        got_frames = False
         last_time = self._now()
         try:
             for packet in container.demux(stream):
                 if source._stopping():
-                    return last_time, "stopped"
+                    return got_frames, last_time, "stopped"
                 try:
                     frames = stream.decode(packet)
                 except av.error.FFmpegError:
@@ -566,6 +577,7 @@ class _LiveReader:
                     continue
                 for frame in frames:
                     last_time = self._now()
+                    got_frames = True
                     if outage is not None:
                         gap = Gap(start_time=outage[0], end_time=last_time, reason=outage[1])
                         stats.gaps += 1
@@ -574,17 +586,20 @@ class _LiveReader:
                         logger.info("%s: stream back after %.1f s (%s)", self.url, gap.duration, gap.reason)
                         outage = None
                         if not source._push(gap):
-                            return last_time, "stopped"
+                            return got_frames, last_time, "stopped"
                     index = stats.frames_read
                     stats.frames_read += 1
-                    if index % self.stride:
+                    if self.stop is not None and index >= self.stop:
+                        self.done = True
+                        return got_frames, last_time, "stop index reached"
+                    if index < self.start or (index - self.start) % self.stride:
                         continue
                     image = frame.to_ndarray(format="rgb24")
                     if not source._push(VideoFrame(index=index, time=last_time, image=image)):
-                        return last_time, "stopped"
-            return last_time, "end of stream"
+                        return got_frames, last_time, "stopped"
+            return got_frames, last_time, "end of stream"
         except av.error.FFmpegError as exc:
-            return last_time, _describe(exc)
+            return got_frames, last_time, _describe(exc)
         finally:
             container.close()
 
@@ -592,25 +607,26 @@ class _LiveReader:
         source = self.source
         container = self.container
         outage: tuple[float, str] | None = None
+        give_up_at = 0.0
         while True:
-            last_time, reason = self._read_until_outage(container, outage)
-            if outage is None:
-                outage = (last_time, reason)
-            if source._stopping():
+            got_frames, last_time, reason = self._read_until_outage(container, outage)
+            if source._stopping() or self.done:
                 return
+            if got_frames or outage is None:
+                outage = (last_time, reason)
+                give_up_at = time.monotonic() + self.max_reconnect_s
             if not self.reconnect:
                 logger.warning("%s: stream ended (%s); not reconnecting", self.url, reason)
                 return
             logger.warning("%s: stream lost (%s); reconnecting", self.url, reason)
-            container = self._reconnect()
+            container = self._reconnect(give_up_at)
             if container is None:
                 return
 
-    def _reconnect(self):
-        """Reopen the stream with exponential backoff; None if stopped or ``max_reconnect_s`` passed."""
+    def _reconnect(self, give_up_at: float):
+        """Reopen the stream with exponential backoff; None if stopped or past ``give_up_at`` (monotonic)."""
         source = self.source
         delay = FIRST_BACKOFF_S
-        failing_since = time.monotonic()
         while True:
             wake = time.monotonic() + delay
             while time.monotonic() < wake:
@@ -620,10 +636,9 @@ class _LiveReader:
             try:
                 return self._open()
             except (av.error.FFmpegError, SourceError) as exc:
-                failed_for = time.monotonic() - failing_since
-                if failed_for >= self.max_reconnect_s:
-                    logger.warning("%s: could not reconnect for %.0f s (%s); giving up", self.url, failed_for,
-                                   _describe(exc))
+                if time.monotonic() >= give_up_at:
+                    logger.warning("%s: could not reconnect for %.0f s (%s); giving up", self.url,
+                                   self.max_reconnect_s, _describe(exc))
                     return None
                 logger.debug("%s: reconnect failed (%s); next try in %.1f s", self.url, _describe(exc), delay)
             delay = min(delay * 2, MAX_BACKOFF_S)

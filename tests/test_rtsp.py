@@ -124,3 +124,10 @@ def test_stream_that_never_comes_back_ends_with_a_warning(relay, caplog):
     assert ended < 2.0 + 2 * sources.MAX_BACKOFF_S
     assert not any(isinstance(item, Gap) for item in items)
     assert "giving up" in caplog.text
+
+
+def test_live_start_stop_stride_select_by_arrival_index(relay):
+    with open_source(relay.url, ffmpeg_options=UDP_OPTIONS, start=4, stop=20, stride=5,
+                     drop_policy="block") as source:
+        indices = [item.index for item in source]
+    assert indices == [4, 9, 14, 19]
