@@ -1,0 +1,193 @@
+"""Cross-attention map capture as a diffusers attention processor, and a UNet forward that stops early.
+
+The capture processor computes the same attention output as diffusers' default processor (through the fused
+`scaled_dot_product_attention` kernel) and, beside it, the PPM map of the first `n_tokens` prompt tokens:
+``sigmoid(Q Kᵀ / √d)`` averaged over heads (and, for the cross-entropy loss, the head-averaged logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+LAYER_SETS = ("up", "down", "mid", "all")
+
+
+def cross_attention_layers(unet) -> list[str]:
+    """Names of all cross-attention (attn2) modules of a UNet, in forward order (down, mid, up)."""
+    names = [n[: -len(".processor")] for n in unet.attn_processors if n.endswith("attn2.processor")]
+    order = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    return sorted(names, key=lambda n: (order[n.split(".")[0]], _block_index(n), n))
+
+
+def _block_index(name: str) -> int:
+    parts = name.split(".")
+    return int(parts[1]) if parts[0] in ("down_blocks", "up_blocks") else 0
+
+
+def select_layers(unet, spec: str | list[str] = "up") -> list[str]:
+    """Resolve a layer selection: ``up`` (the paper's L = 9 for SD 1.5), ``down``, ``mid``, ``all``,
+    or explicit layer names / indices into `cross_attention_layers` (comma-separated or a list)."""
+    every = cross_attention_layers(unet)
+    if isinstance(spec, str) and spec in LAYER_SETS:
+        prefix = {"up": "up_blocks", "down": "down_blocks", "mid": "mid_block", "all": ""}[spec]
+        chosen = [n for n in every if n.startswith(prefix)]
+    else:
+        items = spec.split(",") if isinstance(spec, str) else list(spec)
+        chosen = []
+        for item in (str(i).strip() for i in items):
+            if item.isdigit() and int(item) < len(every):
+                chosen.append(every[int(item)])
+            elif item in every:
+                chosen.append(item)
+            else:
+                raise ValueError(f"unknown cross-attention layer {item!r}; this UNet has: {', '.join(every)}")
+        chosen = [n for n in every if n in chosen]
+    if not chosen:
+        raise ValueError(f"layer selection {spec!r} matches no cross-attention layer")
+    return chosen
+
+
+@dataclass
+class CaptureState:
+    """Shared between the capture processors of one UNet: what to record and where."""
+
+    n_tokens: int = 0
+    record_logits: bool = False
+    record_features: bool = False
+    maps: dict = field(default_factory=dict)  # layer -> (B, n_tokens, h*w) sigmoid maps, head-averaged
+    logits: dict = field(default_factory=dict)  # layer -> (B, n_tokens, h*w) head-averaged scaled scores
+    features: dict = field(default_factory=dict)  # layer -> (B, h*w, C) query-side input features
+    kv_cache: dict = field(default_factory=dict)  # layer -> (key, value), each (1, heads, T, d)
+
+    def clear(self):
+        self.maps.clear()
+        self.logits.clear()
+        self.features.clear()
+
+
+class CaptureProcessor:
+    """Cross-attention processor that records PPM maps; the attention output is left as diffusers computes it."""
+
+    def __init__(self, name: str, state: CaptureState):
+        self.name = name
+        self.state = state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        batch, seq, _ = hidden_states.shape
+        heads = attn.heads
+        query = attn.to_q(hidden_states)
+        head_dim = query.shape[-1] // heads
+        query = query.view(batch, seq, heads, head_dim).transpose(1, 2)
+        cached = self.state.kv_cache.get(self.name)
+        if cached is not None:
+            key, value = (t.expand(batch, -1, -1, -1) for t in cached)
+        else:
+            key = attn.to_k(encoder_hidden_states).view(batch, -1, heads, head_dim).transpose(1, 2)
+            value = attn.to_v(encoder_hidden_states).view(batch, -1, heads, head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(batch, seq, heads * head_dim).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+
+        n = self.state.n_tokens
+        if n > 0:
+            # (B, heads, n, seq): only the used tokens, not all 77
+            scores = torch.matmul(key[:, :, :n], query.transpose(-1, -2)) * attn.scale
+            self.state.maps[self.name] = torch.sigmoid(scores.float()).mean(dim=1)
+            if self.state.record_logits:
+                self.state.logits[self.name] = scores.float().mean(dim=1)
+        if self.state.record_features:
+            self.state.features[self.name] = hidden_states
+        return out
+
+
+def check_attention(attn) -> None:
+    """The capture processor covers SD-style cross-attention only; refuse anything it would compute wrongly."""
+    unsupported = [a for a in ("spatial_norm", "group_norm", "norm_q", "norm_k") if getattr(attn, a, None) is not None]
+    if unsupported or attn.norm_cross or attn.residual_connection or attn.rescale_output_factor != 1.0:
+        raise ValueError(f"cross-attention with {unsupported or 'extra normalisation'} is not supported")
+
+
+def install_capture(unet, layers: list[str]) -> CaptureState:
+    """Put capture processors on the selected cross-attention layers and the fused default on all others."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    state = CaptureState()
+    modules = dict(unet.named_modules())
+    processors = {}
+    for name in unet.attn_processors:
+        layer = name[: -len(".processor")]
+        if layer in layers:
+            check_attention(modules[layer])
+            processors[name] = CaptureProcessor(layer, state)
+        else:
+            processors[name] = AttnProcessor2_0()
+    unet.set_attn_processor(processors)
+    return state
+
+
+def cache_prompt_kv(unet, state: CaptureState, layers: list[str], conditioning: torch.Tensor) -> None:
+    """Project a constant (1, T, c) conditioning to keys and values once per layer; the processors reuse them."""
+    modules = dict(unet.named_modules())
+    state.kv_cache.clear()
+    with torch.no_grad():
+        for layer in layers:
+            attn = modules[layer]
+            heads = attn.heads
+            k = attn.to_k(conditioning)
+            v = attn.to_v(conditioning)
+            d = k.shape[-1] // heads
+            state.kv_cache[layer] = (k.view(1, -1, heads, d).transpose(1, 2).contiguous(),
+                                     v.view(1, -1, heads, d).transpose(1, 2).contiguous())
+
+
+def last_block_needed(layers: list[str]) -> tuple[str, int]:
+    """The UNet block after which no selected layer remains: ('down_blocks', i), ('mid_block', 0) or ('up_blocks', i)."""
+    order = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    last = max(layers, key=lambda n: (order[n.split(".")[0]], _block_index(n)))
+    return last.split(".")[0], _block_index(last)
+
+
+def unet_forward_until(unet, sample: torch.Tensor, timestep: torch.Tensor, conditioning: torch.Tensor,
+                       stop_after: tuple[str, int] | None = None) -> torch.Tensor:
+    """Run a diffusers UNet2DConditionModel block by block, stopping after `stop_after` (or running it whole).
+
+    Mirrors `UNet2DConditionModel.forward` for SD-style UNets (no class/added embeddings, no adapters);
+    the maps captured by the processors are identical to those of a full forward.
+    """
+    emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep))
+    if unet.time_embed_act is not None:
+        emb = unet.time_embed_act(emb)
+    h = unet.conv_in(sample)
+    residuals = (h,)
+    for i, block in enumerate(unet.down_blocks):
+        if getattr(block, "has_cross_attention", False):
+            h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=conditioning)
+        else:
+            h, res = block(hidden_states=h, temb=emb)
+        residuals += res
+        if stop_after == ("down_blocks", i):
+            return h
+    if unet.mid_block is not None:
+        if getattr(unet.mid_block, "has_cross_attention", False):
+            h = unet.mid_block(h, emb, encoder_hidden_states=conditioning)
+        else:
+            h = unet.mid_block(h, emb)
+    if stop_after == ("mid_block", 0):
+        return h
+    for i, block in enumerate(unet.up_blocks):
+        res = residuals[-len(block.resnets):]
+        residuals = residuals[: -len(block.resnets)]
+        upsample_size = residuals[-1].shape[2:] if residuals else None
+        if getattr(block, "has_cross_attention", False):
+            h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, encoder_hidden_states=conditioning,
+                      upsample_size=upsample_size)
+        else:
+            h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size)
+        if stop_after == ("up_blocks", i):
+            return h
+    if unet.conv_norm_out is not None:
+        h = unet.conv_act(unet.conv_norm_out(h))
+    return unet.conv_out(h)

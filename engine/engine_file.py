@@ -1,0 +1,53 @@
+"""The adapted engine file: prompts as safetensors tensors, everything else as JSON metadata in the same file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+FORMAT = "ppmtrack-engine"
+FORMAT_VERSION = 1
+
+
+class EngineFileError(ValueError):
+    """An engine file is unreadable, from an incompatible version, or for another model."""
+
+
+def write_engine_file(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write tensors and metadata atomically (temp file, then rename), so a crash never leaves half a file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "meta": json.dumps(meta, sort_keys=True)}
+    tmp = path.with_name(path.name + ".partial")
+    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata=header)
+    os.replace(tmp, path)
+
+
+def read_engine_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read an engine file; raise EngineFileError with the reason if it is not one this version understands."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise EngineFileError(f"{path}: no such engine file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise EngineFileError(f"{path}: not a ppmtrack engine file ({e})") from None
+    if header.get("format") != FORMAT:
+        raise EngineFileError(f"{path}: not a ppmtrack engine file (no '{FORMAT}' header)")
+    version = int(header.get("format_version", "0"))
+    if version > FORMAT_VERSION:
+        raise EngineFileError(f"{path}: engine file format {version} is newer than this ppmtrack understands "
+                              f"({FORMAT_VERSION}); upgrade ppmtrack")
+    if version < 1:
+        raise EngineFileError(f"{path}: engine file format {version} is no longer supported; adapt again")
+    return tensors, json.loads(header["meta"])

@@ -1,0 +1,97 @@
+"""PEI map extraction: image → VAE latent → noise at t → one UNet forward → every token's map at every layer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.attention import CaptureState, install_capture, last_block_needed, unet_forward_until
+from engine.models import DiffusionModel
+
+
+class MapExtractor:
+    """Captures per-layer cross-attention maps of the first `n_tokens` prompt tokens for a batch of images.
+
+    Parameters
+    ----------
+    model : DiffusionModel
+    layers : list of str
+        Cross-attention layers to capture (see `engine.attention.select_layers`).
+    timestep : int
+        Diffusion timestep of the noise added to the latent (paper: 10).
+    noise_seed : int
+        Seed of the fixed noise; one noise tensor is shared by every frame, so a frame's maps do not depend on
+        its position in a batch.
+    truncate : bool
+        Stop the UNet after the block holding the last captured layer.
+    """
+
+    def __init__(self, model: DiffusionModel, layers: list[str], timestep: int = 10, noise_seed: int = 0,
+                 truncate: bool = True):
+        self.model = model
+        self.layers = list(layers)
+        self.timestep = int(timestep)
+        self.noise_seed = int(noise_seed)
+        self.state: CaptureState = install_capture(model.unet, self.layers)
+        self.stop_after = last_block_needed(self.layers) if truncate else None
+        self._noise: dict[tuple, torch.Tensor] = {}
+        a = model.alphas_cumprod[self.timestep]
+        self._sqrt_a, self._sqrt_1ma = float(a.sqrt()), float((1 - a).sqrt())
+
+    def noise(self, shape: tuple[int, int, int]) -> torch.Tensor:
+        """The run's fixed noise for a (C, h, w) latent, generated on the CPU so every machine gets the same."""
+        if shape not in self._noise:
+            g = torch.Generator().manual_seed(self.noise_seed)
+            self._noise[shape] = torch.randn((1, *shape), generator=g).to(self.model.device, self.model.dtype)
+        return self._noise[shape]
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images in [-1, 1] → noisy latents z_t (B, 4, S/8, S/8)."""
+        m = self.model
+        z = m.vae.encode(images.to(m.device, m.dtype)).latent_dist.mean * m.scaling_factor
+        return self._sqrt_a * z + self._sqrt_1ma * self.noise(tuple(z.shape[1:]))
+
+    def layer_maps(self, latents: torch.Tensor, conditioning: torch.Tensor, n_tokens: int,
+                   logits: bool = False, features: bool = False) -> dict:
+        """Run the UNet on noisy latents and return the captured maps.
+
+        Returns a dict with ``maps`` (B, L, n_tokens, R, R) sigmoid maps upsampled to the finest captured
+        resolution R, and, if asked, ``logits`` of the same shape and ``features`` (list of (B, h, w, C)).
+        """
+        st = self.state
+        st.clear()
+        st.n_tokens, st.record_logits, st.record_features = n_tokens, logits, features
+        b = latents.shape[0]
+        cond = conditioning.to(self.model.dtype)
+        if cond.shape[0] == 1 and b > 1:
+            cond = cond.expand(b, -1, -1)
+        t = torch.tensor(self.timestep, device=latents.device)
+        try:
+            unet_forward_until(self.model.unet, latents, t, cond, self.stop_after)
+            out = {"maps": self._stack(st.maps) if n_tokens else None}
+            if logits:
+                out["logits"] = self._stack(st.logits)
+            if features:
+                out["features"] = [self._grid(st.features[k]) for k in self.layers]
+        finally:
+            st.clear()
+            st.n_tokens, st.record_logits, st.record_features = 0, False, False
+        return out
+
+    @staticmethod
+    def _grid(x: torch.Tensor) -> torch.Tensor:
+        b, s, c = x.shape
+        side = int(round(s**0.5))
+        return x.reshape(b, side, side, c)
+
+    def _stack(self, per_layer: dict) -> torch.Tensor:
+        grids = []
+        for k in self.layers:
+            m = per_layer[k]  # (B, n, h*w)
+            side = int(round(m.shape[-1] ** 0.5))
+            grids.append(m.reshape(m.shape[0], m.shape[1], side, side))
+        res = max(g.shape[-1] for g in grids)
+        grids = [g if g.shape[-1] == res else F.interpolate(g, size=(res, res), mode="bilinear",
+                                                            align_corners=False) for g in grids]
+        return torch.stack(grids, dim=1)

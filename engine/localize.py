@@ -1,0 +1,80 @@
+"""Keypoint read-out from fused maps: argmax with sub-pixel refinement, back to original-frame pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Letterbox:
+    """How a frame was fitted into the engine's square input: x_in = x * scale + pad_x."""
+
+    scale: float
+    pad_x: float
+    pad_y: float
+
+    def to_input(self, xy: np.ndarray) -> np.ndarray:
+        return xy * self.scale + np.array([self.pad_x, self.pad_y])
+
+    def to_frame(self, xy: np.ndarray) -> np.ndarray:
+        return (xy - np.array([self.pad_x, self.pad_y])) / self.scale
+
+
+def letterbox_for(width: int, height: int, size: int) -> Letterbox:
+    """Scale the longer side to `size`, centre the shorter one with padding."""
+    scale = size / max(width, height)
+    return Letterbox(scale, (size - width * scale) / 2.0, (size - height * scale) / 2.0)
+
+
+def map_to_input(xy_map: torch.Tensor, stride: float) -> torch.Tensor:
+    """Map-cell coordinates (cell centres at integers) to input pixels (pixel centres at integers)."""
+    return (xy_map + 0.5) * stride - 0.5
+
+
+def input_to_map(xy_in, stride: float):
+    """Input pixels to map-cell coordinates; inverse of `map_to_input`."""
+    return (xy_in + 0.5) / stride - 0.5
+
+
+def soft_argmax_peak(maps: torch.Tensor, window: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Peak location with sub-cell precision and peak value.
+
+    The integer argmax is refined by the centroid of the map (minus the window's minimum) in a
+    `window`×`window` neighbourhood, so trajectories do not jump between grid cells.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (..., H, W) maps.
+
+    Returns
+    -------
+    xy : torch.Tensor
+        (..., 2) (x, y) in map-cell coordinates.
+    peak : torch.Tensor
+        (...) maximum value of each map.
+    """
+    lead = maps.shape[:-2]
+    h, w = maps.shape[-2:]
+    flat = maps.reshape(-1, h, w).float()
+    peak, idx = flat.reshape(flat.shape[0], -1).max(dim=1)
+    py, px = idx // w, idx % w
+    r = window // 2
+    padded = F.pad(flat[:, None], (r, r, r, r), mode="replicate")[:, 0]
+    offs = torch.arange(-r, r + 1, device=maps.device)
+    rows = (py[:, None] + offs[None] + r).clamp(0, h + 2 * r - 1)
+    cols = (px[:, None] + offs[None] + r).clamp(0, w + 2 * r - 1)
+    patch = padded[torch.arange(flat.shape[0], device=maps.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    # cells outside the map (replicated border) should not pull the centroid outward
+    inside = ((py[:, None] + offs[None]) >= 0) & ((py[:, None] + offs[None]) < h)
+    inside = inside[:, :, None] & (((px[:, None] + offs[None]) >= 0) & ((px[:, None] + offs[None]) < w))[:, None, :]
+    wgt = (patch - patch.amin(dim=(1, 2), keepdim=True)) * inside
+    total = wgt.sum(dim=(1, 2)).clamp(min=1e-12)
+    dy = (wgt * offs[None, :, None]).sum(dim=(1, 2)) / total
+    dx = (wgt * offs[None, None, :]).sum(dim=(1, 2)) / total
+    xy = torch.stack([px + dx, py + dy], dim=-1)
+    return xy.reshape(*lead, 2), peak.reshape(lead)
