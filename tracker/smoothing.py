@@ -1,0 +1,146 @@
+"""Filtering and smoothing of whole keypoint recordings.
+
+:func:`filter_keypoints` runs the causal Kalman filter over a recording (the
+numbers a live :class:`tracker.kalman.OnlineSmoother` would give);
+:func:`smooth_keypoints` adds filterpy's Rauch-Tung-Striebel backward pass, so
+every estimate also uses the frames after it. Each keypoint is processed on its
+own, one track segment at a time (see :func:`tracker.visibility.track_segments`),
+with memory linear in the number of frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracker.kalman import (
+    SmoothingParams,
+    measurement_covariances,
+    process_noise_matrices,
+    start_keypoint_filter,
+    step_keypoint_filter,
+    transition_matrices,
+)
+from tracker.visibility import measured_mask, track_segments
+
+
+def filter_keypoints(
+    raw_xy: np.ndarray,
+    confidence: np.ndarray,
+    time: np.ndarray,
+    params: SmoothingParams | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Causal (forward-only) Kalman filtering of keypoint trajectories.
+
+    Each estimate uses only the current and earlier frames, exactly as
+    :class:`tracker.kalman.OnlineSmoother` fed the frames one by one.
+
+    Parameters
+    ----------
+    raw_xy : np.ndarray
+        (T, K, 2) measured positions in pixels; NaN where there is none.
+    confidence : np.ndarray
+        (T, K) engine confidence in [0, 1].
+    time : np.ndarray
+        (T,) frame times in seconds, strictly increasing; gaps are predicted across.
+    params : SmoothingParams, optional
+        Filter parameters; the defaults when omitted.
+
+    Returns
+    -------
+    xy : np.ndarray
+        (T, K, 2) filtered positions; NaN where the keypoint is lost.
+    visible : np.ndarray
+        (T, K) bool, True where the measurement was used.
+    """
+    return _run_keypoint_filters(raw_xy, confidence, time, params, smooth=False)
+
+
+def smooth_keypoints(
+    raw_xy: np.ndarray,
+    confidence: np.ndarray,
+    time: np.ndarray,
+    params: SmoothingParams | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Offline forward-backward (Rauch-Tung-Striebel) smoothing of keypoint trajectories.
+
+    Each estimate uses the whole track segment it belongs to, before and
+    after it, so occlusions shorter than ``params.max_occluded_s`` are
+    interpolated between the measurements on either side. Segments separated
+    by a lost stretch are smoothed independently; the lost stretch is NaN.
+
+    Parameters
+    ----------
+    raw_xy : np.ndarray
+        (T, K, 2) measured positions in pixels; NaN where there is none.
+    confidence : np.ndarray
+        (T, K) engine confidence in [0, 1].
+    time : np.ndarray
+        (T,) frame times in seconds, strictly increasing; gaps are predicted across.
+    params : SmoothingParams, optional
+        Filter parameters; the defaults when omitted.
+
+    Returns
+    -------
+    xy : np.ndarray
+        (T, K, 2) smoothed positions; NaN where the keypoint is lost.
+    visible : np.ndarray
+        (T, K) bool, True where the measurement was used.
+    """
+    return _run_keypoint_filters(raw_xy, confidence, time, params, smooth=True)
+
+
+def _check_keypoint_arrays(
+    raw_xy: np.ndarray, confidence: np.ndarray, time: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    raw_xy = np.asarray(raw_xy, dtype=np.float64)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    time = np.asarray(time, dtype=np.float64)
+    if raw_xy.ndim != 3 or raw_xy.shape[2] != 2:
+        raise ValueError(f"raw_xy must have shape (T, K, 2), got {raw_xy.shape}.")
+    if confidence.shape != raw_xy.shape[:2]:
+        raise ValueError(f"confidence must have shape (T, K) = {raw_xy.shape[:2]}, got {confidence.shape}.")
+    if time.shape != raw_xy.shape[:1]:
+        raise ValueError(f"time must have shape (T,) = {raw_xy.shape[:1]}, got {time.shape}.")
+    if not np.isfinite(time).all():
+        raise ValueError("time contains NaN or infinite values; drop those frames before smoothing.")
+    if np.any(np.diff(time) <= 0):
+        raise ValueError(
+            "time must be strictly increasing; sort the frames by presentation time and drop duplicates."
+        )
+    return raw_xy, confidence, time
+
+
+def _run_keypoint_filters(
+    raw_xy: np.ndarray,
+    confidence: np.ndarray,
+    time: np.ndarray,
+    params: SmoothingParams | None,
+    smooth: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    params = params if params is not None else SmoothingParams()
+    raw_xy, confidence, time = _check_keypoint_arrays(raw_xy, confidence, time)
+    dt = np.diff(time, prepend=time[:1])
+    transition = transition_matrices(dt)
+    process_noise = process_noise_matrices(dt, params.process_noise)
+    visible = measured_mask(raw_xy, confidence, params.min_confidence)
+    safe_confidence = np.where(visible, confidence, 1.0)
+    xy = np.full(raw_xy.shape, np.nan)
+    for k in range(raw_xy.shape[1]):
+        measurement_covariance = measurement_covariances(safe_confidence[:, k], params)
+        for start, stop in track_segments(time, visible[:, k], params.max_occluded_s):
+            keypoint_filter = start_keypoint_filter(raw_xy[start, k], measurement_covariance[start], params)
+            means = np.empty((stop - start, 4))
+            covariances = np.empty((stop - start, 4, 4))
+            means[0], covariances[0] = keypoint_filter.x, keypoint_filter.P
+            for i in range(start + 1, stop):
+                measurement = raw_xy[i, k] if visible[i, k] else None
+                step_keypoint_filter(
+                    keypoint_filter, transition[i], process_noise[i], measurement, measurement_covariance[i]
+                )
+                means[i - start], covariances[i - start] = keypoint_filter.x, keypoint_filter.P
+            if smooth:
+                means = keypoint_filter.rts_smoother(
+                    means, covariances, transition[start:stop], process_noise[start:stop]
+                )[0]
+            xy[start:stop, k] = means[:, :2]
+    return xy, visible
