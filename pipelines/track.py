@@ -81,7 +81,7 @@ def prepare_output_dir(out_dir: str | Path) -> Path:
         reason = exc.strerror or str(exc)
         if isinstance(exc, (FileExistsError, NotADirectoryError)):
             reason = "a file is in the way (the path or one of its parents is a file, not a folder)"
-        raise OutputError(f"{out_dir}: cannot write outputs there ({reason}); choose another folder with -o"
+        raise OutputError(f"{out_dir}: cannot write outputs there: {reason}; choose another folder with -o"
                           ) from None
     return out_dir
 
