@@ -227,7 +227,7 @@ def train_foreground_prompt(extractor: MapExtractor, views: SupportViews, init: 
                                                  for m in views.masks])).float().to(device)
         loss = ((maps.mean(dim=1)[:, 0] - targets[idx]) ** 2).mean()
         opt.step(loss)
-        history.append(float(loss))
+        history.append(float(loss.detach()))
         if progress:
             progress("foreground", step + 1, cfg.fg_steps, history[-1])
     return pf.detach(), history
@@ -255,7 +255,7 @@ def train_keypoint_prompts(extractor: MapExtractor, views: SupportViews, pf: tor
         ignore = torch.from_numpy(views.ignore[idx]).to(device)
         loss = keypoint_loss(out["maps"], out.get("logits"), xy, ignore, cfg)
         opt.step(loss)
-        history.append(float(loss))
+        history.append(float(loss.detach()))
         if progress:
             progress("keypoints", step + 1, cfg.steps, history[-1])
     return prompts.detach(), history

@@ -110,11 +110,11 @@ def check_attention(attn) -> None:
         raise ValueError(f"cross-attention with {unsupported or 'extra normalisation'} is not supported")
 
 
-def install_capture(unet, layers: list[str]) -> CaptureState:
+def install_capture(unet, layers: list[str], state: CaptureState | None = None) -> CaptureState:
     """Put capture processors on the selected cross-attention layers and the fused default on all others."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    state = CaptureState()
+    state = state if state is not None else CaptureState()
     modules = dict(unet.named_modules())
     processors = {}
     for name in unet.attn_processors:
@@ -126,6 +126,12 @@ def install_capture(unet, layers: list[str]) -> CaptureState:
             processors[name] = AttnProcessor2_0()
     unet.set_attn_processor(processors)
     return state
+
+
+def capture_installed(unet, layers: list[str], state: CaptureState) -> bool:
+    """Whether the UNet's selected layers still report to `state` (another extractor may have replaced them)."""
+    modules = dict(unet.named_modules())
+    return all(isinstance(p := modules[n].processor, CaptureProcessor) and p.state is state for n in layers)
 
 
 def cache_prompt_kv(unet, state: CaptureState, layers: list[str], conditioning: torch.Tensor) -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.attention import CaptureState, install_capture, last_block_needed, unet_forward_until
+from engine.attention import (
+    CaptureState,
+    capture_installed,
+    install_capture,
+    last_block_needed,
+    unet_forward_until,
+)
 from engine.models import DiffusionModel
 
 
@@ -60,6 +66,8 @@ class MapExtractor:
         resolution R, and, if asked, ``logits`` of the same shape and ``features`` (list of (B, h, w, C)).
         """
         st = self.state
+        if not capture_installed(self.model.unet, self.layers, st):
+            install_capture(self.model.unet, self.layers, st)  # several extractors may share one model
         st.clear()
         st.n_tokens, st.record_logits, st.record_features = n_tokens, logits, features
         b = latents.shape[0]

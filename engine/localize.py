@@ -69,10 +69,12 @@ def soft_argmax_peak(maps: torch.Tensor, window: int = 5) -> tuple[torch.Tensor,
     rows = (py[:, None] + offs[None] + r).clamp(0, h + 2 * r - 1)
     cols = (px[:, None] + offs[None] + r).clamp(0, w + 2 * r - 1)
     patch = padded[torch.arange(flat.shape[0], device=maps.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    # cells outside the map (replicated border) should not pull the centroid outward
-    inside = ((py[:, None] + offs[None]) >= 0) & ((py[:, None] + offs[None]) < h)
-    inside = inside[:, :, None] & (((px[:, None] + offs[None]) >= 0) & ((px[:, None] + offs[None]) < w))[:, None, :]
-    wgt = (patch - patch.amin(dim=(1, 2), keepdim=True)) * inside
+    # a window cut by the border would pull the centroid inward: shrink it symmetrically per axis
+    ry = torch.minimum(torch.minimum(py, h - 1 - py), torch.tensor(r, device=maps.device))
+    rx = torch.minimum(torch.minimum(px, w - 1 - px), torch.tensor(r, device=maps.device))
+    inside = (offs[None].abs() <= ry[:, None])[:, :, None] & (offs[None].abs() <= rx[:, None])[:, None, :]
+    low = torch.where(inside, patch, torch.full_like(patch, float('inf'))).amin(dim=(1, 2), keepdim=True)
+    wgt = (patch - low) * inside
     total = wgt.sum(dim=(1, 2)).clamp(min=1e-12)
     dy = (wgt * offs[None, :, None]).sum(dim=(1, 2)) / total
     dx = (wgt * offs[None, None, :]).sum(dim=(1, 2)) / total
