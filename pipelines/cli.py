@@ -206,7 +206,7 @@ def run_track(args) -> int:
     out_dir = prepare_output_dir(args.output)
     smoothing = SmoothingParams() if args.min_confidence is None else SmoothingParams(
         min_confidence=args.min_confidence)
-    if not is_live_spec(args.video):  # a bad file fails now, not after a long adaptation
+    if args.support and not is_live_spec(args.video):  # a bad file fails now, not after a long adaptation
         open_source(args.video).close()
     if args.engine:
         engine = Engine.load(args.engine, model=args.model, device=args.device, dtype=args.dtype)
