@@ -7,6 +7,7 @@ print one line ``ppmtrack: error: …`` and exit with status 2; ``--debug`` show
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import signal
 import sys
@@ -259,6 +260,18 @@ def run_convert_labels(args) -> int:
     return 0
 
 
+def run_export_onnx(args) -> int:
+    """``ppmtrack export-onnx``: write an adapted engine as an ONNX model (float32)."""
+    from engine import Engine
+    from engine.onnx_export import export_onnx
+
+    engine = Engine.load(args.engine, model=args.model, device=args.device or "cpu", dtype="float32")
+    path = export_onnx(engine, args.output, with_maps=args.with_maps, opset=args.opset,
+                       batch_size=args.batch_size, name=Path(args.engine).stem)
+    print(f"wrote {path} (input: letterboxed {engine.resolution}x{engine.resolution} images)")
+    return 0
+
+
 # ---- the parser -------------------------------------------------------------------------------------------
 
 MAIN_EXAMPLES = """\
@@ -436,6 +449,24 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--individual", metavar="NAME",
                          help="the animal to read from a multi-animal DeepLabCut or SLEAP file")
     convert.set_defaults(run=run_convert_labels)
+
+    if importlib.util.find_spec("engine.onnx_export") is not None:
+        onnx = commands.add_parser(
+            "export-onnx", parents=[debug], formatter_class=_HelpFormatter,
+            help="export an adapted engine as an ONNX model",
+            description="Export an engine (model and prompts, float32) as an ONNX model for other runtimes.",
+            epilog="example:\n  ppmtrack export-onnx lizard.engine -o lizard.onnx\n",
+        )
+        onnx.add_argument("engine", metavar="ENGINE", help="adapted engine file")
+        onnx.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="ONNX file to write")
+        onnx.add_argument("--model", metavar="ID_OR_PATH", help="diffusion model (default: the engine's own)")
+        onnx.add_argument("--device", help="device used while exporting (default: cpu)")
+        onnx.add_argument("--with-maps", action="store_true", dest="with_maps",
+                          help="also output the keypoint and foreground maps")
+        onnx.add_argument("--opset", type=int, default=17, help="ONNX opset")
+        onnx.add_argument("--batch-size", type=int, dest="batch_size",
+                          help="fixed batch size (default: dynamic)")
+        onnx.set_defaults(run=run_export_onnx)
     return parser
 
 

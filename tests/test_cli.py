@@ -48,7 +48,12 @@ def adapted(tmp_path_factory):
     return path, status, capture.read_text()
 
 
-@pytest.mark.parametrize("command", [[], ["adapt"], ["track"], ["eval"], ["convert-labels"]])
+COMMANDS = [[], ["adapt"], ["track"], ["eval"], ["convert-labels"]]
+if importlib.util.find_spec("engine.onnx_export") is not None:
+    COMMANDS.append(["export-onnx"])
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_help_of_every_command_shows_usage_and_examples(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
