@@ -94,6 +94,23 @@ class SupportViews:
     ignore: np.ndarray  # (V, K) pushed out of the view: neither target nor "missing"
     masks: np.ndarray  # (V, S, S) FARA foreground masks
     frame_of_view: np.ndarray  # (V,) support frame index
+    is_original: np.ndarray  # (V,) bool: the support frame itself, not an augmented view
+
+    def sample_batch(self, rng: np.random.Generator, batch_size: int) -> np.ndarray:
+        """Indices of one optimisation batch: up to half of it original frames, the rest augmented views.
+
+        Keeping originals in every batch makes the support frames themselves fit closely while the augmented
+        views keep the prompts from memorising pixel positions.
+        """
+        originals = np.flatnonzero(self.is_original)
+        augmented = np.flatnonzero(~self.is_original)
+        batch_size = min(batch_size, len(self.latents))
+        if len(augmented) == 0:
+            return rng.choice(originals, size=batch_size, replace=False)
+        n_orig = min(len(originals), max(1, batch_size // 2))
+        n_aug = min(len(augmented), batch_size - n_orig)
+        return np.concatenate([rng.choice(originals, size=n_orig, replace=False),
+                               rng.choice(augmented, size=n_aug, replace=False)])
 
 
 def letterbox_image(image: np.ndarray, size: int) -> tuple[np.ndarray, object]:
@@ -167,7 +184,7 @@ def build_views(extractor: MapExtractor, support: SupportSet, size: int, fg_init
     masks = np.stack(masks)
     perm = flip_permutation(support.names, support.flip_pairs)
     allow_flip = bool(support.flip_pairs)
-    views, vkps, vign, vmasks, owner = [], [], [], [], []
+    views, vkps, vign, vmasks, owner, original = [], [], [], [], [], []
     n_views = max(1, cfg.views_per_frame)
     for i in range(len(frames)):
         for v in range(n_views):
@@ -181,12 +198,14 @@ def build_views(extractor: MapExtractor, support: SupportSet, size: int, fg_init
             vign.append(out)
             vmasks.append(mask)
             owner.append(i)
+            original.append(v == 0)
     latents = []
     views = np.stack(views)
     with torch.no_grad():
         for s in range(0, len(views), 8):
             latents.append(extractor.encode(to_tensor(views[s:s + 8]).to(device)))
-    return SupportViews(torch.cat(latents), np.stack(vkps), np.stack(vign), np.stack(vmasks), np.array(owner))
+    return SupportViews(torch.cat(latents), np.stack(vkps), np.stack(vign), np.stack(vmasks), np.array(owner),
+                        np.array(original))
 
 
 class _Optimiser:
@@ -218,7 +237,7 @@ def train_foreground_prompt(extractor: MapExtractor, views: SupportViews, init: 
     targets = None
     history = []
     for step in range(cfg.fg_steps):
-        idx = rng.choice(len(views.latents), size=min(cfg.batch_size, len(views.latents)), replace=False)
+        idx = views.sample_batch(rng, cfg.batch_size)
         cond = pf.reshape(1, 1, -1).expand(1, TOKENS, -1)
         maps = extractor.layer_maps(views.latents[idx], cond, n_tokens=1)["maps"]  # (B, L, 1, R, R)
         res = maps.shape[-1]
@@ -246,7 +265,7 @@ def train_keypoint_prompts(extractor: MapExtractor, views: SupportViews, pf: tor
     history = []
     stride = None
     for step in range(cfg.steps):
-        idx = rng.choice(len(views.latents), size=min(cfg.batch_size, len(views.latents)), replace=False)
+        idx = views.sample_batch(rng, cfg.batch_size)
         cond = torch.cat([prompts, rest], dim=0)[None]
         out = extractor.layer_maps(views.latents[idx], cond, n_tokens=n_keypoints, logits=cfg.loss == "ce")
         if stride is None:

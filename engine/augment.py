@@ -15,7 +15,7 @@ class AugmentConfig:
     rotate_deg: float = 25.0
     scale: float = 0.2
     translate: float = 0.15
-    flip: bool = True
+    flip: bool = False  # opt-in: only label-preserving for top-down views with look-alike left/right parts
 
 
 def random_affine(rng: np.random.Generator, size: int, cfg: AugmentConfig, allow_flip: bool
