@@ -77,6 +77,7 @@ def _adapt_config(args):
             setattr(config, option, value)
     if args.no_augment:
         config.views_per_frame = 1
+    config.augment.flip = args.flip
     return config
 
 
@@ -336,6 +337,9 @@ def _adapt_options(with_defaults: bool) -> argparse.ArgumentParser:
                        help=f"augmented views per support frame (default: {base.views_per_frame})")
     group.add_argument("--no-augment", action="store_true",
                        help="no augmentation: one view per support frame (overrides --views-per-frame)")
+    group.add_argument("--flip", action="store_true",
+                       help="also train on horizontally mirrored views, swapping the annotation's flip_pairs; "
+                            "only right when mirrored left and right parts look alike (e.g. top-down views)")
     group.add_argument("--resolution", type=int,
                        help="engine input size, a multiple of 64 (default: the model's own, 512 for SD 1.5)")
     group.add_argument("--layers",
