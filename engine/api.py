@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.adapt import AdaptConfig, Progress, build_views, train_foreground_prompt, train_keypoint_prompts
+from engine.adapt import (
+    AdaptConfig,
+    Progress,
+    build_views,
+    cross_entropy_floor,
+    train_foreground_prompt,
+    train_keypoint_prompts,
+)
 from engine.attention import cache_prompt_kv, select_layers
 from engine.engine_file import EngineFileError, read_engine_file, write_engine_file
 from engine.fgar import fuse_layers_fgar
@@ -60,7 +67,8 @@ class Engine:
 
     def __init__(self, model: DiffusionModel, names: list[str], keypoint_prompts: torch.Tensor,
                  foreground_prompt: torch.Tensor, config: AdaptConfig, skeleton=(), flip_pairs=(),
-                 fgar: FgarConfig | None = None, info: dict | None = None, truncate: bool = True):
+                 fgar: FgarConfig | None = None, info: dict | None = None, truncate: bool = True,
+                 speed=None):
         self.model = model
         self.names = list(names)
         self.skeleton = [tuple(e) for e in skeleton]
@@ -74,6 +82,12 @@ class Engine:
         self.keypoint_prompts = keypoint_prompts.detach().float().to(model.device)
         self.foreground_prompt = foreground_prompt.detach().float().reshape(-1).to(model.device)
         self._cached = False
+        self.cache_kv = True  # project the constant prompt to keys/values once (engine.speed may turn it off)
+        self.map_runner = None  # engine.speed may replace `eager_maps` (compiled, CUDA graph, feature reuse)
+        if speed is not None:
+            from engine.speed import apply_speed
+
+            apply_speed(self, speed)
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -102,7 +116,10 @@ class Engine:
                 "support_frames": len(support.images),
                 "views": int(len(views.latents)),
                 "foreground_loss": [fg_hist[0], fg_hist[-1]] if fg_hist else [],
-                "keypoint_loss": [kp_hist[0], kp_hist[-1]] if kp_hist else [],
+                # first step, and the mean of the last 10 (single steps are noisy: random batches)
+                "keypoint_loss": [kp_hist[0], float(np.mean(kp_hist[-10:]))] if kp_hist else [],
+                "keypoint_loss_floor": (cross_entropy_floor(size // 8, cfg.heatmap_sigma)
+                                        if cfg.loss == "ce" else 0.0),
                 "device": str(dm.device),
                 "dtype": str(dm.dtype).replace("torch.", ""),
             },
@@ -113,8 +130,11 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, model: str | DiffusionModel | None = None, device: str | None = None,
-             dtype: str | None = None, truncate: bool = True) -> Engine:
-        """Load an engine file. The model defaults to the one it was adapted on; another model is refused."""
+             dtype: str | None = None, truncate: bool = True, speed=None) -> Engine:
+        """Load an engine file. The model defaults to the one it was adapted on; another model is refused.
+
+        `speed` (an `engine.speed.SpeedConfig`) switches on inference optimisations; see docs/performance.md.
+        """
         tensors, meta = read_engine_file(path)
         stored = meta["model"]
         dm = model if isinstance(model, DiffusionModel) else load_model(model or stored["name"], device=device,
@@ -129,7 +149,7 @@ class Engine:
         cfg = AdaptConfig(**meta["adapt_config"])
         return cls(dm, meta["keypoints"], tensors["keypoint_prompts"], tensors["foreground_prompt"], cfg,
                    meta.get("skeleton", []), meta.get("flip_pairs", []), FgarConfig(**meta.get("fgar", {})),
-                   info=meta.get("info", {}), truncate=truncate)
+                   info=meta.get("info", {}), truncate=truncate, speed=speed)
 
     def save(self, path: str | Path) -> None:
         """Write the engine file (safetensors + JSON metadata)."""
@@ -161,7 +181,7 @@ class Engine:
         return torch.cat([self.keypoint_prompts, rest], dim=0)[None]
 
     def _ensure_cache(self):
-        if not self._cached:
+        if not self._cached and self.cache_kv:
             cache_prompt_kv(self.model.unet, self.extractor.state, self.layers,
                             self.conditioning().to(self.model.dtype))
             self._cached = True
@@ -175,9 +195,12 @@ class Engine:
         self._ensure_cache()
         x, box = letterbox_batch(to_uint8_batch(frames, self.model.device), self.resolution)
         z = self.extractor.encode(x)
-        k = len(self.names)
-        maps = self.extractor.layer_maps(z, self.conditioning(), n_tokens=k + 1)["maps"]  # (B, L, K+1, R, R)
+        maps = (self.map_runner or self.eager_maps)(z)
         return self._read_out(maps, box, return_maps)
+
+    def eager_maps(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, L, K+1, R, R) maps of the keypoint tokens and the foreground token: one plain UNet forward."""
+        return self.extractor.layer_maps(latents, self.conditioning(), n_tokens=len(self.names) + 1)["maps"]
 
     @torch.no_grad()
     def predict_per_keypoint(self, frames) -> Prediction:

@@ -30,17 +30,22 @@ class MapExtractor:
         its position in a batch.
     truncate : bool
         Stop the UNet after the block holding the last captured layer.
+    encoder : callable, optional
+        Replaces the VAE encoder: (B, 3, S, S) images in [-1, 1] → latents already multiplied by the scaling
+        factor (B, 4, S/8, S/8), e.g. `engine.encoders.TinyEncoder`; default: the model's VAE.
     """
 
     def __init__(self, model: DiffusionModel, layers: list[str], timestep: int = 10, noise_seed: int = 0,
-                 truncate: bool = True):
+                 truncate: bool = True, encoder=None):
         self.model = model
+        self.encoder = encoder
         self.layers = list(layers)
         self.timestep = int(timestep)
         self.noise_seed = int(noise_seed)
         self.state: CaptureState = install_capture(model.unet, self.layers)
         self.stop_after = last_block_needed(self.layers) if truncate else None
         self._noise: dict[tuple, torch.Tensor] = {}
+        self._timesteps: dict[torch.device, torch.Tensor] = {}
         a = model.alphas_cumprod[self.timestep]
         self._sqrt_a, self._sqrt_1ma = float(a.sqrt()), float((1 - a).sqrt())
 
@@ -55,7 +60,11 @@ class MapExtractor:
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) images in [-1, 1] → noisy latents z_t (B, 4, S/8, S/8)."""
         m = self.model
-        z = m.vae.encode(images.to(m.device, m.dtype)).latent_dist.mean * m.scaling_factor
+        images = images.to(m.device, m.dtype)
+        if self.encoder is not None:
+            z = self.encoder(images)
+        else:
+            z = m.vae.encode(images).latent_dist.mean * m.scaling_factor
         return self._sqrt_a * z + self._sqrt_1ma * self.noise(tuple(z.shape[1:]))
 
     def layer_maps(self, latents: torch.Tensor, conditioning: torch.Tensor, n_tokens: int,
@@ -74,7 +83,7 @@ class MapExtractor:
         cond = conditioning.to(self.model.dtype)
         if cond.shape[0] == 1 and b > 1:
             cond = cond.expand(b, -1, -1)
-        t = torch.tensor(self.timestep, device=latents.device)
+        t = self._timestep_on(latents.device)
         try:
             unet_forward_until(self.model.unet, latents, t, cond, self.stop_after)
             out = {"maps": self._stack(st.maps) if n_tokens else None}
@@ -86,6 +95,13 @@ class MapExtractor:
             st.clear()
             st.n_tokens, st.record_logits, st.record_features = 0, False, False
         return out
+
+    def _timestep_on(self, device: torch.device) -> torch.Tensor:
+        """The timestep as a tensor on `device`, made once (no host-to-device copy per forward, so the forward
+        can be captured in a CUDA graph)."""
+        if device not in self._timesteps:
+            self._timesteps[device] = torch.tensor(self.timestep, device=device)
+        return self._timesteps[device]
 
     @staticmethod
     def _grid(x: torch.Tensor) -> torch.Tensor:

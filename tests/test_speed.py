@@ -1,0 +1,225 @@
+"""Inference optimisation switches (engine.speed, engine.encoders, engine.feature_reuse), bench scripts.
+
+Each switch must give the plain engine's predictions (or differ by design, as the tiny encoder and feature
+reuse do, checked by their own invariants); the bench scripts must run on tiny sizes and print their tables.
+GPU-only checks skip without CUDA.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+RES = 64
+K = 4
+
+
+def make_engine(speed=None, layers="up", device=None, dtype=None):
+    from engine import AdaptConfig, Engine
+    from engine.models import load_model
+
+    model = load_model("tiny", device=device, dtype=dtype)  # fresh: switches change modules in place
+    g = torch.Generator().manual_seed(5)
+    prompts = torch.randn(K, 768, generator=g)
+    fg = torch.randn(768, generator=g)
+    return Engine(model, [f"k{i}" for i in range(K)], prompts, fg, AdaptConfig(resolution=RES, layers=layers),
+                  speed=speed)
+
+
+@pytest.fixture(scope="module")
+def frames(sample_frames):
+    return sample_frames[1][:2]
+
+
+@pytest.fixture(scope="module")
+def reference(frames):
+    return make_engine().predict(frames, return_maps=True)
+
+
+def _same(pred, ref, px=1e-2, maps=1e-4):
+    assert np.abs(pred.keypoints - ref.keypoints).max() < px
+    assert np.abs(pred.maps - ref.maps).max() < maps
+
+
+@pytest.mark.parametrize("switch", [dict(prompt_kv_cache=False), dict(truncate=False),
+                                    dict(channels_last=True), dict(compile=True, compile_backend="eager")],
+                         ids=["no-kv-cache", "no-truncation", "channels-last", "compile-graph-capture"])
+def test_each_switch_predicts_what_the_plain_engine_predicts(switch, frames, reference):
+    from engine.speed import SpeedConfig
+
+    engine = make_engine(SpeedConfig(**switch))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a compile fallback would warn: not here
+        _same(engine.predict(frames, return_maps=True), reference)
+
+
+def test_compile_failure_warns_and_falls_back_to_eager(frames, reference):
+    from engine.speed import SpeedConfig
+
+    def broken_backend(graph, inputs):
+        raise RuntimeError("no C++ compiler on this machine")
+
+    engine = make_engine(SpeedConfig(compile=True, compile_backend=broken_backend))
+    with pytest.warns(RuntimeWarning, match="torch.compile failed.*running eagerly"):
+        pred = engine.predict(frames, return_maps=True)
+    _same(pred, reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _same(engine.predict(frames, return_maps=True), reference)  # warned once; eager from now on
+
+
+def test_cuda_graphs_without_cuda_warn_and_still_predict(frames, reference):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from engine.speed import SpeedConfig
+
+    with pytest.warns(UserWarning, match="cuda_graphs needs a CUDA device"):
+        engine = make_engine(SpeedConfig(cuda_graphs=True))
+    _same(engine.predict(frames, return_maps=True), reference)
+
+
+@pytest.mark.parametrize("branch", [None, 2, 1])
+def test_feature_reuse_on_a_repeated_frame_equals_the_full_forward(branch, frames):
+    """Reusing the deep features of an identical frame must change nothing: checks the shallow branch."""
+    from engine.speed import SpeedConfig
+
+    same = np.stack([frames[0]] * 3)
+    ref = make_engine().predict(same, return_maps=True)
+    engine = make_engine(SpeedConfig(reuse_every=3, reuse_branch=branch))
+    pred = engine.predict(same, return_maps=True)
+    assert engine.map_runner.key_frames == 1
+    _same(pred, ref, px=0.05, maps=1e-4)
+
+
+def test_feature_reuse_counts_key_frames_across_batches_and_resets(frames):
+    from engine.speed import SpeedConfig
+
+    engine = make_engine(SpeedConfig(reuse_every=2))
+    five = np.concatenate([frames, frames, frames[:1]])
+    pred = np.concatenate([engine.predict(five[s:s + 2]).keypoints for s in range(0, 5, 2)])
+    assert engine.map_runner.key_frames == 3  # frames 0, 2, 4
+    assert np.isfinite(pred).all()
+    engine.map_runner.reset()
+    engine.predict(five[1:3])
+    assert engine.map_runner.key_frames == 4  # the first frame after a reset is a key frame
+
+
+def test_feature_reuse_refuses_settings_it_cannot_honour():
+    from engine.speed import SpeedConfig
+
+    with pytest.raises(ValueError, match="at least 1"):
+        SpeedConfig(reuse_every=0)
+    with pytest.raises(ValueError, match="CUDA graphs"):
+        SpeedConfig(reuse_every=2, cuda_graphs=True)
+    with pytest.raises(ValueError, match="up-block layers"):
+        make_engine(SpeedConfig(reuse_every=2), layers="down")
+
+
+def test_untrained_tiny_encoder_keeps_the_encode_contract(frames, reference):
+    from engine.encoders import encoder_effect, load_tiny_encoder
+    from engine.speed import SpeedConfig
+
+    enc = load_tiny_encoder("untrained")
+    x = torch.rand(2, 3, RES, RES) * 2 - 1
+    z = enc(x)
+    assert z.shape == (2, 4, RES // 8, RES // 8)
+    assert 0.3 < float(z.std()) < 3.0  # scaled to about unit spread, like SD latents
+    again = load_tiny_encoder("untrained")
+    assert torch.equal(again(x), z)  # fixed seed
+
+    engine = make_engine(SpeedConfig(encoder="untrained"))
+    pred = engine.predict(frames)
+    assert pred.keypoints.shape == reference.keypoints.shape and np.isfinite(pred.keypoints).all()
+    effect = encoder_effect(make_engine(), frames, enc)
+    assert -1 <= effect["map_correlation"] <= 1
+    assert effect["keypoint_shift_px"]["median"] >= 0
+
+
+def test_missing_tiny_autoencoder_gives_an_error_that_says_what_to_do(tmp_path):
+    from engine.encoders import EncoderLoadError, load_tiny_encoder
+
+    with pytest.raises(EncoderLoadError, match="huggingface-cli download madebyollin/taesd"):
+        load_tiny_encoder(str(tmp_path / "no-taesd-here"))
+
+
+def test_tiny_autoencoder_loads_from_a_saved_folder(tmp_path):
+    from engine.encoders import TINY_TAESD_CONFIG, build_untrained_autoencoder, load_tiny_encoder
+
+    build_untrained_autoencoder(TINY_TAESD_CONFIG).save_pretrained(tmp_path / "taesd")
+    enc = load_tiny_encoder(str(tmp_path / "taesd"))
+    assert enc.scale == 1.0 and enc(torch.zeros(1, 3, 64, 64)).shape == (1, 4, 8, 8)
+
+
+# ---- bench scripts ----------------------------------------------------------------------------------------
+def test_bench_inference_prints_stage_variant_and_batch_tables(capsys):
+    import bench_inference
+
+    bench_inference.main(["--resolution", "64", "--keypoints", "2", "--frames", "2", "--batch-size", "2",
+                          "--batch-sizes", "1", "--variants", "eager,reuse-2", "--repeats", "1",
+                          "--no-video"])
+    out = capsys.readouterr().out
+    assert "machine:" in out and "torch" in out
+    for stage in ("decode", "preprocess", "VAE encode", "UNet", "map capture + FGAR", "localisation",
+                  "smoothing", "writing"):
+        assert f"| {stage} |" in out
+    assert "| eager |" in out and "| reuse-2 |" in out and "### Batch sweep" in out
+
+
+def test_bench_pipeline_prints_overhead_and_live_latency(capsys):
+    import bench_pipeline
+
+    bench_pipeline.main(["--resolution", "64", "--keypoints", "2", "--batch-size", "4", "--stop", "8",
+                         "--repeats", "1", "--live-frames", "3", "--no-video"])
+    out = capsys.readouterr().out
+    assert "pipeline overhead (decode + smoothing + writing) / inference" in out
+    assert "| inference |" in out and "### Live latency" in out
+
+
+def test_bench_adapt_prints_phases(capsys):
+    import bench_adapt
+
+    bench_adapt.main(["--resolution", "64", "--keypoints", "12", "--support-frames", "2", "--fg-steps", "1",
+                      "--steps", "1", "--views-per-frame", "1", "--batch", "2"])
+    out = capsys.readouterr().out
+    assert "| keypoint prompts |" in out and "| total |" in out
+
+
+def test_bench_adapt_pads_keypoints_with_edge_midpoints():
+    import bench_adapt
+
+    support = bench_adapt.support_set(20)
+    assert support.keypoints.shape == (5, 20, 2) and np.isfinite(support.keypoints).all()
+
+
+# ---- GPU --------------------------------------------------------------------------------------------------
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("switch", [dict(cuda_graphs=True), dict(compile=True),
+                                    dict(compile=True, cuda_graphs=True), dict(channels_last=True)],
+                         ids=["graphs", "compile", "compile+graphs", "nhwc"])
+def test_gpu_switches_predict_what_the_plain_engine_predicts(switch, frames):
+    from engine.speed import SpeedConfig
+
+    ref = make_engine(device="cuda", dtype="float32").predict(frames, return_maps=True)
+    engine = make_engine(SpeedConfig(**switch), device="cuda", dtype="float32")
+    for _ in range(2):  # the second call replays the recorded graph
+        pred = engine.predict(frames, return_maps=True)
+        _same(pred, ref, px=0.05, maps=1e-3)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_half_precision_stays_close_to_float32(frames):
+    ref = make_engine(device="cuda", dtype="float32").predict(frames, return_maps=True)
+    pred = make_engine(device="cuda", dtype="float16").predict(frames, return_maps=True)
+    assert np.abs(pred.maps - ref.maps).max() < 2e-2
