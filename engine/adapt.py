@@ -58,13 +58,13 @@ class AdaptConfig:
     layers: str = "up"
     timestep: int = 10
     noise_seed: int = 0
-    fg_steps: int = 60
+    fg_steps: int = 20
     fg_lr: float = 1e-2
     steps: int = 150
-    lr: float = 1e-2
+    lr: float = 1e-1
     loss: str = "ce"
-    mse_weight: float = 100.0
-    batch_size: int = 8
+    mse_weight: float = 1.0
+    batch_size: int = 4
     views_per_frame: int = 16
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     heatmap_sigma: float = 1.0
@@ -137,6 +137,13 @@ def gaussian_maps(xy_map: torch.Tensor, res: int, sigma: float) -> torch.Tensor:
     y = xy_map[..., 1, None, None]
     out = torch.exp(-((g[None, :] - x) ** 2 + (g[:, None] - y) ** 2) / (2 * sigma**2))
     return torch.nan_to_num(out, nan=0.0)
+
+
+def cross_entropy_floor(res: int, sigma: float) -> float:
+    """The smallest possible `ce` loss: the entropy of the normalised target Gaussian (its CE with itself)."""
+    p = gaussian_maps(torch.tensor([[res / 2.0, res / 2.0]]), res, sigma).flatten()
+    p = p / p.sum()
+    return float(-(p * torch.log(p.clamp(min=1e-30))).sum())
 
 
 def keypoint_loss(maps: torch.Tensor, logits: torch.Tensor | None, xy_map: torch.Tensor, ignore: torch.Tensor,

@@ -210,7 +210,17 @@ def run_track(args) -> int:
         min_confidence=args.min_confidence)
     if args.support and not is_live_spec(args.video):  # a bad file fails now, not after a long adaptation
         open_source(args.video).close()
-    if args.engine:
+    backend = args.backend
+    if backend == "auto":
+        backend = "onnx" if args.engine and args.engine.endswith(".onnx") else "torch"
+    if backend == "onnx":
+        if not args.engine:
+            raise ValueError("--backend onnx needs --engine FILE.onnx (make one with 'ppmtrack export-onnx')")
+        from engine.onnx_runtime import OnnxEngine
+
+        engine = OnnxEngine.load(args.engine)
+        engine_path = Path(args.engine)
+    elif args.engine:
         engine = Engine.load(args.engine, model=args.model, device=args.device, dtype=args.dtype)
         engine_path = Path(args.engine)
     else:
@@ -398,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     track.add_argument("video", metavar="VIDEO_OR_URL", help="video file or stream URL")
     which = track.add_mutually_exclusive_group(required=True)
-    which.add_argument("--engine", metavar="ENGINE", help="adapted engine file (from 'ppmtrack adapt')")
+    which.add_argument("--engine", metavar="ENGINE",
+                       help="adapted engine file (from 'ppmtrack adapt'), or an .onnx export of one")
     which.add_argument("--support", metavar="SUPPORT",
                        help="labelled frames to adapt on first (the engine is saved to DIR/<support>.engine)")
     track.add_argument("--model", metavar="ID_OR_PATH",
@@ -424,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="when frames arrive faster than they are tracked: drop the oldest waiting frame "
                             "or make decoding wait (default: drop_oldest for streams, block for files; a "
                             f"stream that blocks longer than {STALL_TIMEOUT_S:g} s may be reported lost)")
+    track.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                       help="torch: the engine file with PyTorch; onnx: an 'export-onnx' file with onnxruntime "
+                            "(CUDA/TensorRT providers when onnxruntime-gpu is installed); auto: by file ending")
     track.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status lines")
     track.set_defaults(run=run_track)
 

@@ -168,3 +168,21 @@ def test_convert_labels_writes_a_ppmtrack_annotation(tmp_path, capsys):
     assert main(["convert-labels", str(SAMPLES / "support.json"), "-o", str(out)]) == 0
     assert read_annotation(out).names == read_annotation(SAMPLES / "support.json").names
     assert "4 frames, 10 keypoints" in capsys.readouterr().out
+
+
+def test_export_onnx_then_track_with_the_onnx_backend(adapted, tmp_path):
+    engine = adapted[0]
+    onnx_path = tmp_path / "lizard.onnx"
+    assert main(["export-onnx", str(engine), "-o", str(onnx_path)]) == 0
+    assert main(["track", VIDEO, "--engine", str(onnx_path), "-o", str(tmp_path / "onnx"), "--stop", "6",
+                 "--no-video", "-q"]) == 0
+    assert main(["track", VIDEO, "--engine", str(engine), "-o", str(tmp_path / "torch"), "--stop", "6",
+                 "--no-video", "-q", "--smooth", "causal"]) == 0
+    onnx_tracks = read_tracks_csv(tmp_path / "onnx" / "sample.csv")
+    torch_tracks = read_tracks_csv(tmp_path / "torch" / "sample.csv")
+    assert onnx_tracks.frame.tolist() == list(range(6))
+    # same engine, two runtimes: raw positions agree except where an untrained map has two near-equal peaks
+    close = (abs(onnx_tracks.raw_xy - torch_tracks.raw_xy) < 0.5).all(axis=-1)
+    assert close.mean() > 0.9
+    summary = json.loads((tmp_path / "onnx" / "sample.summary.json").read_text())
+    assert summary["status"] == "complete"
