@@ -150,7 +150,10 @@ def cache_prompt_kv(unet, state: CaptureState, layers: list[str], conditioning: 
 
 
 def last_block_needed(layers: list[str]) -> tuple[str, int]:
-    """The UNet block after which no selected layer remains: ('down_blocks', i), ('mid_block', 0) or ('up_blocks', i)."""
+    """The UNet block after which no selected layer remains.
+
+    One of ('down_blocks', i), ('mid_block', 0) or ('up_blocks', i).
+    """
     order = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
     last = max(layers, key=lambda n: (order[n.split(".")[0]], _block_index(n)))
     return last.split(".")[0], _block_index(last)

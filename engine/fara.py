@@ -83,7 +83,9 @@ def fara_mask(image: np.ndarray, features: np.ndarray, keypoints: np.ndarray, de
     _, centroids = superpixel_means(labels, np.zeros((h, w, 1)))
     aff = cosine_affinity(means)
     size = float(max(h, w))
-    holders = labels[np.clip(np.round(kp[:, 1]).astype(int), 0, h - 1), np.clip(np.round(kp[:, 0]).astype(int), 0, w - 1)]
+    rows = np.clip(np.round(kp[:, 1]).astype(int), 0, h - 1)
+    cols = np.clip(np.round(kp[:, 0]).astype(int), 0, w - 1)
+    holders = labels[rows, cols]  # the superpixel holding each keypoint
     weights = distance_weights(centroids / size, kp / size, delta)  # (K, N)
     score = (weights * np.clip(aff[:, holders], 0.0, None)).sum(axis=1)  # Σ_n A_n(i)
     mask = score[labels].astype(np.float32)

@@ -11,7 +11,6 @@ from pipelines.evaluate import evaluate, format_report
 from pipelines.io.csv import read_tracks_csv
 from pipelines.track import track_video
 
-
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 # Measured with the default AdaptConfig on this sample (see the engine issue's closing note and docs/method.md).

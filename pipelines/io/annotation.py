@@ -34,7 +34,8 @@ def read_annotation(path: str | Path) -> Labels:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise LabelsError(f"{path}: not a readable JSON annotation file ({e})") from None
     if not isinstance(doc, dict) or "keypoints" not in doc or "frames" not in doc:
-        raise LabelsError(f"{path}: expected a JSON object with 'keypoints' and 'frames' (see docs/annotation-format.md)")
+        raise LabelsError(f"{path}: expected a JSON object with 'keypoints' and 'frames' "
+                          "(see docs/annotation-format.md)")
     names = doc["keypoints"]
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
         raise LabelsError(f"{path}: 'keypoints' must be a non-empty list of names")
@@ -99,9 +100,9 @@ def write_annotation(labels: Labels, path: str | Path) -> None:
             png = path.with_name(f"{path.stem}_frame{i:04d}.png")
             cv2.imwrite(str(png), cv2.cvtColor(ref.pixels[..., :3], cv2.COLOR_RGB2BGR))
             entry = {"image": png.name}
+        kp = labels.keypoints[i]
         entry["points"] = {
-            n: (None if np.isnan(labels.keypoints[i, k]).any() else [round(float(v), 3) for v in labels.keypoints[i, k]])
-            for k, n in enumerate(labels.names)
+            n: (None if np.isnan(kp[k]).any() else [round(float(v), 3) for v in kp[k]]) for k, n in enumerate(labels.names)
         }
         frames.append(entry)
     doc = {
