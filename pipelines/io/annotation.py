@@ -102,7 +102,8 @@ def write_annotation(labels: Labels, path: str | Path) -> None:
             entry = {"image": png.name}
         kp = labels.keypoints[i]
         entry["points"] = {
-            n: (None if np.isnan(kp[k]).any() else [round(float(v), 3) for v in kp[k]]) for k, n in enumerate(labels.names)
+            n: (None if np.isnan(kp[k]).any() else [round(float(v), 3) for v in kp[k]])
+            for k, n in enumerate(labels.names)
         }
         frames.append(entry)
     doc = {
