@@ -409,13 +409,13 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     master = build_model(args.arch, args.device, args.dtype)
     frames = sample_frames(max(args.frames, args.batch_size))
-    res = args.resolution or int(master.unet.config.sample_size) * master.vae_scale
+    engine = make_engine(model_copy(master), args.keypoints, args.resolution, SpeedConfig(), args.engine)
     print(machine_line(master.device))
     print(f"model {args.arch}, device {master.device}, dtype {str(master.dtype).replace('torch.', '')}, "
-          f"resolution {res}², keypoints {args.keypoints}, frames {len(frames)} of {SAMPLE.name} "
+          f"resolution {engine.resolution}², keypoints {len(engine.names)}, "
+          f"frames {len(frames)} of {SAMPLE.name} "
           f"({frames.shape[2]}×{frames.shape[1]}), batch {args.batch_size}, repeats {args.repeats} (medians)")
 
-    engine = make_engine(model_copy(master), args.keypoints, args.resolution, SpeedConfig(), args.engine)
     stage_times(engine, frames[:args.batch_size], args.batch_size, not args.no_video)  # warm-up
     print_table(f"Stages (default switches, batch {args.batch_size})",
                 ["stage", "ms/frame", "frames/s", "share"],
