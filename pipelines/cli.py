@@ -197,6 +197,14 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
+def _speed_config(args):
+    """The inference optimisations asked for on the command line (docs/performance.md)."""
+    from engine.speed import SpeedConfig
+
+    return SpeedConfig(channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs,
+                       encoder=args.encoder, reuse_every=args.reuse_every)
+
+
 def run_track(args) -> int:
     """``ppmtrack track``: track a video file or stream with an engine file or a support set."""
     from engine import Engine
@@ -221,7 +229,8 @@ def run_track(args) -> int:
         engine = OnnxEngine.load(args.engine)
         engine_path = Path(args.engine)
     elif args.engine:
-        engine = Engine.load(args.engine, model=args.model, device=args.device, dtype=args.dtype)
+        engine = Engine.load(args.engine, model=args.model, device=args.device, dtype=args.dtype,
+                             speed=_speed_config(args))
         engine_path = Path(args.engine)
     else:
         from engine import DEFAULT_MODEL
@@ -438,6 +447,18 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
                        help="torch: the engine file with PyTorch; onnx: an 'export-onnx' file with onnxruntime "
                             "(CUDA/TensorRT providers when onnxruntime-gpu is installed); auto: by file ending")
+    speed = track.add_argument_group("speed (docs/performance.md; torch backend)")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the UNet blocks and encoder (falls back to eager with a warning)")
+    speed.add_argument("--cuda-graphs", action="store_true", dest="cuda_graphs",
+                       help="replay the UNet forward as a CUDA graph per batch shape (CUDA only)")
+    speed.add_argument("--channels-last", action="store_true", dest="channels_last",
+                       help="NHWC memory layout for convolutions")
+    speed.add_argument("--encoder", default="vae",
+                       help="image encoder: vae (the model's), taesd (AutoencoderTiny weights from the hub or a "
+                            "folder: faster, slightly different maps)")
+    speed.add_argument("--reuse-every", type=int, default=1, dest="reuse_every", metavar="K",
+                       help="recompute the deep UNet features every K frames only (DeepCache-style; 1 = off)")
     track.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status lines")
     track.set_defaults(run=run_track)
 

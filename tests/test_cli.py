@@ -186,3 +186,13 @@ def test_export_onnx_then_track_with_the_onnx_backend(adapted, tmp_path):
     assert close.mean() > 0.9
     summary = json.loads((tmp_path / "onnx" / "sample.summary.json").read_text())
     assert summary["status"] == "complete"
+
+
+def test_speed_switches_reach_the_engine(adapted, tmp_path):
+    engine = adapted[0]
+    args = ["track", VIDEO, "--engine", str(engine), "-o", str(tmp_path), "--stop", "4", "--no-video", "-q",
+            "--channels-last", "--reuse-every", "2"]
+    assert main(args) == 0
+    assert read_tracks_csv(tmp_path / "sample.csv").frame.tolist() == [0, 1, 2, 3]
+    with pytest.raises(SystemExit):
+        main(["track", VIDEO, "--engine", str(engine), "-o", str(tmp_path), "--reuse-every", "x"])
