@@ -110,7 +110,9 @@ def test_unreachable_url_raises_a_clear_error_quickly():
     assert time.monotonic() - t0 < 6
 
 
-def test_stream_that_never_comes_back_ends_with_a_warning(relay, caplog):
+def test_stream_that_never_comes_back_ends_with_a_warning(relay, caplog, monkeypatch):
+    # the CLI (run earlier in the same process by other tests) stops "ppmtrack" records from reaching the root
+    monkeypatch.setattr(logging.getLogger("ppmtrack"), "propagate", True)
     with caplog.at_level(logging.WARNING, logger="ppmtrack"), \
             open_source(relay.url, ffmpeg_options=UDP_OPTIONS, max_reconnect_s=2) as source:
         t0 = None
