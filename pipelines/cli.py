@@ -246,6 +246,8 @@ def run_track(args) -> int:
             stride=args.stride, write_video=not args.no_video, output_formats=["csv", *formats],
             smoothing=smoothing, smooth=args.smooth, drop_policy=args.drop_policy,
             progress=not args.quiet, stop_event=stop_event, engine_path=engine_path,
+            ffmpeg_options={"rtsp_transport": args.rtsp_transport} if args.rtsp_transport else None,
+            max_reconnect_s=args.max_reconnect_s,
         )
     print(summary.describe())
     outputs = [summary.outputs["csv"], summary.outputs["video"], *summary.outputs["formats"],
@@ -447,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
                        help="torch: the engine file with PyTorch; onnx: an 'export-onnx' file with onnxruntime "
                             "(CUDA/TensorRT providers when onnxruntime-gpu is installed); auto: by file ending")
+    track.add_argument("--rtsp-transport", choices=("tcp", "udp"), dest="rtsp_transport",
+                       help="RTSP transport (default: tcp; some cameras and relays only serve udp)")
+    track.add_argument("--max-reconnect-s", type=float, default=60.0, dest="max_reconnect_s",
+                       help="give up on a dropped stream after this many seconds without success")
     speed = track.add_argument_group("speed (docs/performance.md; torch backend)")
     speed.add_argument("--compile", action="store_true",
                        help="torch.compile the UNet blocks and encoder (falls back to eager with a warning)")

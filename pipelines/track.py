@@ -250,6 +250,8 @@ def track_video(
     stop_event: threading.Event | None = None,
     engine_path: str | Path | None = None,
     engine_name: str | None = None,
+    ffmpeg_options: dict | None = None,
+    max_reconnect_s: float = 60.0,
 ) -> RunSummary:
     """Track keypoints through a video file or live stream and write the outputs to ``out_dir``.
 
@@ -289,6 +291,8 @@ def track_video(
         says "interrupted".
     engine_path, engine_name
         Recorded in the summary (the name defaults to the engine file's stem).
+    ffmpeg_options, max_reconnect_s
+        Passed to :func:`pipelines.sources.open_source` (e.g. ``{"rtsp_transport": "udp"}``).
 
     Returns
     -------
@@ -316,7 +320,8 @@ def track_video(
     halt = stop_event if stop_event is not None else threading.Event()
 
     source = open_source(source_spec, start=start, stop=stop, stride=stride, live=live,
-                         queue_size=max(8, batch_size), drop_policy=drop_policy, stop_event=halt)
+                         queue_size=max(8, batch_size), drop_policy=drop_policy, stop_event=halt,
+                         ffmpeg_options=ffmpeg_options, max_reconnect_s=max_reconnect_s)
     info = source.info
     is_live = info.is_live
     if is_live and smooth == "rts":
