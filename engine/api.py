@@ -92,8 +92,13 @@ class Engine:
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
     def adapt(cls, support: SupportSet, model: str | DiffusionModel = "tiny", config: AdaptConfig | None = None,
-              device: str | None = None, dtype: str | None = None, progress: Progress | None = None) -> Engine:
-        """Adapt keypoint prompts to a support set (FARA → foreground prompt → keypoint prompts)."""
+              device: str | None = None, dtype: str | None = None, progress: Progress | None = None,
+              foreground: str | Path | torch.Tensor | None = None) -> Engine:
+        """Adapt keypoint prompts to a support set (FARA → foreground prompt → keypoint prompts).
+
+        `foreground`: a foreground prompt pre-trained on a base set (a file from
+        `engine.foreground.save_foreground`, or the tensor); default: fit P_f on the support frames (base-free).
+        """
         cfg = config or AdaptConfig()
         dm = model if isinstance(model, DiffusionModel) else load_model(model, device=device, dtype=dtype)
         size = cfg.resolution or native_resolution(dm)
@@ -107,13 +112,23 @@ class Engine:
         init = torch.randn(dm.cross_attention_dim, generator=gen).to(dm.device)
         t0 = time.perf_counter()
         views = build_views(extractor, support, size, init, cfg, rng)
-        pf, fg_hist = train_foreground_prompt(extractor, views, init, cfg, rng, progress)
+        if foreground is None:
+            pf, fg_hist = train_foreground_prompt(extractor, views, init, cfg, rng, progress)
+            fg_source = "support frames (base-free)"
+        elif isinstance(foreground, torch.Tensor):
+            pf, fg_hist, fg_source = foreground.float().reshape(-1).to(dm.device), [], "given tensor"
+        else:
+            from engine.foreground import load_foreground
+
+            pf, _ = load_foreground(foreground, dm)
+            fg_hist, fg_source = [], f"base set ({Path(foreground).name})"
         prompts, kp_hist = train_keypoint_prompts(extractor, views, pf, len(support.names), cfg, rng, progress)
         seconds = time.perf_counter() - t0
         info = {
             "adaptation": {
                 "seconds": round(seconds, 2),
                 "support_frames": len(support.images),
+                "foreground_prompt": fg_source,
                 "views": int(len(views.latents)),
                 "foreground_loss": [fg_hist[0], fg_hist[-1]] if fg_hist else [],
                 # first step, and the mean of the last 10 (single steps are noisy: random batches)

@@ -109,7 +109,7 @@ def _adapt_engine(args, model: str):
     t0 = time.perf_counter()
     try:
         engine = Engine.adapt(support, model=model, config=config, device=args.device, dtype=args.dtype,
-                              progress=progress)
+                              progress=progress, foreground=args.foreground)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -294,6 +294,38 @@ def run_export_onnx(args) -> int:
     return 0
 
 
+def run_pretrain_foreground(args) -> int:
+    """``ppmtrack pretrain-foreground``: fit a reusable foreground prompt on annotated images of other animals."""
+    from tqdm import tqdm
+
+    from engine.foreground import pretrain_foreground, save_foreground
+    from pipelines.io.formats import read_labels
+
+    out = Path(args.output)
+    _check_engine_output(out)
+    fmt = None if args.format == "auto" else args.format
+    base = [read_labels(path, fmt=fmt).to_support() for path in args.base]
+    config = _adapt_config(args)
+    bar = tqdm(total=config.fg_steps, unit="step", file=sys.stderr, desc="foreground prompt", dynamic_ncols=True)
+
+    def progress(stage: str, step: int, total: int, loss: float) -> None:
+        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        bar.update(1)
+
+    try:
+        prompt, result = pretrain_foreground(base, args.model, config, device=args.device, dtype=args.dtype,
+                                             progress=progress)
+    finally:
+        bar.close()
+    info = result["info"]
+    save_foreground(out, prompt, result["model"], result["config"], info)
+    first, last = info["foreground_loss"] or (float("nan"), float("nan"))
+    print(f"pre-trained the foreground prompt on {info['frames']} frames of {info['base_sets']} base set(s) "
+          f"({info['views']} views) in {info['seconds']:.1f} s; loss {first:.4g} → {last:.4g}")
+    print(f"wrote {out} (use it with 'ppmtrack adapt SUPPORT --foreground {out}')")
+    return 0
+
+
 # ---- the parser -------------------------------------------------------------------------------------------
 
 MAIN_EXAMPLES = """\
@@ -358,6 +390,9 @@ def _adapt_options(with_defaults: bool) -> argparse.ArgumentParser:
                        help=f"augmented views per support frame (default: {base.views_per_frame})")
     group.add_argument("--no-augment", action="store_true",
                        help="no augmentation: one view per support frame (overrides --views-per-frame)")
+    group.add_argument("--foreground", metavar="FILE",
+                       help="start from a foreground prompt pre-trained on a base set ('ppmtrack "
+                            "pretrain-foreground'); default: fit it on the support frames")
     group.add_argument("--flip", action="store_true",
                        help="also train on horizontally mirrored views, swapping the annotation's flip_pairs; "
                             "only right when mirrored left and right parts look alike (e.g. top-down views)")
@@ -494,6 +529,20 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--individual", metavar="NAME",
                          help="the animal to read from a multi-animal DeepLabCut or SLEAP file")
     convert.set_defaults(run=run_convert_labels)
+
+    pretrain = commands.add_parser(
+        "pretrain-foreground", parents=[_adapt_options(with_defaults=True), device, debug],
+        formatter_class=_HelpFormatter, help="pre-train a reusable foreground prompt on a base set",
+        description="Fit the foreground prompt P_f on annotated images of other animals (a base set; PPM "
+                    "3.1.3). Their keypoints only build FARA pseudo masks, so names may differ between files. "
+                    "'ppmtrack adapt --foreground FILE' then starts from it instead of fitting P_f on the "
+                    "support frames. Uses --fg-steps, --resolution, --layers, --views-per-frame.",
+        epilog="example:\n  ppmtrack pretrain-foreground mice.json rats/CollectedData_Bo.csv -o rodents.fg "
+               "--model ./sd15\n",
+    )
+    pretrain.add_argument("base", nargs="+", metavar="BASE_LABELS", help="annotation files of the base set")
+    pretrain.add_argument("-o", "--output", required=True, metavar="FILE", help="foreground-prompt file to write")
+    pretrain.set_defaults(run=run_pretrain_foreground)
 
     if importlib.util.find_spec("engine.onnx_export") is not None:
         onnx = commands.add_parser(
