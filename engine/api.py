@@ -197,8 +197,7 @@ class Engine:
 
     def _ensure_cache(self):
         if not self._cached and self.cache_kv:
-            cache_prompt_kv(self.model.unet, self.extractor.state, self.layers,
-                            self.conditioning().to(self.model.dtype))
+            cache_prompt_kv(self.model.unet, self.extractor.state, None, self.conditioning().to(self.model.dtype))
             self._cached = True
 
     @torch.no_grad()

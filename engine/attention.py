@@ -69,11 +69,16 @@ class CaptureState:
 
 
 class CaptureProcessor:
-    """Cross-attention processor that records PPM maps; the attention output is left as diffusers computes it."""
+    """Cross-attention processor that records PPM maps; the attention output is left as diffusers computes it.
 
-    def __init__(self, name: str, state: CaptureState):
+    Every cross-attention layer gets one, so that all of them reuse the cached prompt keys and values;
+    only those with `capture` set record maps.
+    """
+
+    def __init__(self, name: str, state: CaptureState, capture: bool = True):
         self.name = name
         self.state = state
+        self.capture = capture
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         batch, seq, _ = hidden_states.shape
@@ -91,6 +96,8 @@ class CaptureProcessor:
         out = out.transpose(1, 2).reshape(batch, seq, heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
 
+        if not self.capture:
+            return out
         n = self.state.n_tokens
         if n > 0:
             # (B, heads, n, seq): only the used tokens, not all 77
@@ -111,7 +118,8 @@ def check_attention(attn) -> None:
 
 
 def install_capture(unet, layers: list[str], state: CaptureState | None = None) -> CaptureState:
-    """Put capture processors on the selected cross-attention layers and the fused default on all others."""
+    """Put capture processors on all cross-attention layers (recording on the selected ones) and diffusers'
+    fused default on the self-attention layers."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     state = state if state is not None else CaptureState()
@@ -119,9 +127,9 @@ def install_capture(unet, layers: list[str], state: CaptureState | None = None) 
     processors = {}
     for name in unet.attn_processors:
         layer = name[: -len(".processor")]
-        if layer in layers:
+        if layer.endswith("attn2"):
             check_attention(modules[layer])
-            processors[name] = CaptureProcessor(layer, state)
+            processors[name] = CaptureProcessor(layer, state, capture=layer in layers)
         else:
             processors[name] = AttnProcessor2_0()
     unet.set_attn_processor(processors)
@@ -129,17 +137,23 @@ def install_capture(unet, layers: list[str], state: CaptureState | None = None) 
 
 
 def capture_installed(unet, layers: list[str], state: CaptureState) -> bool:
-    """Whether the UNet's selected layers still report to `state` (another extractor may have replaced them)."""
+    """Whether the UNet's cross-attention layers still report to `state`, recording exactly on `layers`
+    (another extractor sharing the model may have replaced them)."""
     modules = dict(unet.named_modules())
-    return all(isinstance(p := modules[n].processor, CaptureProcessor) and p.state is state for n in layers)
+    selected = set(layers)
+    return all(isinstance(p := modules[n].processor, CaptureProcessor) and p.state is state
+               and p.capture == (n in selected) for n in cross_attention_layers(unet))
 
 
-def cache_prompt_kv(unet, state: CaptureState, layers: list[str], conditioning: torch.Tensor) -> None:
-    """Project a constant (1, T, c) conditioning to keys and values once per layer; the processors reuse them."""
+def cache_prompt_kv(unet, state: CaptureState, layers: list[str] | None, conditioning: torch.Tensor) -> None:
+    """Project a constant (1, T, c) conditioning to keys and values once per layer; the processors reuse them.
+
+    `layers` None means every cross-attention layer, so no layer repeats the prompt-side work per frame.
+    """
     modules = dict(unet.named_modules())
     state.kv_cache.clear()
     with torch.no_grad():
-        for layer in layers:
+        for layer in layers or cross_attention_layers(unet):
             attn = modules[layer]
             heads = attn.heads
             k = attn.to_k(conditioning)

@@ -50,3 +50,26 @@ def adapted_engine(tiny_model, sample_support):
     from engine import AdaptConfig, Engine
 
     return Engine.adapt(sample_support, tiny_model, AdaptConfig())
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """On a small shared CPU torch's thread team stalls when other processes compete; one thread is steady.
+    Modules that run the pipeline's own threads beside torch opt in with ``pytest.mark.usefixtures``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def relay():
+    """A running RTSP relay on 127.0.0.1 (Debian's Perl RTSP::Server) publishing index-coded frames."""
+    from rtsp_server import RtspRelay, server_installed
+
+    if not server_installed():
+        pytest.skip("RTSP relay not installed (Perl RTSP::Server, Debian librtsp-server-perl); "
+                    "run .ci/install-rtsp.sh")
+    with RtspRelay(fps=25) as running:
+        running.start()
+        yield running

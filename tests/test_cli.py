@@ -13,7 +13,6 @@ from pathlib import Path
 
 import av
 import pytest
-import torch
 
 from pipelines.cli import main
 from pipelines.io.annotation import read_annotation
@@ -25,13 +24,7 @@ VIDEO = str(SAMPLES / "sample.mp4")
 TINY = ["--model", "tiny", "--steps", "5", "--fg-steps", "2", "--views-per-frame", "2", "--resolution", "128"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On a small shared CPU torch's thread team stalls when other processes compete; one thread is steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

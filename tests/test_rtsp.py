@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from rtsp_server import UDP_OPTIONS, RtspRelay, free_tcp_port, server_installed
+from rtsp_server import UDP_OPTIONS, free_tcp_port
 from videogen import decode_index
 
 from pipelines import sources
@@ -17,16 +17,6 @@ from pipelines.sources import Gap, SourceError, VideoFrame, open_source
 @pytest.fixture(autouse=True)
 def short_stall_timeout(monkeypatch):
     monkeypatch.setattr(sources, "STALL_TIMEOUT_S", 2.0)
-
-
-@pytest.fixture
-def relay():
-    if not server_installed():
-        pytest.skip("RTSP relay not installed (Perl RTSP::Server, Debian librtsp-server-perl); "
-                    "run .ci/install-rtsp.sh")
-    with RtspRelay(fps=25) as running:
-        running.start()
-        yield running
 
 
 def test_stream_reconnects_after_the_server_restarts_and_reports_the_gap(relay):

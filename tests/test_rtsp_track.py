@@ -8,22 +8,12 @@ import time
 
 import numpy as np
 import pytest
-from rtsp_server import UDP_OPTIONS, RtspRelay, server_installed
+from rtsp_server import UDP_OPTIONS
 
 from engine import AdaptConfig, Engine
 from pipelines import sources
 from pipelines.io.csv import read_tracks_csv
 from pipelines.track import track_video
-
-
-@pytest.fixture
-def relay():
-    if not server_installed():
-        pytest.skip("RTSP relay not installed (Perl RTSP::Server, Debian librtsp-server-perl); "
-                    "run .ci/install-rtsp.sh")
-    with RtspRelay(fps=15) as running:
-        running.start()
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 
 from engine import AdaptConfig, Engine
 from pipelines.batching import iter_batches
@@ -24,13 +23,7 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 TINY_ADAPT = AdaptConfig(steps=5, fg_steps=2, views_per_frame=2, batch_size=2, resolution=128)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On a small shared CPU torch's thread team stalls when other processes compete; one thread is steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
