@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import AdaptConfig, Engine, FgarConfig
-from engine.augment import AugmentConfig
-from pipelines.io.annotation import read_annotation
-from pipelines.sources import read_frames_at
+from ppmtrack.engine import AdaptConfig, Engine, FgarConfig
+from ppmtrack.engine.augment import AugmentConfig
+from ppmtrack.pipelines.io.annotation import read_annotation
+from ppmtrack.pipelines.sources import read_frames_at
 
 ROOT = Path(__file__).resolve().parents[1] / "samples"
 

@@ -31,16 +31,16 @@ from bench_inference import (  # noqa: E402
     sync,
 )
 
-from engine import AdaptConfig, Engine  # noqa: E402
-from engine.support import SupportSet  # noqa: E402
+from ppmtrack.engine import AdaptConfig, Engine  # noqa: E402
+from ppmtrack.engine.support import SupportSet  # noqa: E402
 
 SUPPORT_FRAMES = (10, 50, 100, 150, 190)
 
 
 def support_set(n_keypoints: int, frames=SUPPORT_FRAMES) -> SupportSet:
     """Sample-video support frames with their true keypoints, padded to `n_keypoints` with edge midpoints."""
-    from pipelines.io.annotation import read_annotation
-    from pipelines.sources import read_frames_at
+    from ppmtrack.pipelines.io.annotation import read_annotation
+    from ppmtrack.pipelines.sources import read_frames_at
 
     truth = read_annotation(SAMPLE_TRUTH)
     rows = [next(i for i, f in enumerate(truth.frames) if f.frame == n) for n in frames]

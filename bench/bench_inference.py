@@ -29,11 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine import AdaptConfig, Engine  # noqa: E402
-from engine.fgar import fuse_layers_fgar  # noqa: E402
-from engine.models import SD_SCHEDULER_CONFIG, DiffusionModel, load_model, resolve_device, resolve_dtype  # noqa: E402
-from engine.preprocess import letterbox_batch, to_uint8_batch  # noqa: E402
-from engine.speed import SpeedConfig  # noqa: E402
+from ppmtrack.engine import AdaptConfig, Engine  # noqa: E402
+from ppmtrack.engine.fgar import fuse_layers_fgar  # noqa: E402
+from ppmtrack.engine.models import SD_SCHEDULER_CONFIG, DiffusionModel, load_model, resolve_device, resolve_dtype  # noqa: E402
+from ppmtrack.engine.preprocess import letterbox_batch, to_uint8_batch  # noqa: E402
+from ppmtrack.engine.speed import SpeedConfig  # noqa: E402
 
 SAMPLE = ROOT / "samples" / "sample.mp4"
 SAMPLE_SUPPORT = ROOT / "samples" / "support.json"
@@ -66,7 +66,7 @@ def build_model(arch: str, device: str | None = None, dtype: str | None = None,
         return load_model(arch, device=device, dtype=dtype)  # a real model: hub id or folder
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from engine.models import _alphas_cumprod
+    from ppmtrack.engine.models import _alphas_cumprod
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -104,7 +104,7 @@ def make_engine(model: DiffusionModel, keypoints: int, resolution: int | None = 
 
 def sample_frames(n: int) -> np.ndarray:
     """The first `n` frames of the sample video (repeated if n > 200), (n, 240, 320, 3) RGB uint8."""
-    from pipelines.sources import read_frames_at
+    from ppmtrack.pipelines.sources import read_frames_at
 
     got = read_frames_at(SAMPLE, list(range(min(n, 200))))
     return np.stack([got[i % len(got)] for i in range(n)])
@@ -151,7 +151,7 @@ def machine_line(device: torch.device) -> str:
     """Machine, device and versions, for the table header."""
     import diffusers
 
-    from engine.api import package_version
+    from ppmtrack.engine.api import package_version
 
     if device.type == "cuda":
         where = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
@@ -211,9 +211,9 @@ def decode_ms_per_frame(n: int) -> float:
 
 def stage_times(engine: Engine, frames: np.ndarray, batch: int, write_video: bool = True) -> dict[str, float]:
     """Seconds per stage for predicting and writing `frames` in batches of `batch` (one pass)."""
-    from pipelines.io.csv import TracksCsvWriter
-    from pipelines.io.video import AnnotatedVideoWriter
-    from tracker import OnlineSmoother
+    from ppmtrack.pipelines.io.csv import TracksCsvWriter
+    from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
+    from ppmtrack.tracker import OnlineSmoother
 
     dev = engine.model.device
     timer = Timer(dev)

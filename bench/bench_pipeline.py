@@ -33,12 +33,12 @@ from bench_inference import (  # noqa: E402
     sync,
 )
 
-from engine.speed import SpeedConfig  # noqa: E402
+from ppmtrack.engine.speed import SpeedConfig  # noqa: E402
 
 
 def pipeline_run(engine, video: Path, batch: int, write_video: bool, stop: int | None) -> dict:
     """One `track_video` run; returns its summary as a dict."""
-    from pipelines.track import track_video
+    from ppmtrack.pipelines.track import track_video
 
     reset = getattr(engine.map_runner, "reset", None)
     if reset:
@@ -51,8 +51,8 @@ def pipeline_run(engine, video: Path, batch: int, write_video: bool, stop: int |
 
 def live_latency_ms(engine, video: Path, frames: int) -> list[float]:
     """Per-frame latency with batch 1: from a frame leaving the decoder to its smoothed keypoints."""
-    from pipelines.sources import open_source
-    from tracker import OnlineSmoother
+    from ppmtrack.pipelines.sources import open_source
+    from ppmtrack.tracker import OnlineSmoother
 
     smoother = OnlineSmoother(len(engine.names))
     reset = getattr(engine.map_runner, "reset", None)

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.augment import AugmentConfig, flip_permutation, random_affine, warp_view
-from engine.fara import fara_mask
-from engine.infer import MapExtractor
-from engine.localize import input_to_map, letterbox_for
-from engine.support import SupportSet
+from ppmtrack.engine.augment import AugmentConfig, flip_permutation, random_affine, warp_view
+from ppmtrack.engine.fara import fara_mask
+from ppmtrack.engine.infer import MapExtractor
+from ppmtrack.engine.localize import input_to_map, letterbox_for
+from ppmtrack.engine.support import SupportSet
 
 LOSSES = ("ce", "mse")
 TOKENS = 77

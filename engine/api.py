@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.adapt import (
+from ppmtrack.engine.adapt import (
     AdaptConfig,
     Progress,
     build_views,
@@ -17,14 +17,14 @@ from engine.adapt import (
     train_foreground_prompt,
     train_keypoint_prompts,
 )
-from engine.attention import cache_prompt_kv, select_layers
-from engine.engine_file import EngineFileError, read_engine_file, write_engine_file
-from engine.fgar import fuse_layers_fgar
-from engine.infer import MapExtractor
-from engine.localize import map_to_input, soft_argmax_peak
-from engine.models import DiffusionModel, load_model, same_model
-from engine.preprocess import letterbox_batch, to_uint8_batch
-from engine.support import SupportSet
+from ppmtrack.engine.attention import cache_prompt_kv, select_layers
+from ppmtrack.engine.engine_file import EngineFileError, read_engine_file, write_engine_file
+from ppmtrack.engine.fgar import fuse_layers_fgar
+from ppmtrack.engine.infer import MapExtractor
+from ppmtrack.engine.localize import map_to_input, soft_argmax_peak
+from ppmtrack.engine.models import DiffusionModel, load_model, same_model
+from ppmtrack.engine.preprocess import letterbox_batch, to_uint8_batch
+from ppmtrack.engine.support import SupportSet
 
 TOKENS = 77
 
@@ -85,7 +85,7 @@ class Engine:
         self.cache_kv = True  # project the constant prompt to keys/values once (engine.speed may turn it off)
         self.map_runner = None  # engine.speed may replace `eager_maps` (compiled, CUDA graph, feature reuse)
         if speed is not None:
-            from engine.speed import apply_speed
+            from ppmtrack.engine.speed import apply_speed
 
             apply_speed(self, speed)
 
@@ -118,7 +118,7 @@ class Engine:
         elif isinstance(foreground, torch.Tensor):
             pf, fg_hist, fg_source = foreground.float().reshape(-1).to(dm.device), [], "given tensor"
         else:
-            from engine.foreground import load_foreground
+            from ppmtrack.engine.foreground import load_foreground
 
             pf, _ = load_foreground(foreground, dm)
             fg_hist, fg_source = [], f"base set ({Path(foreground).name})"

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ppmtrack.engine.errors import PpmtrackError
+
 TAESD_HUB_ID = "madebyollin/taesd"
 UNTRAINED = "untrained"
 UNTRAINED_SEED = 0
@@ -39,7 +41,7 @@ TAESD_CONFIG = dict(
 )
 
 
-class EncoderLoadError(RuntimeError):
+class EncoderLoadError(PpmtrackError, RuntimeError):
     """The tiny autoencoder could not be loaded; the message says where it was looked for and what to do."""
 
 
@@ -141,7 +143,7 @@ def encoder_effect(engine, frames: np.ndarray, encoder: TinyEncoder, batch_size:
     frame pixels) and ``latent_correlation`` (Pearson correlation of the two encoders' latents).
     The engine's own encoder setting is restored afterwards.
     """
-    from engine.preprocess import letterbox_batch, to_uint8_batch
+    from ppmtrack.engine.preprocess import letterbox_batch, to_uint8_batch
 
     saved = engine.extractor.encoder
     runs = {}

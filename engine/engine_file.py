@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 
+from ppmtrack.engine.errors import PpmtrackError
+
 FORMAT = "ppmtrack-engine"
 FORMAT_VERSION = 1
 
 
-class EngineFileError(ValueError):
+class EngineFileError(PpmtrackError, ValueError):
     """An engine file is unreadable, from an incompatible version, or for another model."""
 
 

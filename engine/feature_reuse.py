@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.attention import capture_installed, install_capture
+from ppmtrack.engine.attention import capture_installed, install_capture
 
 
 class FeatureReuse:

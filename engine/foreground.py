@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.adapt import AdaptConfig, Progress, SupportViews, build_views, train_foreground_prompt
-from engine.attention import select_layers
-from engine.engine_file import EngineFileError, read_engine_file, write_engine_file
-from engine.infer import MapExtractor
-from engine.models import DiffusionModel, load_model, same_model
-from engine.support import SupportSet
+from ppmtrack.engine.adapt import AdaptConfig, Progress, SupportViews, build_views, train_foreground_prompt
+from ppmtrack.engine.attention import select_layers
+from ppmtrack.engine.engine_file import EngineFileError, read_engine_file, write_engine_file
+from ppmtrack.engine.infer import MapExtractor
+from ppmtrack.engine.models import DiffusionModel, load_model, same_model
+from ppmtrack.engine.support import SupportSet
 
 KIND = "ppmtrack-foreground"
 
@@ -34,7 +34,7 @@ def pretrain_foreground(base: list[SupportSet], model: str | DiffusionModel = "t
         raise ValueError("the base set is empty")
     cfg = config or AdaptConfig()
     dm = model if isinstance(model, DiffusionModel) else load_model(model, device=device, dtype=dtype)
-    from engine.api import native_resolution
+    from ppmtrack.engine.api import native_resolution
 
     size = cfg.resolution or native_resolution(dm)
     cfg.resolution = size

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.attention import (
+from ppmtrack.engine.attention import (
     CaptureState,
     capture_installed,
     install_capture,
     last_block_needed,
     unet_forward_until,
 )
-from engine.models import DiffusionModel
+from ppmtrack.engine.models import DiffusionModel
 
 
 class MapExtractor:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ppmtrack.engine.errors import PpmtrackError
+
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY = "tiny"
 TINY_SEED = 0
@@ -52,7 +54,7 @@ SD_SCHEDULER_CONFIG = dict(
 )
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(PpmtrackError, RuntimeError):
     """The diffusion model could not be loaded; the message says where it was looked for and what to do."""
 
 

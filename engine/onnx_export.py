@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from engine.attention import capture_installed, install_capture, unet_forward_until
-from engine.fgar import fuse_layers_fgar
-from engine.localize import map_to_input, soft_argmax_peak
+from ppmtrack.engine.attention import capture_installed, install_capture, unet_forward_until
+from ppmtrack.engine.fgar import fuse_layers_fgar
+from ppmtrack.engine.localize import map_to_input, soft_argmax_peak
 
 ONNX_FORMAT = "ppmtrack-onnx"
 ONNX_FORMAT_VERSION = 1
@@ -105,7 +105,7 @@ def output_names(with_maps: bool) -> list[str]:
 
 def onnx_metadata(engine, name: str, with_maps: bool) -> dict[str, str]:
     """What `OnnxEngine` needs without the engine file, as ONNX ``metadata_props`` (string values, JSON)."""
-    from engine.api import package_version
+    from ppmtrack.engine.api import package_version
 
     return {
         "format": ONNX_FORMAT,

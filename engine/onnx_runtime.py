@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.api import Prediction
-from engine.engine_file import EngineFileError
-from engine.onnx_export import ONNX_FORMAT, ONNX_FORMAT_VERSION
-from engine.preprocess import letterbox_batch, to_uint8_batch
+from ppmtrack.engine.api import Prediction
+from ppmtrack.engine.engine_file import EngineFileError
+from ppmtrack.engine.onnx_export import ONNX_FORMAT, ONNX_FORMAT_VERSION
+from ppmtrack.engine.preprocess import letterbox_batch, to_uint8_batch
 
 # fastest first; each used only when the installed onnxruntime offers it (onnxruntime-gpu: the first two)
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")

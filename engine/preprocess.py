@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.localize import Letterbox, letterbox_for
+from ppmtrack.engine.localize import Letterbox, letterbox_for
 
 
 def letterbox_batch(frames: torch.Tensor, size: int) -> tuple[torch.Tensor, Letterbox]:

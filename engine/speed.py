@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from engine.attention import last_block_needed
+from ppmtrack.engine.attention import last_block_needed
 
 logger = logging.getLogger("ppmtrack")
 
@@ -92,7 +92,7 @@ def apply_speed(engine, config: SpeedConfig) -> None:
     ext.stop_after = last_block_needed(engine.layers) if config.truncate else None
 
     if config.encoder != "vae":
-        from engine.encoders import TAESD_CONFIG, TAESD_HUB_ID, TINY_TAESD_CONFIG, load_tiny_encoder
+        from ppmtrack.engine.encoders import TAESD_CONFIG, TAESD_HUB_ID, TINY_TAESD_CONFIG, load_tiny_encoder
 
         source = TAESD_HUB_ID if config.encoder == "taesd" else config.encoder
         full_size = model.unet.config.block_out_channels[0] >= 320
@@ -106,7 +106,7 @@ def apply_speed(engine, config: SpeedConfig) -> None:
 
     maps: Callable[[torch.Tensor], torch.Tensor] = engine.eager_maps
     if config.reuse_every > 1:
-        from engine.feature_reuse import FeatureReuse
+        from ppmtrack.engine.feature_reuse import FeatureReuse
 
         maps = FeatureReuse(engine, config.reuse_every, config.reuse_branch)
     if config.channels_last:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from pipelines.sources import Gap, VideoFrame
+from ppmtrack.pipelines.sources import Gap, VideoFrame
 
 _POLL_S = 0.1
 

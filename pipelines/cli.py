@@ -68,7 +68,7 @@ def _configure_logging(debug: bool) -> None:
 # ---- adaptation -------------------------------------------------------------------------------------------
 
 def _adapt_config(args):
-    from engine import AdaptConfig
+    from ppmtrack.engine import AdaptConfig
 
     config = AdaptConfig()
     for option in ("steps", "lr", "fg_steps", "loss", "views_per_frame", "resolution", "layers", "seed"):
@@ -82,7 +82,7 @@ def _adapt_config(args):
 
 
 def _read_support(args):
-    from pipelines.io.formats import read_labels
+    from ppmtrack.pipelines.io.formats import read_labels
 
     fmt = None if args.format == "auto" else args.format
     return read_labels(args.support, fmt=fmt, individual=args.individual).to_support()
@@ -92,7 +92,7 @@ def _adapt_engine(args, model: str):
     """Adapt on ``args.support`` with a progress bar; print losses, time and the support-frame error."""
     from tqdm import tqdm
 
-    from engine import Engine
+    from ppmtrack.engine import Engine
 
     support = _read_support(args)
     config = _adapt_config(args)
@@ -153,7 +153,7 @@ def format_support_error(engine, support) -> str:
 
 
 def _check_engine_output(path: Path) -> None:
-    from pipelines.track import OutputError, prepare_output_dir
+    from ppmtrack.pipelines.track import OutputError, prepare_output_dir
 
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; name the engine file, e.g. -o {path / 'animal.engine'}")
@@ -199,7 +199,7 @@ class _StopOnSignal:
 
 def _speed_config(args):
     """The inference optimisations asked for on the command line (docs/performance.md)."""
-    from engine.speed import SpeedConfig
+    from ppmtrack.engine.speed import SpeedConfig
 
     return SpeedConfig(channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs,
                        encoder=args.encoder, reuse_every=args.reuse_every)
@@ -207,10 +207,10 @@ def _speed_config(args):
 
 def run_track(args) -> int:
     """``ppmtrack track``: track a video file or stream with an engine file or a support set."""
-    from engine import Engine
-    from pipelines.sources import is_live_spec, open_source
-    from pipelines.track import check_output_formats, prepare_output_dir, track_video
-    from tracker import SmoothingParams
+    from ppmtrack.engine import Engine
+    from ppmtrack.pipelines.sources import is_live_spec, open_source
+    from ppmtrack.pipelines.track import check_output_formats, prepare_output_dir, track_video
+    from ppmtrack.tracker import SmoothingParams
 
     formats = check_output_formats(args.output_format.split(","))
     out_dir = prepare_output_dir(args.output)
@@ -224,7 +224,7 @@ def run_track(args) -> int:
     if backend == "onnx":
         if not args.engine:
             raise ValueError("--backend onnx needs --engine FILE.onnx (make one with 'ppmtrack export-onnx')")
-        from engine.onnx_runtime import OnnxEngine
+        from ppmtrack.engine.onnx_runtime import OnnxEngine
 
         engine = OnnxEngine.load(args.engine)
         engine_path = Path(args.engine)
@@ -233,7 +233,7 @@ def run_track(args) -> int:
                              speed=_speed_config(args))
         engine_path = Path(args.engine)
     else:
-        from engine import DEFAULT_MODEL
+        from ppmtrack.engine import DEFAULT_MODEL
 
         engine = _adapt_engine(args, args.model or DEFAULT_MODEL)
         engine_path = out_dir / f"{Path(args.support).stem}.engine"
@@ -260,9 +260,9 @@ def run_track(args) -> int:
 
 def run_eval(args) -> int:
     """``ppmtrack eval``: PCK and pixel error of a tracks CSV against ground-truth labels."""
-    from pipelines.evaluate import evaluate, format_report
-    from pipelines.io.csv import read_tracks_csv
-    from pipelines.io.formats import read_labels
+    from ppmtrack.pipelines.evaluate import evaluate, format_report
+    from ppmtrack.pipelines.io.csv import read_tracks_csv
+    from ppmtrack.pipelines.io.formats import read_labels
 
     tracks = read_tracks_csv(args.tracks)
     truth = read_labels(args.truth)
@@ -272,8 +272,8 @@ def run_eval(args) -> int:
 
 def run_convert_labels(args) -> int:
     """``ppmtrack convert-labels``: any supported labels file → ppmtrack annotation JSON."""
-    from pipelines.io.annotation import write_annotation
-    from pipelines.io.formats import read_labels
+    from ppmtrack.pipelines.io.annotation import write_annotation
+    from ppmtrack.pipelines.io.formats import read_labels
 
     labels = read_labels(args.input, fmt=None if args.format == "auto" else args.format,
                          individual=args.individual)
@@ -284,8 +284,8 @@ def run_convert_labels(args) -> int:
 
 def run_export_onnx(args) -> int:
     """``ppmtrack export-onnx``: write an adapted engine as an ONNX model (float32)."""
-    from engine import Engine
-    from engine.onnx_export import export_onnx
+    from ppmtrack.engine import Engine
+    from ppmtrack.engine.onnx_export import export_onnx
 
     engine = Engine.load(args.engine, model=args.model, device=args.device or "cpu", dtype="float32")
     path = export_onnx(engine, args.output, with_maps=args.with_maps, opset=args.opset,
@@ -298,8 +298,8 @@ def run_pretrain_foreground(args) -> int:
     """``ppmtrack pretrain-foreground``: fit a reusable foreground prompt on annotated images of other animals."""
     from tqdm import tqdm
 
-    from engine.foreground import pretrain_foreground, save_foreground
-    from pipelines.io.formats import read_labels
+    from ppmtrack.engine.foreground import pretrain_foreground, save_foreground
+    from ppmtrack.pipelines.io.formats import read_labels
 
     out = Path(args.output)
     _check_engine_output(out)
@@ -365,7 +365,7 @@ closed and valid and the summary says "interrupted" (exit status 130).
 
 def _adapt_options(with_defaults: bool) -> argparse.ArgumentParser:
     """Options of few-shot adaptation, shared by ``adapt`` and ``track --support``."""
-    from engine import DEFAULT_MODEL, AdaptConfig
+    from ppmtrack.engine import DEFAULT_MODEL, AdaptConfig
 
     base = AdaptConfig()
     parent = argparse.ArgumentParser(add_help=False)
@@ -423,9 +423,9 @@ def _debug_option() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ppmtrack`` argument parser with its subcommands."""
-    from pipelines.sources import STALL_TIMEOUT_S
-    from pipelines.track import OUTPUT_FORMATS, SMOOTH_MODES
-    from tracker import SmoothingParams
+    from ppmtrack.pipelines.sources import STALL_TIMEOUT_S
+    from ppmtrack.pipelines.track import OUTPUT_FORMATS, SMOOTH_MODES
+    from ppmtrack.tracker import SmoothingParams
 
     parser = argparse.ArgumentParser(
         prog="ppmtrack", formatter_class=_HelpFormatter, epilog=MAIN_EXAMPLES,
@@ -544,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("-o", "--output", required=True, metavar="FILE", help="foreground-prompt file to write")
     pretrain.set_defaults(run=run_pretrain_foreground)
 
-    if importlib.util.find_spec("engine.onnx_export") is not None:
+    if importlib.util.find_spec("ppmtrack.engine.onnx_export") is not None:
         onnx = commands.add_parser(
             "export-onnx", parents=[debug], formatter_class=_HelpFormatter,
             help="export an adapted engine as an ONNX model",
@@ -565,9 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from engine import EngineFileError, ModelLoadError
-    from pipelines.labels import LabelsError
-    from pipelines.sources import SourceError
+    from ppmtrack.engine import EngineFileError, ModelLoadError
+    from ppmtrack.pipelines.labels import LabelsError
+    from ppmtrack.pipelines.sources import SourceError
 
     return (ModelLoadError, EngineFileError, LabelsError, SourceError, OSError, ValueError, ImportError)
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.labels import Labels
-from tracker.track import Tracks
+from ppmtrack.pipelines.labels import Labels
+from ppmtrack.tracker.track import Tracks
 
 MIN_BBOX_SIZE_PX = 32.0
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine.support import SupportSet
+from ppmtrack.engine.errors import PpmtrackError
+from ppmtrack.engine.support import SupportSet
 
 
-class LabelsError(ValueError):
+class LabelsError(PpmtrackError, ValueError):
     """An annotation file is malformed; the message names the file and the entry."""
 
 
@@ -69,7 +70,7 @@ class Labels:
 
     def load_images(self) -> list[np.ndarray]:
         """Read every labelled frame as an RGB uint8 array, checking that its keypoints lie inside it."""
-        from pipelines.sources import read_frames_at
+        from ppmtrack.pipelines.sources import read_frames_at
 
         images: list[np.ndarray | None] = [None] * len(self.frames)
         by_video: dict[Path, list[int]] = {}

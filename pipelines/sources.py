@@ -21,6 +21,8 @@ from typing import Literal
 import av
 import numpy as np
 
+from ppmtrack.engine.errors import PpmtrackError
+
 logger = logging.getLogger("ppmtrack")
 
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://", "srt://")
@@ -37,7 +39,7 @@ MAX_FAILED_READS = 50
 """Consecutive unreadable packets after which a damaged file is given up."""
 
 
-class SourceError(OSError):
+class SourceError(PpmtrackError, OSError):
     """A video source cannot be opened or read: missing file, not a video, unreachable stream."""
 
 

@@ -21,13 +21,14 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from pipelines.batching import BatchStats, iter_batches
-from pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
-from pipelines.io.formats import TRACK_FORMATS, write_tracks
-from pipelines.io.video import AnnotatedVideoWriter
-from pipelines.sources import Source, VideoFrame, is_live_spec, open_source
-from pipelines.summary import RunSummary
-from tracker import OnlineSmoother, SmoothingParams, Tracks, smooth_keypoints
+from ppmtrack.engine.errors import PpmtrackError
+from ppmtrack.pipelines.batching import BatchStats, iter_batches
+from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
+from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
+from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
+from ppmtrack.pipelines.sources import Source, VideoFrame, is_live_spec, open_source
+from ppmtrack.pipelines.summary import RunSummary
+from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks, smooth_keypoints
 
 logger = logging.getLogger("ppmtrack")
 
@@ -39,7 +40,7 @@ WRITER_QUEUE_BATCHES = 2
 DEFAULT_VIDEO_FPS = 30.0  # for the annotated video of a stream that declares no rate (frame times are kept)
 
 
-class OutputError(OSError):
+class OutputError(PpmtrackError, OSError):
     """The output folder cannot be created or written to."""
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import Engine, EngineFileError
-from engine.models import load_model
+from ppmtrack.engine import Engine, EngineFileError
+from ppmtrack.engine.models import load_model
 
 # Measured on the bundled sample with the default AdaptConfig (docs/method.md): see the closing notes.
 SUPPORT_MEAN_ERROR_PX = 12.0

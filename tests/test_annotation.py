@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.io.annotation import read_annotation, write_annotation
-from pipelines.labels import LabelsError
+from ppmtrack.pipelines.io.annotation import read_annotation, write_annotation
+from ppmtrack.pipelines.labels import LabelsError
 
 
 def _write(tmp_path, doc, name="a.json"):

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from engine.attention import (
+from ppmtrack.engine.attention import (
     cross_attention_layers,
     install_capture,
     last_block_needed,
     select_layers,
     unet_forward_until,
 )
-from engine.infer import MapExtractor
+from ppmtrack.engine.infer import MapExtractor
 
 
 def _inputs(model, batch=2):
@@ -74,7 +74,7 @@ def test_truncated_forward_gives_identical_maps(tiny_model):
 
 
 def test_cached_prompt_projections_match_uncached(tiny_model):
-    from engine.attention import cache_prompt_kv
+    from ppmtrack.engine.attention import cache_prompt_kv
 
     layers = select_layers(tiny_model.unet, "up")
     x, _, cond = _inputs(tiny_model)

@@ -14,9 +14,9 @@ from pathlib import Path
 import av
 import pytest
 
-from pipelines.cli import main
-from pipelines.io.annotation import read_annotation
-from pipelines.io.csv import read_tracks_csv
+from ppmtrack.pipelines.cli import main
+from ppmtrack.pipelines.io.annotation import read_annotation
+from ppmtrack.pipelines.io.csv import read_tracks_csv
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 VIDEO = str(SAMPLES / "sample.mp4")
@@ -42,7 +42,7 @@ def adapted(tmp_path_factory):
 
 
 COMMANDS = [[], ["adapt"], ["track"], ["eval"], ["convert-labels"]]
-if importlib.util.find_spec("engine.onnx_export") is not None:
+if importlib.util.find_spec("ppmtrack.engine.onnx_export") is not None:
     COMMANDS.append(["export-onnx"])
 
 
@@ -97,7 +97,7 @@ def test_every_output_format_is_written(adapted, tmp_path):
 def test_sigint_stops_the_run_with_valid_outputs(adapted, tmp_path):
     engine = adapted[0]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "track", VIDEO, "--engine", str(engine),
+    run = subprocess.Popen([sys.executable, "-m", "ppmtrack.pipelines.cli", "track", VIDEO, "--engine", str(engine),
                             "-o", str(tmp_path), "--batch-size", "1"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     csv_path = tmp_path / "sample.csv"

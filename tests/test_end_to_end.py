@@ -7,9 +7,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipelines.evaluate import evaluate, format_report
-from pipelines.io.csv import read_tracks_csv
-from pipelines.track import track_video
+from ppmtrack.pipelines.evaluate import evaluate, format_report
+from ppmtrack.pipelines.io.csv import read_tracks_csv
+from ppmtrack.pipelines.track import track_video
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 

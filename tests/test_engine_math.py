@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import torch
 
-from engine.augment import AugmentConfig, flip_permutation, random_affine, warp_view
-from engine.fara import cosine_affinity, distance_weights, fara_mask, superpixel_means
-from engine.fgar import focus_score, fuse_layers_fgar, soft_iou
-from engine.localize import Letterbox, input_to_map, letterbox_for, map_to_input, soft_argmax_peak
+from ppmtrack.engine.augment import AugmentConfig, flip_permutation, random_affine, warp_view
+from ppmtrack.engine.fara import cosine_affinity, distance_weights, fara_mask, superpixel_means
+from ppmtrack.engine.fgar import focus_score, fuse_layers_fgar, soft_iou
+from ppmtrack.engine.localize import Letterbox, input_to_map, letterbox_for, map_to_input, soft_argmax_peak
 
 
 def test_soft_iou_matches_hand_computation():

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.evaluate import MIN_BBOX_SIZE_PX, evaluate, format_report
-from pipelines.io.annotation import read_annotation
-from pipelines.labels import FrameRef, Labels
-from tracker.track import Tracks
+from ppmtrack.pipelines.evaluate import MIN_BBOX_SIZE_PX, evaluate, format_report
+from ppmtrack.pipelines.io.annotation import read_annotation
+from ppmtrack.pipelines.labels import FrameRef, Labels
+from ppmtrack.tracker.track import Tracks
 
 NAMES = ["nose", "ear", "tail"]
 # Keypoints span 200 × 100 px, so the bbox size max(w, h) is 200 px:

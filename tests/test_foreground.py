@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import AdaptConfig, Engine, EngineFileError
-from engine.foreground import load_foreground
-from engine.models import load_model
-from pipelines.cli import main
+from ppmtrack.engine import AdaptConfig, Engine, EngineFileError
+from ppmtrack.engine.foreground import load_foreground
+from ppmtrack.engine.models import load_model
+from ppmtrack.pipelines.cli import main
 
 QUICK = AdaptConfig(resolution=128, steps=2, fg_steps=2, views_per_frame=2, batch_size=2)
 

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.io.coco import read_coco
-from pipelines.io.formats import detect_labels_format, read_labels
-from pipelines.labels import LabelsError
+from ppmtrack.pipelines.io.coco import read_coco
+from ppmtrack.pipelines.io.formats import detect_labels_format, read_labels
+from ppmtrack.pipelines.labels import LabelsError
 
 NAMES = ["nose", "left_ear", "right_ear"]
 

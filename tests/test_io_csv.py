@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from pipelines.io.csv import HEADER, TracksCsvWriter, read_tracks_csv, write_tracks_csv
-from tracker.track import Tracks
+from ppmtrack.pipelines.io.csv import HEADER, TracksCsvWriter, read_tracks_csv, write_tracks_csv
+from ppmtrack.tracker.track import Tracks
 
 NAMES = ["nose", "left ear", "tail,base"]  # a comma in a name must survive quoting
 
@@ -118,7 +118,7 @@ def test_atomic_rewrite_replaces_the_log_and_leaves_no_temp_file(tmp_path):
 
 KILLED_WRITER = r"""
 import sys, numpy as np
-from pipelines.io.csv import TracksCsvWriter
+from ppmtrack.pipelines.io.csv import TracksCsvWriter
 names = ["k%d" % i for i in range(40)]
 rng = np.random.default_rng(0)
 with TracksCsvWriter(sys.argv[1], names) as writer:

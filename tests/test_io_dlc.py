@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.io.dlc import read_dlc, write_dlc
-from pipelines.io.formats import detect_labels_format, read_labels, write_tracks
-from pipelines.labels import LabelsError
-from tracker.track import Tracks
+from ppmtrack.pipelines.io.dlc import read_dlc, write_dlc
+from ppmtrack.pipelines.io.formats import detect_labels_format, read_labels, write_tracks
+from ppmtrack.pipelines.labels import LabelsError
+from ppmtrack.tracker.track import Tracks
 
 pd = pytest.importorskip("pandas")
 pytest.importorskip("tables")

@@ -5,9 +5,9 @@ import datetime
 import numpy as np
 import pytest
 
-from pipelines.io.formats import write_tracks
-from pipelines.io.nwb import write_nwb
-from tracker.track import Tracks
+from ppmtrack.pipelines.io.formats import write_tracks
+from ppmtrack.pipelines.io.nwb import write_nwb
+from ppmtrack.tracker.track import Tracks
 
 pynwb = pytest.importorskip("pynwb")
 pytest.importorskip("ndx_pose")

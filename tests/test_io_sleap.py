@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.io.formats import detect_labels_format, read_labels, write_tracks
-from pipelines.io.sleap import read_sleap, write_sleap_analysis
-from pipelines.labels import LabelsError
-from tracker.track import Tracks
+from ppmtrack.pipelines.io.formats import detect_labels_format, read_labels, write_tracks
+from ppmtrack.pipelines.io.sleap import read_sleap, write_sleap_analysis
+from ppmtrack.pipelines.labels import LabelsError
+from ppmtrack.tracker.track import Tracks
 
 sio = pytest.importorskip("sleap_io")
 h5py = pytest.importorskip("h5py")

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from pipelines.io.video import PALETTE, AnnotatedVideoWriter
+from ppmtrack.pipelines.io.video import PALETTE, AnnotatedVideoWriter
 
 BACKGROUND = 100
 
@@ -88,7 +88,7 @@ def test_without_libx264_mpeg4_is_written(tmp_path, monkeypatch):
 
 KILLED_WRITER = r"""
 import sys, time, numpy as np
-from pipelines.io.video import AnnotatedVideoWriter
+from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
 writer = AnnotatedVideoWriter(sys.argv[1], 321, 241, 30, ["a", "b"], skeleton=[("a", "b")])
 for i in range(int(sys.argv[2])):
     image = np.full((241, 321, 3), (i * 5) % 256, np.uint8)

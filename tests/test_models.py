@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from engine.models import ModelLoadError, load_model, resolve_dtype, same_model, save_model
+from ppmtrack.engine.models import ModelLoadError, load_model, resolve_dtype, same_model, save_model
 
 
 def test_tiny_preset_is_deterministic(tiny_model):
@@ -41,7 +41,7 @@ def test_missing_local_folder_is_a_clear_error(tmp_path):
 
 
 def test_hub_id_offline_fails_with_clear_message(tmp_path):
-    code = ("from engine.models import load_model, ModelLoadError\n"
+    code = ("from ppmtrack.engine.models import load_model, ModelLoadError\n"
             "try:\n    load_model('stable-diffusion-v1-5/stable-diffusion-v1-5')\n"
             "except ModelLoadError as e:\n    print('ERR', e)\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))

@@ -38,9 +38,9 @@ def quick_engine():
     Random prompts rather than adaptation keep the module fast; they also give every keypoint its own peak,
     which tests the read-out more than a few adaptation steps would (those put every keypoint in one place).
     """
-    from engine import AdaptConfig, Engine
-    from engine.models import load_model
-    from pipelines.io.annotation import read_annotation
+    from ppmtrack.engine import AdaptConfig, Engine
+    from ppmtrack.engine.models import load_model
+    from ppmtrack.pipelines.io.annotation import read_annotation
 
     support = read_annotation(SAMPLES / "support.json").to_support()
     gen = torch.Generator().manual_seed(0)
@@ -53,7 +53,7 @@ def quick_engine():
 
 @pytest.fixture(scope="module")
 def frames():
-    from pipelines.sources import read_frames_at
+    from ppmtrack.pipelines.sources import read_frames_at
 
     idx = [0, 45, 90, 135]
     decoded = read_frames_at(SAMPLES / "sample.mp4", idx)
@@ -67,7 +67,7 @@ def reference(quick_engine, frames):
 
 
 def rows(prediction, part: slice):
-    from engine.api import Prediction
+    from ppmtrack.engine.api import Prediction
 
     return Prediction(*(None if v is None else v[part] for v in vars(prediction).values()))
 
@@ -75,7 +75,7 @@ def rows(prediction, part: slice):
 @pytest.fixture(scope="module")
 def onnx_with_maps(quick_engine, tmp_path_factory):
     """One export with maps and a dynamic batch axis, shared by the tests below."""
-    from engine.onnx_export import export_onnx
+    from ppmtrack.engine.onnx_export import export_onnx
 
     return export_onnx(quick_engine, tmp_path_factory.mktemp("onnx") / "sample.onnx", with_maps=True)
 
@@ -94,14 +94,14 @@ def assert_predictions_agree(got, want, maps: bool = False):
 
 
 def test_onnx_predict_matches_engine_predict_with_maps(reference, onnx_with_maps, frames):
-    from engine.onnx_runtime import OnnxEngine
+    from ppmtrack.engine.onnx_runtime import OnnxEngine
 
     onnx_engine = OnnxEngine.load(onnx_with_maps, providers=["CPUExecutionProvider"])
     assert_predictions_agree(onnx_engine.predict(frames, return_maps=True), reference, maps=True)
 
 
 def test_dynamic_batch_runs_batch_one_and_three(quick_engine, reference, onnx_with_maps, frames):
-    from engine.onnx_runtime import OnnxEngine
+    from ppmtrack.engine.onnx_runtime import OnnxEngine
 
     onnx_engine = OnnxEngine.load(onnx_with_maps, providers=["CPUExecutionProvider"])
     assert onnx_engine.batch_size is None
@@ -112,7 +112,7 @@ def test_dynamic_batch_runs_batch_one_and_three(quick_engine, reference, onnx_wi
 
 
 def test_frame_result_does_not_depend_on_its_batch(onnx_with_maps, frames):
-    from engine.onnx_runtime import OnnxEngine
+    from ppmtrack.engine.onnx_runtime import OnnxEngine
 
     onnx_engine = OnnxEngine.load(onnx_with_maps, providers=["CPUExecutionProvider"])
     alone = onnx_engine.predict(frames[2:3])
@@ -122,8 +122,8 @@ def test_frame_result_does_not_depend_on_its_batch(onnx_with_maps, frames):
 
 
 def test_fixed_batch_export_runs_any_number_of_frames(quick_engine, reference, frames, tmp_path):
-    from engine.onnx_export import export_onnx
-    from engine.onnx_runtime import OnnxEngine
+    from ppmtrack.engine.onnx_export import export_onnx
+    from ppmtrack.engine.onnx_runtime import OnnxEngine
 
     path = export_onnx(quick_engine, tmp_path / "fixed.onnx", batch_size=2)
     onnx_engine = OnnxEngine.load(path)
@@ -137,8 +137,8 @@ def test_fixed_batch_export_runs_any_number_of_frames(quick_engine, reference, f
 def test_metadata_round_trip(quick_engine, onnx_with_maps):
     import onnx
 
-    from engine.api import package_version
-    from engine.onnx_runtime import OnnxEngine
+    from ppmtrack.engine.api import package_version
+    from ppmtrack.engine.onnx_runtime import OnnxEngine
 
     onnx_engine = OnnxEngine.load(onnx_with_maps)
     assert onnx_engine.names == quick_engine.names
@@ -164,8 +164,8 @@ def test_metadata_round_trip(quick_engine, onnx_with_maps):
 def test_weights_over_the_inline_limit_go_to_one_data_file(onnx_with_maps, frames, tmp_path):
     import onnx
 
-    from engine.onnx_export import save_onnx_model
-    from engine.onnx_runtime import OnnxEngine
+    from ppmtrack.engine.onnx_export import save_onnx_model
+    from ppmtrack.engine.onnx_runtime import OnnxEngine
 
     path = save_onnx_model(onnx.load(str(onnx_with_maps)), tmp_path / "big.onnx", max_inline_bytes=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
@@ -181,7 +181,7 @@ def test_peak_readout_exports_exactly_at_borders_and_corners(tmp_path):
     """`soft_argmax_peak` goes into the graph as is; its gather indexing gives the same numbers in ONNX."""
     import onnxruntime as ort
 
-    from engine.localize import soft_argmax_peak
+    from ppmtrack.engine.localize import soft_argmax_peak
 
     class Peak(torch.nn.Module):
         def forward(self, maps):
@@ -203,14 +203,14 @@ def test_peak_readout_exports_exactly_at_borders_and_corners(tmp_path):
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
-    from engine.onnx_runtime import OnnxEngine, OnnxFileError
+    from ppmtrack.engine.onnx_runtime import OnnxEngine, OnnxFileError
 
     with pytest.raises(OnnxFileError, match="no such ONNX file.*export-onnx"):
         OnnxEngine.load(tmp_path / "absent.onnx")
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path):
-    from engine.onnx_runtime import OnnxEngine, OnnxFileError
+    from ppmtrack.engine.onnx_runtime import OnnxEngine, OnnxFileError
 
     path = tmp_path / "corrupt.onnx"
     path.write_bytes(b"this is not a protobuf" * 10)
@@ -220,7 +220,7 @@ def test_corrupt_file_is_a_clear_error(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_foreign_onnx_model_is_refused(tmp_path):
-    from engine.onnx_runtime import OnnxEngine, OnnxFileError
+    from ppmtrack.engine.onnx_runtime import OnnxEngine, OnnxFileError
 
     path = tmp_path / "foreign.onnx"
     torch.onnx.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), str(path), input_names=["images"],
@@ -230,9 +230,9 @@ def test_foreign_onnx_model_is_refused(tmp_path):
 
 
 def test_export_refuses_a_half_precision_engine(quick_engine, tmp_path):
-    from engine import Engine
-    from engine.models import load_model
-    from engine.onnx_export import export_onnx
+    from ppmtrack.engine import Engine
+    from ppmtrack.engine.models import load_model
+    from ppmtrack.engine.onnx_export import export_onnx
 
     half = Engine(load_model("tiny", device="cpu", dtype="float16"), quick_engine.names,
                   quick_engine.keypoint_prompts, quick_engine.foreground_prompt, quick_engine.config)

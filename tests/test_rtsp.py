@@ -10,8 +10,8 @@ import pytest
 from rtsp_server import UDP_OPTIONS, free_tcp_port
 from videogen import decode_index
 
-from pipelines import sources
-from pipelines.sources import Gap, SourceError, VideoFrame, open_source
+from ppmtrack.pipelines import sources
+from ppmtrack.pipelines.sources import Gap, SourceError, VideoFrame, open_source
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from rtsp_server import UDP_OPTIONS
 
-from engine import AdaptConfig, Engine
-from pipelines import sources
-from pipelines.io.csv import read_tracks_csv
-from pipelines.track import track_video
+from ppmtrack.engine import AdaptConfig, Engine
+from ppmtrack.pipelines import sources
+from ppmtrack.pipelines.io.csv import read_tracks_csv
+from ppmtrack.pipelines.track import track_video
 
 
 @pytest.fixture(scope="module")

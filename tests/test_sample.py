@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from pipelines.io.annotation import read_annotation
+from ppmtrack.pipelines.io.annotation import read_annotation
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SCRIPT = SAMPLES / "make_sample.py"

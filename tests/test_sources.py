@@ -17,7 +17,7 @@ from videogen import (
     write_index_video,
 )
 
-from pipelines.sources import Gap, SourceError, VideoFrame, open_source, read_frames_at
+from ppmtrack.pipelines.sources import Gap, SourceError, VideoFrame, open_source, read_frames_at
 
 N_FRAMES = 60
 

@@ -22,8 +22,8 @@ K = 4
 
 
 def make_engine(speed=None, layers="up", device=None, dtype=None):
-    from engine import AdaptConfig, Engine
-    from engine.models import load_model
+    from ppmtrack.engine import AdaptConfig, Engine
+    from ppmtrack.engine.models import load_model
 
     model = load_model("tiny", device=device, dtype=dtype)  # fresh: switches change modules in place
     g = torch.Generator().manual_seed(5)
@@ -52,7 +52,7 @@ def _same(pred, ref, px=1e-2, maps=1e-4):
                                     dict(channels_last=True), dict(compile=True, compile_backend="eager")],
                          ids=["no-kv-cache", "no-truncation", "channels-last", "compile-graph-capture"])
 def test_each_switch_predicts_what_the_plain_engine_predicts(switch, frames, reference):
-    from engine.speed import SpeedConfig
+    from ppmtrack.engine.speed import SpeedConfig
 
     engine = make_engine(SpeedConfig(**switch))
     with warnings.catch_warnings():
@@ -61,7 +61,7 @@ def test_each_switch_predicts_what_the_plain_engine_predicts(switch, frames, ref
 
 
 def test_compile_failure_warns_and_falls_back_to_eager(frames, reference):
-    from engine.speed import SpeedConfig
+    from ppmtrack.engine.speed import SpeedConfig
 
     def broken_backend(graph, inputs):
         raise RuntimeError("no C++ compiler on this machine")
@@ -78,7 +78,7 @@ def test_compile_failure_warns_and_falls_back_to_eager(frames, reference):
 def test_cuda_graphs_without_cuda_warn_and_still_predict(frames, reference):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    from engine.speed import SpeedConfig
+    from ppmtrack.engine.speed import SpeedConfig
 
     with pytest.warns(UserWarning, match="cuda_graphs needs a CUDA device"):
         engine = make_engine(SpeedConfig(cuda_graphs=True))
@@ -88,7 +88,7 @@ def test_cuda_graphs_without_cuda_warn_and_still_predict(frames, reference):
 @pytest.mark.parametrize("branch", [None, 2, 1])
 def test_feature_reuse_on_a_repeated_frame_equals_the_full_forward(branch, frames):
     """Reusing the deep features of an identical frame must change nothing: checks the shallow branch."""
-    from engine.speed import SpeedConfig
+    from ppmtrack.engine.speed import SpeedConfig
 
     same = np.stack([frames[0]] * 3)
     ref = make_engine().predict(same, return_maps=True)
@@ -99,7 +99,7 @@ def test_feature_reuse_on_a_repeated_frame_equals_the_full_forward(branch, frame
 
 
 def test_feature_reuse_counts_key_frames_across_batches_and_resets(frames):
-    from engine.speed import SpeedConfig
+    from ppmtrack.engine.speed import SpeedConfig
 
     engine = make_engine(SpeedConfig(reuse_every=2))
     five = np.concatenate([frames, frames, frames[:1]])
@@ -112,7 +112,7 @@ def test_feature_reuse_counts_key_frames_across_batches_and_resets(frames):
 
 
 def test_feature_reuse_refuses_settings_it_cannot_honour():
-    from engine.speed import SpeedConfig
+    from ppmtrack.engine.speed import SpeedConfig
 
     with pytest.raises(ValueError, match="at least 1"):
         SpeedConfig(reuse_every=0)
@@ -123,8 +123,8 @@ def test_feature_reuse_refuses_settings_it_cannot_honour():
 
 
 def test_untrained_tiny_encoder_keeps_the_encode_contract(frames, reference):
-    from engine.encoders import encoder_effect, load_tiny_encoder
-    from engine.speed import SpeedConfig
+    from ppmtrack.engine.encoders import encoder_effect, load_tiny_encoder
+    from ppmtrack.engine.speed import SpeedConfig
 
     enc = load_tiny_encoder("untrained")
     x = torch.rand(2, 3, RES, RES) * 2 - 1
@@ -143,14 +143,14 @@ def test_untrained_tiny_encoder_keeps_the_encode_contract(frames, reference):
 
 
 def test_missing_tiny_autoencoder_gives_an_error_that_says_what_to_do(tmp_path):
-    from engine.encoders import EncoderLoadError, load_tiny_encoder
+    from ppmtrack.engine.encoders import EncoderLoadError, load_tiny_encoder
 
     with pytest.raises(EncoderLoadError, match="huggingface-cli download madebyollin/taesd"):
         load_tiny_encoder(str(tmp_path / "no-taesd-here"))
 
 
 def test_tiny_autoencoder_loads_from_a_saved_folder(tmp_path):
-    from engine.encoders import TINY_TAESD_CONFIG, build_untrained_autoencoder, load_tiny_encoder
+    from ppmtrack.engine.encoders import TINY_TAESD_CONFIG, build_untrained_autoencoder, load_tiny_encoder
 
     build_untrained_autoencoder(TINY_TAESD_CONFIG).save_pretrained(tmp_path / "taesd")
     enc = load_tiny_encoder(str(tmp_path / "taesd"))
@@ -208,7 +208,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
                                     dict(compile=True, cuda_graphs=True), dict(channels_last=True)],
                          ids=["graphs", "compile", "compile+graphs", "nhwc"])
 def test_gpu_switches_predict_what_the_plain_engine_predicts(switch, frames):
-    from engine.speed import SpeedConfig
+    from ppmtrack.engine.speed import SpeedConfig
 
     ref = make_engine(device="cuda", dtype="float32").predict(frames, return_maps=True)
     engine = make_engine(SpeedConfig(**switch), device="cuda", dtype="float32")

@@ -11,12 +11,12 @@ import av
 import numpy as np
 import pytest
 
-from engine import AdaptConfig, Engine
-from pipelines.batching import iter_batches
-from pipelines.io.annotation import read_annotation
-from pipelines.io.csv import read_tracks_csv
-from pipelines.sources import VideoFrame
-from pipelines.track import OutputError, output_stem, prepare_output_dir, redact_url, track_video
+from ppmtrack.engine import AdaptConfig, Engine
+from ppmtrack.pipelines.batching import iter_batches
+from ppmtrack.pipelines.io.annotation import read_annotation
+from ppmtrack.pipelines.io.csv import read_tracks_csv
+from ppmtrack.pipelines.sources import VideoFrame
+from ppmtrack.pipelines.track import OutputError, output_stem, prepare_output_dir, redact_url, track_video
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 # Tiny settings: a few seconds of adaptation. Accuracy is the engine's tests' business, not this file's.

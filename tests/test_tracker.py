@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from filterpy.common import Q_continuous_white_noise
 
-from tracker import (
+from ppmtrack.tracker import (
     OnlineSmoother,
     SmoothingParams,
     Tracks,
@@ -14,8 +14,8 @@ from tracker import (
     smooth_keypoints,
     smooth_tracks,
 )
-from tracker.kalman import process_noise_matrices, transition_matrices
-from tracker.visibility import lost_mask, measured_mask, time_since_measured, track_segments
+from ppmtrack.tracker.kalman import process_noise_matrices, transition_matrices
+from ppmtrack.tracker.visibility import lost_mask, measured_mask, time_since_measured, track_segments
 
 FPS = 30.0
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from tracker.kalman import OnlineSmoother, SmoothingParams
-from tracker.smoothing import filter_keypoints, smooth_keypoints
-from tracker.track import Tracks
+from ppmtrack.tracker.kalman import OnlineSmoother, SmoothingParams
+from ppmtrack.tracker.smoothing import filter_keypoints, smooth_keypoints
+from ppmtrack.tracker.track import Tracks
 
 __all__ = [
     "OnlineSmoother",

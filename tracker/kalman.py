@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from filterpy.kalman import KalmanFilter
 
-from tracker.visibility import measured_mask
+from ppmtrack.tracker.visibility import measured_mask
 
 MEASUREMENT_MATRIX = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracker.kalman import (
+from ppmtrack.tracker.kalman import (
     SmoothingParams,
     measurement_covariances,
     process_noise_matrices,
@@ -20,7 +20,7 @@ from tracker.kalman import (
     step_keypoint_filter,
     transition_matrices,
 )
-from tracker.visibility import measured_mask, track_segments
+from ppmtrack.tracker.visibility import measured_mask, track_segments
 
 
 def filter_keypoints(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.labels import FrameRef, Labels, LabelsError
+from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 
 FORMAT_KEY = "ppmtrack_annotation"
 FORMAT_VERSION = 1

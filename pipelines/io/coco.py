@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.labels import FrameRef, Labels, LabelsError
+from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 
 
 def _area(ann: dict, xyv: np.ndarray) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracker.track import Tracks
+from ppmtrack.tracker.track import Tracks
 
 COLUMNS = ("frame", "time", "keypoint", "x", "y", "confidence", "visible", "raw_x", "raw_y")
 HEADER = ",".join(COLUMNS)

@@ -10,8 +10,8 @@ from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
-from pipelines.labels import FrameRef, Labels, LabelsError
-from tracker.track import Tracks
+from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
+from ppmtrack.tracker.track import Tracks
 
 FORMATS_EXTRA_HINT = "install the format extras: pip install 'ppmtrack[formats]'"
 LEVELS_SINGLE = ("scorer", "bodyparts", "coords")

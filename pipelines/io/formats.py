@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.io.annotation import FORMAT_KEY, read_annotation
-from pipelines.io.coco import read_coco
-from pipelines.io.dlc import read_dlc, write_dlc
-from pipelines.io.nwb import write_nwb
-from pipelines.io.sleap import read_sleap, write_sleap_analysis
-from pipelines.labels import Labels, LabelsError
-from tracker.track import Tracks
+from ppmtrack.pipelines.io.annotation import FORMAT_KEY, read_annotation
+from ppmtrack.pipelines.io.coco import read_coco
+from ppmtrack.pipelines.io.dlc import read_dlc, write_dlc
+from ppmtrack.pipelines.io.nwb import write_nwb
+from ppmtrack.pipelines.io.sleap import read_sleap, write_sleap_analysis
+from ppmtrack.pipelines.labels import Labels, LabelsError
+from ppmtrack.tracker.track import Tracks
 
 LABEL_FORMATS = {
     "ppmtrack": "ppmtrack annotation JSON (.json)",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracker.track import Tracks
+from ppmtrack.tracker.track import Tracks
 
 FORMATS_EXTRA_HINT = "install the format extras: pip install 'ppmtrack[formats]'"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.labels import FrameRef, Labels, LabelsError
-from tracker.track import Tracks
+from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
+from ppmtrack.tracker.track import Tracks
 
 FORMATS_EXTRA_HINT = "install the format extras: pip install 'ppmtrack[formats]'"
 
