@@ -137,9 +137,17 @@ def test_untrained_tiny_encoder_keeps_the_encode_contract(frames, reference):
     engine = make_engine(SpeedConfig(encoder="untrained"))
     pred = engine.predict(frames)
     assert pred.keypoints.shape == reference.keypoints.shape and np.isfinite(pred.keypoints).all()
-    effect = encoder_effect(make_engine(), frames, enc)
-    assert -1 <= effect["map_correlation"] <= 1
-    assert effect["keypoint_shift_px"]["median"] >= 0
+    engine = make_engine()
+    effect = encoder_effect(engine, frames, enc)
+    assert effect["latent_correlation"] < 0.9  # an untrained encoder's latents are not the VAE's
+
+    class SameAsVae(torch.nn.Module):
+        def forward(self, images):
+            return engine.model.vae.encode(images).latent_dist.mean * engine.model.scaling_factor
+
+    same = encoder_effect(engine, frames, SameAsVae())
+    assert same["latent_correlation"] > 0.9999 and same["map_correlation"] > 0.999
+    assert same["keypoint_shift_px"]["p90"] < 1e-3
 
 
 def test_missing_tiny_autoencoder_gives_an_error_that_says_what_to_do(tmp_path):
@@ -158,7 +166,26 @@ def test_tiny_autoencoder_loads_from_a_saved_folder(tmp_path):
 
 
 # ---- bench scripts ----------------------------------------------------------------------------------------
-def test_bench_inference_prints_stage_variant_and_batch_tables(capsys):
+def _table(out: str, heading: str) -> dict[str, list[str]]:
+    """The rows of the markdown table under ``heading`` in a bench's output: first cell → the other cells."""
+    lines = out[out.index(heading):].splitlines()[1:]
+    rows, started = {}, False
+    for line in lines:
+        if line.startswith("|"):
+            started = True
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not set(cells[0]) <= set("-") and cells[0] not in ("stage", "variant", "batch", "phase"):
+                rows[cells[0]] = cells[1:]
+        elif started:
+            break
+    return rows
+
+
+def _num(cell: str) -> float:
+    return float(cell.replace("%", "").replace(",", "").strip())
+
+
+def test_bench_inference_tables_add_up(capsys):
     import bench_inference
 
     bench_inference.main(["--resolution", "64", "--keypoints", "2", "--frames", "2", "--batch-size", "2",
@@ -166,13 +193,26 @@ def test_bench_inference_prints_stage_variant_and_batch_tables(capsys):
                           "--no-video"])
     out = capsys.readouterr().out
     assert "machine:" in out and "torch" in out
-    for stage in ("decode", "preprocess", "VAE encode", "UNet", "map capture + FGAR", "localisation",
-                  "smoothing", "writing"):
-        assert f"| {stage} |" in out
-    assert "| eager |" in out and "| reuse-2 |" in out and "### Batch sweep" in out
+    stages = _table(out, "### Stages")
+    names = ["decode", "preprocess", "VAE encode", "UNet", "map capture + FGAR", "localisation", "smoothing",
+             "writing"]
+    assert list(stages)[:len(names)] == names
+    ms = {k: _num(v[0]) for k, v in stages.items()}
+    assert all(v > 0 for v in ms.values()), ms
+    for stage, (ms_cell, fps_cell, _share) in stages.items():  # frames/s is 1000 / ms/frame (3 digits shown)
+        assert _num(fps_cell) == pytest.approx(1000 / _num(ms_cell), rel=0.02), stage
+    total = ms.pop("total (serial)")
+    assert total == pytest.approx(sum(ms.values()), rel=0.02)
+    assert sum(_num(v[2]) for k, v in stages.items() if k != "total (serial)") == pytest.approx(100, abs=0.5)
+    variants = _table(out, "### Variants")
+    assert _num(variants["eager"][2]) == 1 and _num(variants["eager"][4]) == 0  # the reference: no shift
+    speedup = _num(variants["eager"][0]) / _num(variants["reuse-2"][0])
+    assert _num(variants["reuse-2"][2]) == pytest.approx(speedup, rel=0.02)
+    sweep = _table(out, "### Batch sweep")
+    assert list(sweep) == ["1"] and _num(sweep["1"][1]) == pytest.approx(1000 / _num(sweep["1"][0]), rel=0.02)
 
 
-def test_bench_pipeline_prints_overhead_and_live_latency(capsys):
+def test_bench_pipeline_overhead_is_measured(capsys):
     import bench_pipeline
 
     bench_pipeline.main(["--resolution", "64", "--keypoints", "2", "--batch-size", "4", "--stop", "8",
@@ -180,15 +220,23 @@ def test_bench_pipeline_prints_overhead_and_live_latency(capsys):
     out = capsys.readouterr().out
     assert "pipeline overhead (decode + smoothing + writing) / inference" in out
     assert "| inference |" in out and "### Live latency" in out
+    ratio = out.split("pipeline overhead (decode + smoothing + writing) / inference")[1].split("\n")[0]
+    value = float("".join(c for c in ratio.split("%")[0] if c.isdigit() or c == "."))
+    assert 0 < value < 1000, ratio
+    latency = {k: _num(v[0]) for k, v in _table(out, "### Live latency").items() if k != "measure"}
+    assert 0 < latency["median"] <= latency["p95"] <= latency["max"] and latency["frames"] >= 1
 
 
-def test_bench_adapt_prints_phases(capsys):
+def test_bench_adapt_prints_phases_that_add_up(capsys):
     import bench_adapt
 
     bench_adapt.main(["--resolution", "64", "--keypoints", "12", "--support-frames", "2", "--fg-steps", "1",
                       "--steps", "1", "--views-per-frame", "1", "--batch", "2"])
     out = capsys.readouterr().out
-    assert "| keypoint prompts |" in out and "| total |" in out
+    phases = {k: v[0] for k, v in _table(out, "| phase |").items()}
+    parts = [_num(phases[k]) for k in phases if k.startswith(("views", "foreground", "keypoint"))]
+    assert len(parts) == 3 and all(p >= 0 for p in parts)
+    assert _num(phases["total"]) == pytest.approx(sum(parts), rel=0.05, abs=1.5)
 
 
 def test_bench_adapt_pads_keypoints_with_edge_midpoints():
