@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 from ppmtrack.engine import AdaptConfig, Engine  # noqa: E402
 from ppmtrack.engine.fgar import fuse_layers_fgar  # noqa: E402
 from ppmtrack.engine.models import SD_SCHEDULER_CONFIG, DiffusionModel, load_model, resolve_device, resolve_dtype  # noqa: E402
-from ppmtrack.engine.preprocess import letterbox_batch, to_uint8_batch  # noqa: E402
 from ppmtrack.engine.speed import SpeedConfig  # noqa: E402
 
 SAMPLE = ROOT / "samples" / "sample.mp4"
@@ -230,7 +229,7 @@ def stage_times(engine: Engine, frames: np.ndarray, batch: int, write_video: boo
         for s in range(0, len(frames), batch):
             chunk = frames[s:s + batch]
             with timer("preprocess"):
-                x, box = letterbox_batch(to_uint8_batch(chunk, dev), engine.resolution)
+                x, box = engine.prepare(chunk)
             with timer("VAE encode"):
                 z = engine.extractor.encode(x)
             with timer("UNet"):

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from ppmtrack.engine.augment import AugmentConfig, flip_permutation, random_affine, warp_view
 from ppmtrack.engine.fara import fara_mask
+from ppmtrack.engine.geometry import InputMapping, engine_input, input_to_grid
 from ppmtrack.engine.infer import MapExtractor
-from ppmtrack.engine.localize import input_to_map, letterbox_for
 from ppmtrack.engine.support import SupportSet
 
 LOSSES = ("ce", "mse")
@@ -113,21 +113,20 @@ class SupportViews:
                                rng.choice(augmented, size=n_aug, replace=False)])
 
 
-def letterbox_image(image: np.ndarray, size: int) -> tuple[np.ndarray, object]:
-    """Letterbox an RGB uint8 image into a size×size square with grey padding (same mapping as the engine)."""
-    h, w = image.shape[:2]
-    box = letterbox_for(w, h, size)
-    nw, nh = round(w * box.scale), round(h * box.scale)
-    left, top = (size - nw) // 2, (size - nh) // 2
-    out = np.full((size, size, 3), 127, np.uint8)
-    out[top:top + nh, left:left + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
-    box.scale, box.pad_x, box.pad_y = nw / w, float(left), float(top)
-    return out, box
+def support_inputs(support: SupportSet, size: int, device: torch.device
+                   ) -> list[tuple[torch.Tensor, InputMapping]]:
+    """Each support frame as the engine sees it while tracking: `engine_input` (letterbox), frame by frame."""
+    return [engine_input(image, size, device) for image in support.images]
+
+
+def to_image(x: torch.Tensor) -> np.ndarray:
+    """(3, S, S) engine input in [-1, 1] → (S, S, 3) float32 on the 0–255 scale, for OpenCV."""
+    return ((x.float().permute(1, 2, 0) + 1.0) * 127.5).cpu().numpy()
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(B, S, S, 3) uint8 → (B, 3, S, S) float in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    """(B, S, S, 3) float images on the 0–255 scale → (B, 3, S, S) float in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def gaussian_maps(xy_map: torch.Tensor, res: int, sigma: float) -> torch.Tensor:
@@ -169,48 +168,52 @@ def keypoint_loss(maps: torch.Tensor, logits: torch.Tensor | None, xy_map: torch
 
 def build_views(extractor: MapExtractor, support: SupportSet, size: int, fg_init: torch.Tensor, cfg: AdaptConfig,
                 rng: np.random.Generator) -> SupportViews:
-    """Letterbox the support frames, compute their FARA masks, make augmented views and encode them."""
+    """Letterbox the support frames, compute their FARA masks, make augmented views and encode them.
+
+    The first view of each frame is exactly the tensor `Engine.predict` makes of that frame.
+    """
     device = extractor.model.device
-    frames, kps = [], []
-    for img, kp in zip(support.images, support.keypoints, strict=True):
-        sq, box = letterbox_image(img, size)
-        frames.append(sq)
-        kps.append(box.to_input(kp))
-    frames = np.stack(frames)
-    kps = np.stack(kps)
+    inputs = support_inputs(support, size, device)
+    frames = [to_image(x[0]) for x, _ in inputs]
+    kps = [box.to_input(kp) for (_, box), kp in zip(inputs, support.keypoints, strict=True)]
     masks = []
     cond = fg_init.reshape(1, 1, -1).expand(1, TOKENS, -1)
-    for i in range(len(frames)):
+    for (x, _), image, kp in zip(inputs, frames, kps, strict=True):
         with torch.no_grad():
-            z = extractor.encode(to_tensor(frames[i:i + 1]).to(device))
-            feats = extractor.layer_maps(z, cond, n_tokens=0, features=True)["features"]
+            feats = extractor.layer_maps(extractor.encode(x), cond, n_tokens=0, features=True)["features"]
         res = max(f.shape[1] for f in feats)
         grid = torch.cat([F.interpolate(F.normalize(f.float(), dim=-1).permute(0, 3, 1, 2), size=(res, res),
                                         mode="bilinear", align_corners=False) for f in feats], dim=1)
-        masks.append(fara_mask(frames[i], grid[0].permute(1, 2, 0).cpu().numpy(), kps[i], delta=cfg.fara_delta))
-    masks = np.stack(masks)
+        rgb = np.clip(np.round(image), 0, 255).astype(np.uint8)
+        masks.append(fara_mask(rgb, grid[0].permute(1, 2, 0).cpu().numpy(), kp, delta=cfg.fara_delta))
     perm = flip_permutation(support.names, support.flip_pairs)
     allow_flip = bool(support.flip_pairs)
-    views, vkps, vign, vmasks, owner, original = [], [], [], [], [], []
+    vkps, vign, vmasks, owner, original, latents, pending = [], [], [], [], [], [], []
+
+    def encode_pending():
+        with torch.no_grad():
+            latents.append(extractor.encode(torch.cat(pending).to(device)))
+        pending.clear()
+
     n_views = max(1, cfg.views_per_frame)
     for i in range(len(frames)):
         for v in range(n_views):
             if v == 0:
-                view, kp, mask, out = frames[i], kps[i], masks[i], np.zeros(len(support.names), bool)
+                view, kp, mask, out = inputs[i][0], kps[i], masks[i], np.zeros(len(support.names), bool)
             else:
                 mat, flip = random_affine(rng, size, cfg.augment, allow_flip)
-                view, kp, mask, out = warp_view(frames[i], kps[i], masks[i], mat, flip, perm)
-            views.append(view)
+                image, kp, mask, out = warp_view(frames[i], kps[i], masks[i], mat, flip, perm)
+                view = to_tensor(image[None])
+            pending.append(view)
             vkps.append(kp)
             vign.append(out)
             vmasks.append(mask)
             owner.append(i)
             original.append(v == 0)
-    latents = []
-    views = np.stack(views)
-    with torch.no_grad():
-        for s in range(0, len(views), 8):
-            latents.append(extractor.encode(to_tensor(views[s:s + 8]).to(device)))
+            if len(pending) == 8:
+                encode_pending()
+    if pending:
+        encode_pending()
     return SupportViews(torch.cat(latents), np.stack(vkps), np.stack(vign), np.stack(vmasks), np.array(owner),
                         np.array(original))
 
@@ -277,7 +280,7 @@ def train_keypoint_prompts(extractor: MapExtractor, views: SupportViews, pf: tor
         out = extractor.layer_maps(views.latents[idx], cond, n_tokens=n_keypoints, logits=cfg.loss == "ce")
         if stride is None:
             stride = views.masks.shape[-1] / out["maps"].shape[-1]
-        xy = torch.from_numpy(input_to_map(views.keypoints[idx], stride)).float().to(device)
+        xy = torch.from_numpy(input_to_grid(views.keypoints[idx], stride)).float().to(device)
         ignore = torch.from_numpy(views.ignore[idx]).to(device)
         loss = keypoint_loss(out["maps"], out.get("logits"), xy, ignore, cfg)
         opt.step(loss)

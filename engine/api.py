@@ -20,10 +20,10 @@ from ppmtrack.engine.adapt import (
 from ppmtrack.engine.attention import cache_prompt_kv, select_layers
 from ppmtrack.engine.engine_file import EngineFileError, read_engine_file, write_engine_file
 from ppmtrack.engine.fgar import fuse_layers_fgar
+from ppmtrack.engine.geometry import InputMapping, engine_input, grid_to_input
 from ppmtrack.engine.infer import MapExtractor
-from ppmtrack.engine.localize import map_to_input, soft_argmax_peak
+from ppmtrack.engine.localize import soft_argmax_peak
 from ppmtrack.engine.models import DiffusionModel, load_model, same_model
-from ppmtrack.engine.preprocess import letterbox_batch, to_uint8_batch
 from ppmtrack.engine.support import SupportSet
 
 TOKENS = 77
@@ -207,10 +207,17 @@ class Engine:
         `frames`: (B, H, W, 3) array or tensor, or a list of (H, W, 3) arrays of equal size.
         """
         self._ensure_cache()
-        x, box = letterbox_batch(to_uint8_batch(frames, self.model.device), self.resolution)
+        x, box = self.prepare(frames)
         z = self.extractor.encode(x)
         maps = (self.map_runner or self.eager_maps)(z)
         return self._read_out(maps, box, return_maps)
+
+    def prepare(self, frames) -> tuple[torch.Tensor, InputMapping]:
+        """Frames (as `predict` takes them) → the letterboxed input batch on the model's device, and its mapping.
+
+        Support frames are prepared by the same function during adaptation (`engine.geometry.engine_input`).
+        """
+        return engine_input(frames, self.resolution, self.model.device)
 
     def eager_maps(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, L, K+1, R, R) maps of the keypoint tokens and the foreground token: one plain UNet forward."""
@@ -221,7 +228,7 @@ class Engine:
         """Reference without PEI: one forward per keypoint, that keypoint's prompt in token 0 and P_f elsewhere."""
         self._cached = False
         self.extractor.state.kv_cache.clear()
-        x, box = letterbox_batch(to_uint8_batch(frames, self.model.device), self.resolution)
+        x, box = self.prepare(frames)
         z = self.extractor.encode(x)
         pf = self.foreground_prompt.reshape(1, -1)
         per_kp = []
@@ -232,14 +239,14 @@ class Engine:
         maps = torch.stack(per_kp + [m[:, :, 1]], dim=2)
         return self._read_out(maps, box, False)
 
-    def _read_out(self, maps: torch.Tensor, box, return_maps: bool) -> Prediction:
+    def _read_out(self, maps: torch.Tensor, box: InputMapping, return_maps: bool) -> Prediction:
         k = len(self.names)
         fg = maps[:, :, k].mean(dim=1)  # (B, R, R): layer-averaged foreground map M_f
         kp_maps = maps[:, :, :k].transpose(1, 2)  # (B, K, L, R, R)
         fused = fuse_layers_fgar(kp_maps, fg[:, None, None], self.fgar.reweight, self.fgar.refine)
         xy_map, peak = soft_argmax_peak(fused, self.fgar.window)
         stride = self.resolution / maps.shape[-1]
-        xy = box.to_frame(map_to_input(xy_map, stride).cpu().numpy().astype(np.float64))
+        xy = box.to_frame(grid_to_input(xy_map, stride).cpu().numpy().astype(np.float64))
         sharp = (peak / fused.mean(dim=(-2, -1)).clamp(min=1e-8)).cpu().numpy()
         return Prediction(
             keypoints=xy,

@@ -143,8 +143,6 @@ def encoder_effect(engine, frames: np.ndarray, encoder: TinyEncoder, batch_size:
     frame pixels) and ``latent_correlation`` (Pearson correlation of the two encoders' latents).
     The engine's own encoder setting is restored afterwards.
     """
-    from ppmtrack.engine.preprocess import letterbox_batch, to_uint8_batch
-
     saved = engine.extractor.encoder
     runs = {}
     latents = {}
@@ -154,8 +152,7 @@ def encoder_effect(engine, frames: np.ndarray, encoder: TinyEncoder, batch_size:
             preds, zs = [], []
             for s in range(0, len(frames), batch_size):
                 preds.append(engine.predict(frames[s:s + batch_size], return_maps=True))
-                x, _ = letterbox_batch(to_uint8_batch(frames[s:s + batch_size], engine.model.device),
-                                       engine.resolution)
+                x, _ = engine.prepare(frames[s:s + batch_size])
                 zs.append(engine.extractor.encode(x).float().cpu())
             runs[label] = preds
             latents[label] = torch.cat(zs)

@@ -1,43 +1,9 @@
-"""Keypoint read-out from fused maps: argmax with sub-pixel refinement, back to original-frame pixels."""
+"""Keypoint read-out from fused maps: argmax with sub-pixel refinement (frame mapping: `engine.geometry`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 import torch.nn.functional as F
-
-
-@dataclass
-class Letterbox:
-    """How a frame was fitted into the engine's square input: x_in = x * scale + pad_x."""
-
-    scale: float
-    pad_x: float
-    pad_y: float
-
-    def to_input(self, xy: np.ndarray) -> np.ndarray:
-        return xy * self.scale + np.array([self.pad_x, self.pad_y])
-
-    def to_frame(self, xy: np.ndarray) -> np.ndarray:
-        return (xy - np.array([self.pad_x, self.pad_y])) / self.scale
-
-
-def letterbox_for(width: int, height: int, size: int) -> Letterbox:
-    """Scale the longer side to `size`, centre the shorter one with padding."""
-    scale = size / max(width, height)
-    return Letterbox(scale, (size - width * scale) / 2.0, (size - height * scale) / 2.0)
-
-
-def map_to_input(xy_map: torch.Tensor, stride: float) -> torch.Tensor:
-    """Map-cell coordinates (cell centres at integers) to input pixels (pixel centres at integers)."""
-    return (xy_map + 0.5) * stride - 0.5
-
-
-def input_to_map(xy_in, stride: float):
-    """Input pixels to map-cell coordinates; inverse of `map_to_input`."""
-    return (xy_in + 0.5) / stride - 0.5
 
 
 def soft_argmax_peak(maps: torch.Tensor, window: int = 5) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from ppmtrack.engine.attention import capture_installed, install_capture, unet_forward_until
 from ppmtrack.engine.fgar import fuse_layers_fgar
-from ppmtrack.engine.localize import map_to_input, soft_argmax_peak
+from ppmtrack.engine.geometry import grid_to_input
+from ppmtrack.engine.localize import soft_argmax_peak
 
 ONNX_FORMAT = "ppmtrack-onnx"
 ONNX_FORMAT_VERSION = 1
@@ -90,7 +91,7 @@ class EngineGraph(torch.nn.Module):
         kp_maps = maps[:, :, :k].transpose(1, 2)
         fused = fuse_layers_fgar(kp_maps, fg[:, None, None], eng.fgar.reweight, eng.fgar.refine)
         xy_map, peak = soft_argmax_peak(fused, eng.fgar.window)
-        keypoints = map_to_input(xy_map, eng.resolution / r)
+        keypoints = grid_to_input(xy_map, eng.resolution / r)
         confidence = peak.clamp(0, 1)
         sharpness = peak / fused.mean(dim=(-2, -1)).clamp(min=1e-8)
         if self.with_maps:

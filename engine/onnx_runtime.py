@@ -1,7 +1,7 @@
 """Run an exported engine (`engine.onnx_export.export_onnx`) with onnxruntime, in place of `Engine.predict`.
 
 Only the ``.onnx`` file is needed: keypoint names, skeleton, resolution and model name are in its metadata.
-Frames are letterboxed on the CPU with `engine.preprocess.letterbox_batch` (the mapping of `Engine.predict`),
+Frames are letterboxed on the CPU with `engine.geometry.engine_input` (the mapping of `Engine.predict`),
 the graph returns keypoints in engine-input pixels, and they are mapped back to frame pixels here.
 """
 
@@ -16,8 +16,8 @@ import torch
 
 from ppmtrack.engine.api import Prediction
 from ppmtrack.engine.engine_file import EngineFileError
+from ppmtrack.engine.geometry import engine_input
 from ppmtrack.engine.onnx_export import ONNX_FORMAT, ONNX_FORMAT_VERSION
-from ppmtrack.engine.preprocess import letterbox_batch, to_uint8_batch
 
 # fastest first; each used only when the installed onnxruntime offers it (onnxruntime-gpu: the first two)
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -140,7 +140,7 @@ class OnnxEngine:
         if return_maps and not self.with_maps:
             raise ValueError(f"{self.path} was exported without maps; export again with with_maps=True "
                              f"(`ppmtrack export-onnx --with-maps`) to get them")
-        x, box = letterbox_batch(to_uint8_batch(frames, torch.device("cpu")), self.resolution)
+        x, box = engine_input(frames, self.resolution, torch.device("cpu"))
         out = self._run(x.numpy())
         return Prediction(
             keypoints=box.to_frame(out["keypoints"].astype(np.float64)),

@@ -7,7 +7,8 @@ import torch
 from ppmtrack.engine.augment import AugmentConfig, flip_permutation, random_affine, warp_view
 from ppmtrack.engine.fara import cosine_affinity, distance_weights, fara_mask, superpixel_means
 from ppmtrack.engine.fgar import focus_score, fuse_layers_fgar, soft_iou
-from ppmtrack.engine.localize import Letterbox, input_to_map, letterbox_for, map_to_input, soft_argmax_peak
+from ppmtrack.engine.geometry import grid_to_input, input_to_grid
+from ppmtrack.engine.localize import soft_argmax_peak
 
 
 def test_soft_iou_matches_hand_computation():
@@ -95,15 +96,11 @@ def test_soft_argmax_recovers_subcell_peak():
     assert abs(float(xy2[0, 0])) < 0.2
 
 
-def test_map_and_letterbox_coordinates_round_trip():
+def test_grid_coordinates_round_trip():
     xy = np.array([[10.0, 20.0], [255.0, 0.0]])
-    assert np.allclose(map_to_input(input_to_map(xy, 8.0), 8.0), xy)
+    assert np.allclose(grid_to_input(input_to_grid(xy, 8.0), 8.0), xy)
     # a cell centre maps to the centre of its 8x8 pixel block
-    assert np.isclose(map_to_input(np.array(0.0), 8.0), 3.5)
-    box = letterbox_for(320, 240, 256)
-    assert np.isclose(box.scale, 0.8) and np.isclose(box.pad_x, 0.0) and np.isclose(box.pad_y, 32.0)
-    assert np.allclose(box.to_frame(box.to_input(xy)), xy)
-    assert isinstance(box, Letterbox)
+    assert np.isclose(grid_to_input(np.array(0.0), 8.0), 3.5)
 
 
 def test_augmentation_moves_keypoints_with_pixels_and_swaps_flip_pairs():
