@@ -26,7 +26,7 @@ from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
 from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
-from ppmtrack.pipelines.sources import Source, VideoFrame, is_live_spec, open_source
+from ppmtrack.pipelines.sources import VideoFrame, is_live_spec, open_source, redact_url
 from ppmtrack.pipelines.summary import RunSummary
 from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks, smooth_keypoints
 
@@ -57,18 +57,6 @@ def output_stem(spec: str | Path) -> str:
     pieces = [host] + ([str(parts.port)] if parts.port else []) + [p for p in parts.path.split("/") if p]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(pieces)).strip("._")
     return stem or "stream"
-
-
-def redact_url(spec: str | Path) -> str:
-    """The source as it may be written into files: a URL's user name and password replaced by ``***``."""
-    text = str(spec)
-    if not is_live_spec(text):
-        return text
-    parts = urlsplit(text)
-    if parts.username is None and parts.password is None:
-        return text
-    netloc = "***@" + parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=netloc).geturl()
 
 
 def prepare_output_dir(out_dir: str | Path) -> Path:
@@ -212,17 +200,6 @@ class _TrackWriter:
             xy=np.array(self.xy).reshape(-1, k, 2), visible=np.array(self.visible).reshape(-1, k),
             skeleton=list(skeleton),
         )
-
-
-def _thread_cpu_seconds(source: Source) -> float | None:
-    """CPU seconds used so far by the source's decoding thread (None where the platform cannot tell)."""
-    thread = getattr(source, "_thread", None)  # Source keeps its decoding thread here
-    if thread is None or not thread.is_alive() or not hasattr(time, "pthread_getcpuclockid"):
-        return None
-    try:
-        return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
-    except (OSError, OverflowError, TypeError):
-        return None
 
 
 def _expected_frames(n_frames: int | None, start: int, stop: int | None, stride: int) -> int | None:
@@ -374,7 +351,7 @@ def track_video(
     try:
         next_status = time.monotonic() + STATUS_INTERVAL_S
         for batch in batches:
-            decode_cpu = _thread_cpu_seconds(source) or decode_cpu
+            decode_cpu = source.decode_cpu_seconds() or decode_cpu
             if batch.gap is not None:
                 gap = batch.gap
                 summary.gaps.append({"start_time": round(gap.start_time, 3),

@@ -173,7 +173,7 @@ def test_stop_event_ends_file_iteration_promptly(videos):
     assert len(seen) == 5
     assert time.monotonic() - t0 < 1.0
     assert not any(isinstance(item, Gap) for item in seen)
-    assert not source._thread.is_alive()
+    assert not source.decoding
 
 
 def test_closing_early_stops_the_decoding_thread(videos):
@@ -181,4 +181,4 @@ def test_closing_early_stops_the_decoding_thread(videos):
     first = next(iter(source))
     source.close()
     assert first.index == 0
-    assert not source._thread.is_alive()
+    assert not source.decoding
