@@ -16,8 +16,6 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
-
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 LABEL_FORMAT_CHOICES = ("auto", "ppmtrack", "dlc", "sleap", "coco")
@@ -120,36 +118,10 @@ def _adapt_engine(args, model: str):
         losses = adaptation.get(key) or []
         if losses:
             print(f"{label}: {losses[0]:.4g} → {losses[-1]:.4g}")
+    from ppmtrack.pipelines.evaluate import format_support_error
+
     print(format_support_error(engine, support))
     return engine
-
-
-def support_errors(engine, support) -> np.ndarray:
-    """(F, K) pixel distance between the engine's prediction and the label on each support frame (NaN where
-    the keypoint is not labelled)."""
-    predicted = np.full(support.keypoints.shape, np.nan)
-    by_shape: dict[tuple, list[int]] = {}
-    for i, image in enumerate(support.images):
-        by_shape.setdefault(image.shape, []).append(i)
-    for indices in by_shape.values():
-        for chunk in range(0, len(indices), 8):
-            batch = indices[chunk:chunk + 8]
-            predicted[batch] = engine.predict(np.stack([support.images[i] for i in batch])).keypoints
-    return np.linalg.norm(predicted - support.keypoints, axis=2)
-
-
-def format_support_error(engine, support) -> str:
-    """A table of the mean pixel error per keypoint on the support frames, after adaptation."""
-    errors = support_errors(engine, support)
-    width = max(len("all keypoints"), *(len(n) for n in support.names))
-    lines = ["support-frame error (px, mean over the frames where the keypoint is labelled):"]
-    with np.errstate(invalid="ignore"):
-        per_keypoint = np.nanmean(np.where(np.isfinite(errors), errors, np.nan), axis=0)
-    for name, value in zip(support.names, per_keypoint, strict=True):
-        lines.append(f"  {name:<{width}}  {value:8.2f}" if np.isfinite(value) else f"  {name:<{width}}  "
-                     "     n/a")
-    lines.append(f"  {'all keypoints':<{width}}  {np.nanmean(errors):8.2f}")
-    return "\n".join(lines)
 
 
 def _check_engine_output(path: Path) -> None:
@@ -228,17 +200,18 @@ def run_track(args) -> int:
 
         engine = OnnxEngine.load(args.engine)
         engine_path = Path(args.engine)
-    elif args.engine:
-        engine = Engine.load(args.engine, model=args.model, device=args.device, dtype=args.dtype,
-                             speed=_speed_config(args))
-        engine_path = Path(args.engine)
     else:
-        from ppmtrack.engine import DEFAULT_MODEL
+        if args.engine:
+            engine_path = Path(args.engine)
+        else:
+            from ppmtrack.engine import DEFAULT_MODEL
 
-        engine = _adapt_engine(args, args.model or DEFAULT_MODEL)
-        engine_path = out_dir / f"{Path(args.support).stem}.engine"
-        engine.save(engine_path)
-        print(f"wrote {engine_path} (reuse it with --engine)")
+            engine_path = out_dir / f"{Path(args.support).stem}.engine"
+            _adapt_engine(args, args.model or DEFAULT_MODEL).save(engine_path)
+            print(f"wrote {engine_path} (reuse it with --engine)")
+        # one way to build the tracking engine, adapted just now or not: from its file, with the speed switches
+        engine = Engine.load(engine_path, model=args.model, device=args.device, dtype=args.dtype,
+                             speed=_speed_config(args))
     stop_event = threading.Event()
     with _StopOnSignal(stop_event):
         summary = track_video(
@@ -304,7 +277,7 @@ def run_pretrain_foreground(args) -> int:
     out = Path(args.output)
     _check_engine_output(out)
     fmt = None if args.format == "auto" else args.format
-    base = [read_labels(path, fmt=fmt).to_support() for path in args.base]
+    base = [read_labels(path, fmt=fmt, individual=args.individual).to_support() for path in args.base]
     config = _adapt_config(args)
     bar = tqdm(total=config.fg_steps, unit="step", file=sys.stderr, desc="foreground prompt", dynamic_ncols=True)
 

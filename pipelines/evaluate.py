@@ -185,3 +185,31 @@ def format_report(result: EvalResult) -> str:
         row += "".join(f"  {result.pck_per_keypoint[a][k]:>9.3f}" for a in result.thresholds)
         lines.append(row + f"  {result.mean_error_per_keypoint_px[k]:>8.2f}")
     return "\n".join(lines) + "\n"
+
+
+def support_errors(engine, support) -> np.ndarray:
+    """(F, K) pixel distance between the engine's prediction and the label on each support frame (NaN where
+    the keypoint is not labelled)."""
+    predicted = np.full(support.keypoints.shape, np.nan)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, image in enumerate(support.images):
+        by_shape.setdefault(image.shape, []).append(i)
+    for indices in by_shape.values():
+        for chunk in range(0, len(indices), 8):
+            batch = indices[chunk:chunk + 8]
+            predicted[batch] = engine.predict(np.stack([support.images[i] for i in batch])).keypoints
+    return np.linalg.norm(predicted - support.keypoints, axis=2)
+
+
+def format_support_error(engine, support) -> str:
+    """A table of the mean pixel error per keypoint on the support frames, after adaptation."""
+    errors = support_errors(engine, support)
+    width = max(len("all keypoints"), *(len(n) for n in support.names))
+    lines = ["support-frame error (px, mean over the frames where the keypoint is labelled):"]
+    with np.errstate(invalid="ignore"):
+        per_keypoint = np.nanmean(np.where(np.isfinite(errors), errors, np.nan), axis=0)
+    for name, value in zip(support.names, per_keypoint, strict=True):
+        lines.append(f"  {name:<{width}}  {value:8.2f}" if np.isfinite(value) else f"  {name:<{width}}  "
+                     "     n/a")
+    lines.append(f"  {'all keypoints':<{width}}  {np.nanmean(errors):8.2f}")
+    return "\n".join(lines)

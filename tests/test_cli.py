@@ -181,11 +181,31 @@ def test_export_onnx_then_track_with_the_onnx_backend(adapted, tmp_path):
     assert summary["status"] == "complete"
 
 
-def test_speed_switches_reach_the_engine(adapted, tmp_path):
-    engine = adapted[0]
-    args = ["track", VIDEO, "--engine", str(engine), "-o", str(tmp_path), "--stop", "4", "--no-video", "-q",
-            "--channels-last", "--reuse-every", "2"]
+def _record_engine_loads(monkeypatch):
+    """Wrap ``Engine.load`` so a test can see the speed switches each tracking engine was built with."""
+    from ppmtrack.engine import Engine
+
+    calls = []
+    original = Engine.load.__func__
+
+    def load(cls, *a, **kw):
+        calls.append(kw.get("speed"))
+        return original(cls, *a, **kw)
+
+    monkeypatch.setattr(Engine, "load", classmethod(load))
+    return calls
+
+
+@pytest.mark.parametrize("source", ["engine", "support"])
+def test_speed_switches_reach_the_engine(adapted, tmp_path, monkeypatch, source):
+    calls = _record_engine_loads(monkeypatch)
+    given = ["--engine", str(adapted[0])] if source == "engine" else ["--support", str(SAMPLES / "support.json"),
+                                                                      *TINY]
+    args = ["track", VIDEO, *given, "-o", str(tmp_path), "--stop", "4", "--no-video", "-q", "--channels-last",
+            "--reuse-every", "2"]
     assert main(args) == 0
     assert read_tracks_csv(tmp_path / "sample.csv").frame.tolist() == [0, 1, 2, 3]
+    # the engine that tracked (adapted just now or loaded) carries the switches asked for
+    assert len(calls) == 1 and calls[0].channels_last and calls[0].reuse_every == 2
     with pytest.raises(SystemExit):
-        main(["track", VIDEO, "--engine", str(engine), "-o", str(tmp_path), "--reuse-every", "x"])
+        main(["track", VIDEO, "--engine", str(adapted[0]), "-o", str(tmp_path), "--reuse-every", "x"])
