@@ -37,7 +37,7 @@ from ppmtrack.pipelines.sources.source import (
 __all__ = [
     "LIVE_SCHEMES", "MAX_BACKOFF_S", "MAX_FAILED_READS", "OPEN_TIMEOUT_S", "STALL_TIMEOUT_S", "DropPolicy",
     "Feed", "FrameSet", "Gap", "Source", "SourceError", "SourceStats", "VideoFrame", "VideoInfo", "is_live_spec",
-    "open_source", "read_frames_at", "redact", "redact_url",
+    "open_source", "probe_source", "read_frames_at", "redact", "redact_url",
 ]
 
 logger = logging.getLogger("ppmtrack")
@@ -60,6 +60,17 @@ def is_file_url(url: str) -> bool:
                 and not names & STREAMING_FORMATS
     except (av.error.FFmpegError, UnicodeDecodeError):
         return False
+
+
+def probe_source(spec: str | Path, *, ffmpeg_options: Mapping[str, str] | None = None) -> VideoInfo:
+    """Open a video file (or an http(s) URL of one) just long enough to read its :class:`VideoInfo`.
+
+    Raises SourceError like :func:`open_source`; no decoding thread is started.
+    """
+    is_url = is_live_spec(spec)
+    reader = FileReader(str(spec) if is_url else Path(spec), 0, None, 1, dict(ffmpeg_options or {}), is_url=is_url)
+    reader.container.close()
+    return reader.info
 
 
 def open_source(
