@@ -49,10 +49,14 @@ class _StderrHandler(logging.StreamHandler):
 
 
 class _Formatter(logging.Formatter):
+    """One line per record; the credentials of any URL in it are replaced by ``***``."""
+
     def format(self, record):
+        from ppmtrack.pipelines.sources import redact
+
         if record.levelno < logging.WARNING:
-            return f"ppmtrack: {record.getMessage()}"
-        return f"ppmtrack: {record.levelname.lower()}: {record.getMessage()}"
+            return redact(f"ppmtrack: {record.getMessage()}")
+        return redact(f"ppmtrack: {record.levelname.lower()}: {record.getMessage()}")
 
 
 def _configure_logging(debug: bool) -> None:
@@ -608,7 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         if args.debug:
             traceback.print_exc()
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        from ppmtrack.pipelines.sources import redact
+
+        message = redact(" ".join(str(exc).split()) or type(exc).__name__)
         print(f"ppmtrack: error: {message}", file=sys.stderr)
         return EXIT_ERROR
 

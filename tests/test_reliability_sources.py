@@ -135,3 +135,95 @@ def test_display_rotation_is_applied_like_players_and_opencv(tmp_path, degrees):
     assert source.info.rotation == degrees
     assert np.abs(frames[0].image.astype(int) - expected).mean() < 8
     np.testing.assert_array_equal(read_frames_at(path, [0])[0], frames[0].image)
+
+
+@pytest.fixture(scope="module")
+def web_server(tmp_path_factory):
+    """``python -m http.server`` on 127.0.0.1 serving a whole mp4 (``v.mp4``, 30 frames) and one whose data ends
+    right after its header (``empty.mp4``: opens, but holds no frame)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path_factory.mktemp("www")
+    write_index_video(folder / "v.mp4", 30)
+    _write_faststart(folder / "full.mp4")
+    data = (folder / "full.mp4").read_bytes()
+    (folder / "empty.mp4").write_bytes(data[: data.index(b"mdat") + 4])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield f"127.0.0.1:{port}"
+    server.terminate()
+    server.wait()
+
+
+def test_http_url_of_a_whole_file_is_read_as_a_file(web_server):
+    frames, source = _frames(f"http://{web_server}/v.mp4")
+    assert not source.info.is_live
+    assert [f.index for f in frames] == list(range(30))
+    assert [decode_index(f.image) for f in frames] == list(range(30))
+    assert source.stats.reconnects == 0 and source.stats.frames_dropped == 0
+
+
+def test_stream_that_reopens_without_frames_gives_up_within_the_budget(web_server, ppmtrack_warnings):
+    import time
+
+    t0 = time.monotonic()
+    frames, source = _frames(f"http://user:s3cret@{web_server}/empty.mp4", live=True, max_reconnect_s=2)
+    assert frames == []
+    assert time.monotonic() - t0 < 2 + 8 + 5
+    assert source.stats.reconnects >= 1  # every reopening is counted
+    assert "giving up" in ppmtrack_warnings.text
+    assert "s3cret" not in ppmtrack_warnings.text and "***@" in ppmtrack_warnings.text
+
+
+def test_udp_with_nothing_sending_says_no_packets_arrived():
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(SourceError, match="no packets arrived within 5 s") as failure:
+        open_source(f"udp://127.0.0.1:{port}")
+    assert "Immediate exit" not in str(failure.value)
+
+
+def test_credentials_appear_in_no_output_file_message_or_warning(web_server, tmp_path, capsys):
+    from rtsp_server import free_tcp_port
+
+    from ppmtrack.pipelines.cli import main
+
+    engine = tmp_path / "quick.engine"
+    _random_engine().save(engine)
+    out = tmp_path / "out"
+    formats = "csv,sleap" if __import__("importlib").util.find_spec("h5py") else "csv"
+    statuses = [
+        main(["track", f"http://user:s3cret@{web_server}/v.mp4", "--engine", str(engine), "-o", str(out),
+              "--stop", "6", "--output-format", formats]),
+        main(["track", f"http://user:s3cret@{web_server}/empty.mp4", "--engine", str(engine), "-o", str(out),
+              "--no-video"]),
+        main(["track", f"rtsp://user:s3cret@127.0.0.1:{free_tcp_port()}/cam", "--engine", str(engine), "-o",
+              str(out)]),
+        main(["track", f"udp://user:s3cret@127.0.0.1:{free_tcp_port()}", "--engine", str(engine), "-o",
+              str(out)]),
+    ]
+    captured = capsys.readouterr()
+    assert statuses[0] == 0 and statuses[2] == statuses[3] == 2
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert len(written) >= 4
+    for path in written:
+        assert b"s3cret" not in path.read_bytes(), path
+    assert "s3cret" not in captured.out and "s3cret" not in captured.err
+    assert "***@" in captured.err
+    assert all("***@" in p.read_text() for p in out.glob("*.summary.json"))

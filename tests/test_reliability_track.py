@@ -135,7 +135,8 @@ def small_disk(tmp_path):
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip() or 'not permitted'})")
     yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(mount)], check=False)  # still busy: detach it
 
 
 def test_full_disk_ends_the_summary_as_failed_naming_the_file(engine, engine_file, small_disk):
@@ -148,6 +149,20 @@ def test_full_disk_ends_the_summary_as_failed_naming_the_file(engine, engine_fil
     assert not list(small_disk.glob("*.tmp"))
     tracks = read_tracks_csv(small_disk / "sample.csv")
     assert int(tracks.frame[-1]) >= doc["last_frame"]
+    assert not _open_files_under(small_disk)
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    """Files under ``folder`` this process still holds open."""
+    opened = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            opened.append(target)
+    return opened
 
 
 def test_track_support_reuses_its_engine_when_nothing_changed(tmp_path, capsys):

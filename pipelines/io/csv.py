@@ -92,9 +92,11 @@ class TracksCsvWriter:
         """Sync the file to disk and close it."""
         if self._fd is None:
             return
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # also when the sync fails (disk full): never leak the descriptor
 
     def __enter__(self) -> TracksCsvWriter:
         return self

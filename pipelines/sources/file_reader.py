@@ -208,5 +208,7 @@ class FileReader:
         if stats.truncated:
             what.append(f"truncated: the data ends after {numbering.n_packets} of the "
                         f"{numbering.declared_frames} frames its header declares")
+        elif not what:
+            what.append(f"only {delivered} of the {n_frames} frames it declares could be read")
         logger.warning("%s: damaged file: %s; %d selected frames are missing from the results", self.shown,
                        "; ".join(what), stats.frames_missing)
