@@ -124,8 +124,12 @@ class RunSummary:
         text = (f"{self.status}: {self.frames_processed} frames in {self.wall_time_s:.1f} s"
                 f" ({self.fps or 0:.1f} fps overall; per stage fps: {speeds or 'n/a'})")
         problems = [f"{n} {label}" for n, label in ((self.decode_errors, "decode errors"),
+                                                    (self.frames_damaged, "damaged frames skipped"),
+                                                    (self.frames_missing, "frames missing"),
                                                     (self.frames_dropped, "frames dropped"),
                                                     (len(self.gaps), "gaps")) if n]
+        if self.truncated:
+            problems.append("the file is truncated")
         return text + (f"; {', '.join(problems)}" if problems else "")
 
 

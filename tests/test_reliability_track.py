@@ -183,3 +183,23 @@ def test_track_support_reuses_its_engine_when_nothing_changed(tmp_path, capsys):
     assert doc["engine"]["sha256"] == hashlib.sha256(first).hexdigest()
     assert main([*args, "--steps", "4"]) == 0  # another setting: adapted again
     assert "wrote" in capsys.readouterr().out and engine.read_bytes() != first
+
+
+def test_truncated_file_run_reports_missing_frames_in_summary_and_one_warning(engine, tmp_path, caplog,
+                                                                            monkeypatch):
+    import logging
+
+    from videogen import truncate_file, write_index_video
+
+    monkeypatch.setattr(logging.getLogger("ppmtrack"), "propagate", True)
+    full = write_index_video(tmp_path / "full.mkv", 60).path
+    cut = truncate_file(full, tmp_path / "cut.mkv", 0.6)
+    with caplog.at_level(logging.WARNING, logger="ppmtrack"):
+        summary = track_video(cut, engine, tmp_path / "out", write_video=False, progress=False)
+    doc = json.loads((tmp_path / "out" / "cut.summary.json").read_text())
+    assert doc["truncated"] is True
+    assert 0 < doc["frames_processed"] < 60
+    assert doc["frames_missing"] == 60 - doc["frames_processed"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "truncated" in warnings[0] and f"{doc['frames_missing']} selected" in warnings[0]
+    assert "the file is truncated" in summary.describe() and "frames missing" in summary.describe()

@@ -34,7 +34,11 @@ def open_video_container(location: str, options: dict[str, str] | None = None, *
     try:
         container = av.open(location, options=options or {})
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise SourceError(f"{shown}: cannot be opened as a video ({describe_error(exc)})") from None
+        hint = ""
+        if isinstance(exc, av.error.InvalidDataError) and location.lower().endswith((".mp4", ".mov", ".m4v")):
+            hint = ("; if the recording was cut short, its index (moov) was never written: record to .mkv, "
+                    "which stays readable, or rebuild the index with a tool such as untrunc")
+        raise SourceError(f"{shown}: cannot be opened as a video ({describe_error(exc)}){hint}") from None
     if not container.streams.video:
         container.close()
         raise SourceError(f"{shown}: has no video stream")

@@ -17,8 +17,8 @@ class FrameNumbering:
 
     If the packets may not all have been read (damaged or truncated file), the last ones read may sort after
     packets that were never read, so ranks are trusted only below the smallest pts of the last few packets
-    (twice the file's observed reordering depth, plus one); beyond that a constant-rate file is numbered by
-    ``(pts - first pts) / frame duration`` and other frames get no index.
+    (twice the file's observed reordering depth, plus one); beyond that a constant-rate file (one pts step
+    between all the sure frames) is numbered by ``(pts - first pts) / step`` and other frames get no index.
 
     ``complete`` says whether the packets reached the end the header declares (False: the file is truncated
     or its tail is unreadable); ``n_packets`` is how many frames the readable packets hold; ``declared_frames``
@@ -36,7 +36,9 @@ class FrameNumbering:
         if not complete:
             reorder_depth = max(abs(position - self.ranks[p]) for position, p in enumerate(pts))
             self.trusted_below = min(pts[-(2 * reorder_depth + 1) :])
-        steps = {b - a for a, b in zip(ordered, ordered[1:], strict=False)}
+        # the frame step, from the packets whose ranks are sure: the tail of a cut file misses some packets
+        sure = ordered if self.trusted_below is None else [p for p in ordered if p < self.trusted_below]
+        steps = {b - a for a, b in zip(sure, sure[1:], strict=False)}
         self.first_pts = ordered[0]
         self.step = steps.pop() if len(steps) == 1 else None
 
