@@ -175,6 +175,12 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
             what = "is a multi-animal file" if individual is None else f"has no individual {individual!r}"
             raise LabelsError(f"{path}: {what}; choose one with individual= among: {', '.join(individuals)}")
         keep = [j for j in keep if by_level["individuals"][j] == individual]
+    if "likelihood" in coords:
+        raise LabelsError(
+            f"{path}: this is a DeepLabCut predictions table (it has likelihood columns), not labelled data; "
+            "use the CollectedData_<scorer>.csv or .h5 of a labeled-data/<video> folder, or refine the "
+            "predictions in DeepLabCut and use the labels it saves"
+        )
     names = list(dict.fromkeys(bodyparts[j] for j in keep))
     column = {}
     for j in keep:
