@@ -122,7 +122,8 @@ class Labels:
             for i in idx:
                 f = self.frames[i].frame
                 if f not in got:
-                    raise LabelsError(f"{self.source}: frame {i}: {video} has no frame {f}")
+                    raise LabelsError(f"{self.source}: frame {i}: {video} has no frame {f} (it is past the end "
+                                      "of the video, or damaged)")
                 images[i] = got[f]
         for i, img in enumerate(images):
             h, w = img.shape[:2]

@@ -310,7 +310,7 @@ def _resume_point(paths: dict, source, engine, start: int, stop: int | None, str
         raise ResumeError(f"{summary_path}: the earlier run differs in {', '.join(differences)}; resume with "
                           "the same input, engine and frame selection, or start over")
     tracks = read_tracks_csv(csv_path)  # ignores a last frame a killed writer left incomplete
-    if tracks.names != list(engine.names):
+    if len(tracks) and tracks.names != list(engine.names):
         raise ResumeError(f"{csv_path}: its keypoints {tracks.names} are not the engine's {list(engine.names)}")
     return tracks, previous
 
@@ -423,7 +423,7 @@ def track_video(
     paths = {"csv": out_dir / f"{stem}.csv", "video": out_dir / f"{stem}.mp4" if write_video else None,
              "summary": out_dir / f"{stem}.summary.json"}
     engine_sha256 = file_sha256(engine_path) if engine_path and Path(engine_path).is_file() else None
-    previous = previous_summary = None
+    previous = previous_summary = summary_resumed = None
     first = start
     if resume:
         if is_live_spec(source_spec) if live is None else live:
@@ -431,6 +431,10 @@ def track_video(
         previous, previous_summary = _resume_point(paths, source_spec, engine, start, stop, stride, engine_sha256)
         if len(previous):
             first = int(previous.frame[-1]) + stride
+        else:  # killed before its first frame was written: start from the beginning
+            previous = None
+            summary_resumed = {"from_frame": start, "frames_before": 0,
+                               "previous_status": previous_summary.get("status")}
         if write_video:
             paths["video"] = out_dir / f"{stem}.from{first}.mp4"
 
@@ -464,6 +468,8 @@ def track_video(
         outputs={"csv": str(paths["csv"]), "video": str(paths["video"]) if paths["video"] else None,
                  "summary": str(paths["summary"]), "formats": []},
     )
+    if summary_resumed is not None:
+        summary.resumed = summary_resumed
     if previous is not None:
         summary.resumed = {"from_frame": first, "frames_before": len(previous),
                            "previous_status": previous_summary.get("status")}

@@ -203,3 +203,25 @@ def test_truncated_file_run_reports_missing_frames_in_summary_and_one_warning(en
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "truncated" in warnings[0] and f"{doc['frames_missing']} selected" in warnings[0]
     assert "the file is truncated" in summary.describe() and "frames missing" in summary.describe()
+
+
+def test_rotated_video_is_tracked_and_drawn_in_its_display_orientation(engine, tmp_path):
+    import av
+    from videogen import encode_index_image
+
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        stream.set_display_rotation(90)
+        for i in range(6):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(encode_index_image(i), format="rgb24")))
+        container.mux(stream.encode(None))
+    summary = track_video(path, engine, tmp_path / "out", progress=False)
+    assert summary.input["rotation"] == 90
+    assert (summary.input["width"], summary.input["height"]) == (96, 128)
+    with av.open(str(tmp_path / "out" / "phone.mp4")) as container:
+        frame = next(container.decode(video=0))
+    assert (frame.width, frame.height) == (96, 128)
+    tracks = read_tracks_csv(tmp_path / "out" / "phone.csv")
+    assert np.nanmax(tracks.raw_xy[..., 0]) <= 96 and np.nanmax(tracks.raw_xy[..., 1]) <= 128
