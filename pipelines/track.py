@@ -315,6 +315,20 @@ def _resume_point(paths: dict, source, engine, start: int, stop: int | None, str
     return tracks, previous
 
 
+def _offer_resume(summary_path: Path) -> None:
+    """Warn when an unfinished earlier run of this input is about to be started over: --resume continues it."""
+    import json
+
+    try:
+        earlier = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    status = str(earlier.get("status", ""))
+    if status and status != "complete" and earlier.get("frames_processed"):
+        logger.warning("%s: an earlier run of this input stopped (%s) after frame %s; starting over (use --resume "
+                       "to continue it instead)", summary_path, status.split(":")[0], earlier.get("last_frame"))
+
+
 def _expected_frames(n_frames: int | None, start: int, stop: int | None, stride: int) -> int | None:
     if n_frames is None:
         return None
@@ -437,6 +451,8 @@ def track_video(
                                "previous_status": previous_summary.get("status")}
         if write_video:
             paths["video"] = out_dir / f"{stem}.from{first}.mp4"
+    elif not (is_live_spec(source_spec) if live is None else live):
+        _offer_resume(paths["summary"])
 
     source = open_source(source_spec, start=first, stop=stop, stride=stride, live=live,
                          queue_size=max(8, batch_size), drop_policy=drop_policy, stop_event=halt,

@@ -26,12 +26,28 @@ def videos(tmp_path_factory):
     }
 
 
+class _Warnings(logging.Handler):
+    """The warnings of the ``ppmtrack`` logger, one record per emitted message."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(r.getMessage() for r in self.records)
+
+
 @pytest.fixture
-def ppmtrack_warnings(caplog, monkeypatch):
-    # the CLI (run earlier in the same process by other tests) stops "ppmtrack" records from reaching the root
-    monkeypatch.setattr(logging.getLogger("ppmtrack"), "propagate", True)
-    with caplog.at_level(logging.WARNING, logger="ppmtrack"):
-        yield caplog
+def ppmtrack_warnings():
+    handler = _Warnings()
+    logger = logging.getLogger("ppmtrack")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
 
 
 def _frames(path, **kwargs):

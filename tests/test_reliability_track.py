@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -185,22 +186,33 @@ def test_track_support_reuses_its_engine_when_nothing_changed(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out and engine.read_bytes() != first
 
 
-def test_truncated_file_run_reports_missing_frames_in_summary_and_one_warning(engine, tmp_path, caplog,
-                                                                            monkeypatch):
-    import logging
+class _Records(logging.Handler):
+    """Collects the records of the ``ppmtrack`` logger itself (one per emitted message)."""
 
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_truncated_file_run_reports_missing_frames_in_summary_and_one_warning(engine, tmp_path):
     from videogen import truncate_file, write_index_video
 
-    monkeypatch.setattr(logging.getLogger("ppmtrack"), "propagate", True)
     full = write_index_video(tmp_path / "full.mkv", 60).path
     cut = truncate_file(full, tmp_path / "cut.mkv", 0.6)
-    with caplog.at_level(logging.WARNING, logger="ppmtrack"):
+    handler = _Records()
+    logging.getLogger("ppmtrack").addHandler(handler)
+    try:
         summary = track_video(cut, engine, tmp_path / "out", write_video=False, progress=False)
+    finally:
+        logging.getLogger("ppmtrack").removeHandler(handler)
     doc = json.loads((tmp_path / "out" / "cut.summary.json").read_text())
     assert doc["truncated"] is True
     assert 0 < doc["frames_processed"] < 60
     assert doc["frames_missing"] == 60 - doc["frames_processed"]
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    warnings = [r.getMessage() for r in handler.records]
     assert len(warnings) == 1 and "truncated" in warnings[0] and f"{doc['frames_missing']} selected" in warnings[0]
     assert "the file is truncated" in summary.describe() and "frames missing" in summary.describe()
 
@@ -225,3 +237,12 @@ def test_rotated_video_is_tracked_and_drawn_in_its_display_orientation(engine, t
     assert (frame.width, frame.height) == (96, 128)
     tracks = read_tracks_csv(tmp_path / "out" / "phone.csv")
     assert np.nanmax(tracks.raw_xy[..., 0]) <= 96 and np.nanmax(tracks.raw_xy[..., 1]) <= 128
+
+
+def test_starting_over_an_unfinished_run_points_at_resume(engine, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("ppmtrack"), "propagate", True)
+    (tmp_path / "sample.summary.json").write_text(json.dumps({"status": "interrupted", "frames_processed": 5,
+                                                              "last_frame": 4}))
+    with caplog.at_level(logging.WARNING, logger="ppmtrack"):
+        track_video(SAMPLE, engine, tmp_path, stop=2, write_video=False, progress=False)
+    assert "stopped (interrupted) after frame 4" in caplog.text and "--resume" in caplog.text
