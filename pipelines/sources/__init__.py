@@ -12,7 +12,6 @@ to), :mod:`.frame_queue`, :mod:`.file_reader`, :mod:`.numbering` (frame indices 
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,7 +39,6 @@ __all__ = [
     "open_source", "probe_source", "read_frames_at", "redact", "redact_url",
 ]
 
-logger = logging.getLogger("ppmtrack")
 
 STREAMING_FORMATS = frozenset({"hls", "dash", "mpjpeg", "rtsp", "sdp", "rtp"})
 """Demuxers whose input is a live stream even when served over HTTP."""

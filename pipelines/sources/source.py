@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
+import numpy as np
+
 from ppmtrack.engine.errors import PpmtrackError
 from ppmtrack.pipelines.sources.frame_queue import POLL_S, BoundedQueue, End
 
@@ -51,7 +53,7 @@ class VideoFrame:
 
     index: int
     time: float
-    image: object  # np.ndarray
+    image: np.ndarray
 
 
 @dataclass
