@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import signal
 import sys
 import threading
@@ -48,10 +49,14 @@ class _StderrHandler(logging.StreamHandler):
 
 
 class _Formatter(logging.Formatter):
+    """One line per record; the credentials of any URL in it are replaced by ``***``."""
+
     def format(self, record):
+        from ppmtrack.pipelines.sources import redact
+
         if record.levelno < logging.WARNING:
-            return f"ppmtrack: {record.getMessage()}"
-        return f"ppmtrack: {record.levelname.lower()}: {record.getMessage()}"
+            return redact(f"ppmtrack: {record.getMessage()}")
+        return redact(f"ppmtrack: {record.levelname.lower()}: {record.getMessage()}")
 
 
 def _configure_logging(debug: bool) -> None:
@@ -169,6 +174,44 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
+def support_key(args, model: str) -> str:
+    """A hash of what ``track --support`` adapts from: the support file (or folder), the size and time of the
+    images and videos it names, and every adaptation setting. Equal keys: the saved engine can be reused."""
+    import hashlib
+    import json
+
+    from ppmtrack.pipelines.io.formats import read_labels
+
+    digest = hashlib.sha256()
+    support = Path(args.support)
+    files = sorted(p for p in support.rglob("*") if p.is_file()) if support.is_dir() else [support]
+    for path in files:
+        digest.update(str(path.relative_to(support) if support.is_dir() else path.name).encode())
+        digest.update(path.read_bytes())
+    labels = read_labels(support, fmt=None if args.format == "auto" else args.format, individual=args.individual)
+    media = sorted({str(p) for ref in labels.frames for p in (ref.image, ref.video) if p is not None})
+    stats = [(m, os.stat(m).st_size, os.stat(m).st_mtime_ns) for m in media if os.path.exists(m)]
+    settings = {"model": model, "config": _adapt_config(args).to_dict(), "foreground": args.foreground,
+                "dtype": args.dtype, "media": stats}
+    if args.foreground and os.path.isfile(args.foreground):
+        settings["foreground_sha256"] = hashlib.sha256(Path(args.foreground).read_bytes()).hexdigest()
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _engine_support_key(path: Path) -> str | None:
+    """The support key stored in an engine file by ``track --support`` (None: no file, or none stored)."""
+    from ppmtrack.engine.engine_file import read_engine_file
+    from ppmtrack.engine.errors import PpmtrackError
+
+    if not path.is_file():
+        return None
+    try:
+        return read_engine_file(path)[1].get("info", {}).get("support_key")
+    except (PpmtrackError, OSError, ValueError, KeyError):
+        return None
+
+
 def _speed_config(args):
     """The inference optimisations asked for on the command line (docs/performance.md)."""
     from ppmtrack.engine.speed import SpeedConfig
@@ -180,16 +223,17 @@ def _speed_config(args):
 def run_track(args) -> int:
     """``ppmtrack track``: track a video file or stream with an engine file or a support set."""
     from ppmtrack.engine import Engine
-    from ppmtrack.pipelines.sources import is_live_spec, open_source
-    from ppmtrack.pipelines.track import check_output_formats, prepare_output_dir, track_video
+    from ppmtrack.pipelines.sources import is_live_spec, probe_source
+    from ppmtrack.pipelines.track import check_output_formats, check_selection, prepare_output_dir, track_video
     from ppmtrack.tracker import SmoothingParams
 
     formats = check_output_formats(args.output_format.split(","))
+    # a bad file or an empty selection fails now, not after loading a model or a long adaptation
+    check_selection(args.start, args.stop, args.stride,
+                    None if is_live_spec(args.video) else probe_source(args.video).n_frames)
     out_dir = prepare_output_dir(args.output)
     smoothing = SmoothingParams() if args.min_confidence is None else SmoothingParams(
         min_confidence=args.min_confidence)
-    if args.support and not is_live_spec(args.video):  # a bad file fails now, not after a long adaptation
-        open_source(args.video).close()
     backend = args.backend
     if backend == "auto":
         backend = "onnx" if args.engine and args.engine.endswith(".onnx") else "torch"
@@ -207,8 +251,14 @@ def run_track(args) -> int:
             from ppmtrack.engine import DEFAULT_MODEL
 
             engine_path = out_dir / f"{Path(args.support).stem}.engine"
-            _adapt_engine(args, args.model or DEFAULT_MODEL).save(engine_path)
-            print(f"wrote {engine_path} (reuse it with --engine)")
+            key = support_key(args, args.model or DEFAULT_MODEL)
+            if _engine_support_key(engine_path) == key:
+                print(f"reusing {engine_path}: adapted on the same support file and settings")
+            else:
+                adapted = _adapt_engine(args, args.model or DEFAULT_MODEL)
+                adapted.info["support_key"] = key
+                adapted.save(engine_path)
+                print(f"wrote {engine_path} (reuse it with --engine)")
         # one way to build the tracking engine, adapted just now or not: from its file, with the speed switches
         engine = Engine.load(engine_path, model=args.model, device=args.device, dtype=args.dtype,
                              speed=_speed_config(args))
@@ -220,7 +270,7 @@ def run_track(args) -> int:
             smoothing=smoothing, smooth=args.smooth, drop_policy=args.drop_policy,
             progress=not args.quiet, stop_event=stop_event, engine_path=engine_path,
             ffmpeg_options={"rtsp_transport": args.rtsp_transport} if args.rtsp_transport else None,
-            max_reconnect_s=args.max_reconnect_s,
+            max_reconnect_s=args.max_reconnect_s, resume=args.resume,
         )
     print(summary.describe())
     outputs = [summary.outputs["csv"], summary.outputs["video"], *summary.outputs["formats"],
@@ -473,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "folder: faster, slightly different maps)")
     speed.add_argument("--reuse-every", type=int, default=1, dest="reuse_every", metavar="K",
                        help="recompute the deep UNet features every K frames only (DeepCache-style; 1 = off)")
+    track.add_argument("--resume", action="store_true",
+                       help="continue an interrupted, failed or killed run of this file in DIR after the last "
+                            "complete frame of its CSV (same engine and frame selection)")
     track.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status lines")
     track.set_defaults(run=run_track)
 
@@ -559,7 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         if args.debug:
             traceback.print_exc()
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        from ppmtrack.pipelines.sources import redact
+
+        message = redact(" ".join(str(exc).split()) or type(exc).__name__)
         print(f"ppmtrack: error: {message}", file=sys.stderr)
         return EXIT_ERROR
 

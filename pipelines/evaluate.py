@@ -206,10 +206,11 @@ def format_support_error(engine, support) -> str:
     errors = support_errors(engine, support)
     width = max(len("all keypoints"), *(len(n) for n in support.names))
     lines = ["support-frame error (px, mean over the frames where the keypoint is labelled):"]
-    with np.errstate(invalid="ignore"):
-        per_keypoint = np.nanmean(np.where(np.isfinite(errors), errors, np.nan), axis=0)
-    for name, value in zip(support.names, per_keypoint, strict=True):
-        lines.append(f"  {name:<{width}}  {value:8.2f}" if np.isfinite(value) else f"  {name:<{width}}  "
-                     "     n/a")
-    lines.append(f"  {'all keypoints':<{width}}  {np.nanmean(errors):8.2f}")
+    labelled = np.isfinite(errors)
+    counts = labelled.sum(axis=0)  # a keypoint labelled in no frame has no error: "n/a", and no numpy warning
+    per_keypoint = np.where(labelled, errors, 0.0).sum(axis=0) / np.maximum(counts, 1)
+    for name, value, n in zip(support.names, per_keypoint, counts, strict=True):
+        lines.append(f"  {name:<{width}}  {value:8.2f}" if n else f"  {name:<{width}}       n/a")
+    overall = f"{errors[labelled].mean():8.2f}" if labelled.any() else "     n/a"
+    lines.append(f"  {'all keypoints':<{width}}  {overall}")
     return "\n".join(lines)

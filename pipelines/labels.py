@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import numpy as np
 
 from ppmtrack.engine.errors import PpmtrackError
 from ppmtrack.engine.support import SupportSet
+
+logger = logging.getLogger("ppmtrack")
 
 
 class LabelsError(PpmtrackError, ValueError):
@@ -67,6 +70,29 @@ class Labels:
             for n in (a, b):
                 if n not in self.names:
                     raise LabelsError(f"{self.source}: skeleton/flip pair names unknown keypoint {n!r}")
+        self._check_duplicate_frames()
+
+    def _check_duplicate_frames(self) -> None:
+        """Raise LabelsError if one frame is labelled twice with different coordinates."""
+        first_entry: dict[tuple, int] = {}
+        for i, ref in enumerate(self.frames):
+            if ref.image is not None:
+                key: tuple = ("image", str(Path(ref.image).resolve()))
+            elif ref.video is not None:
+                key = ("video", str(Path(ref.video).resolve()), ref.frame)
+            else:
+                continue
+            j = first_entry.setdefault(key, i)
+            if j != i and not np.array_equal(self.keypoints[i], self.keypoints[j], equal_nan=True):
+                differs = np.flatnonzero(~np.all((self.keypoints[i] == self.keypoints[j])
+                                                 | (np.isnan(self.keypoints[i]) & np.isnan(self.keypoints[j])),
+                                                 axis=1))
+                name = self.names[int(differs[0])]
+                raise LabelsError(
+                    f"{self.source}: {ref.describe()} is labelled twice (entries {j} and {i}) with different "
+                    f"coordinates, e.g. {name!r} at {_xy(self.keypoints[j, differs[0]])} and "
+                    f"{_xy(self.keypoints[i, differs[0]])}; keep one of them"
+                )
 
     def load_images(self) -> list[np.ndarray]:
         """Read every labelled frame as an RGB uint8 array, checking that its keypoints lie inside it."""
@@ -78,9 +104,10 @@ class Labels:
             if ref.pixels is not None:
                 images[i] = np.ascontiguousarray(ref.pixels[..., :3]).astype(np.uint8)
             elif ref.image is not None:
-                bgr = cv2.imread(str(ref.image), cv2.IMREAD_COLOR)
+                bgr = _read_image(Path(ref.image))
                 if bgr is None:
-                    raise LabelsError(f"{self.source}: frame {i}: cannot read image {ref.image}")
+                    raise LabelsError(f"{self.source}: frame {i}: cannot read image {ref.image} (missing, or "
+                                      "not an image file)")
                 images[i] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             elif ref.video is not None and ref.frame is not None:
                 by_video.setdefault(ref.video, []).append(i)
@@ -95,7 +122,8 @@ class Labels:
             for i in idx:
                 f = self.frames[i].frame
                 if f not in got:
-                    raise LabelsError(f"{self.source}: frame {i}: {video} has no frame {f}")
+                    raise LabelsError(f"{self.source}: frame {i}: {video} has no frame {f} (it is past the end "
+                                      "of the video, or damaged)")
                 images[i] = got[f]
         for i, img in enumerate(images):
             h, w = img.shape[:2]
@@ -106,7 +134,7 @@ class Labels:
                 bad = self.names[int(np.flatnonzero(~ok)[0])]
                 raise LabelsError(
                     f"{self.source}: frame {i} ({self.frames[i].describe()}): keypoint {bad!r} at "
-                    f"{tuple(np.round(kp[~ok][0], 1))} lies outside the {w}x{h} image"
+                    f"{_xy(kp[~ok][0])} lies outside the {w}x{h} image"
                 )
         return images
 
@@ -115,6 +143,11 @@ class Labels:
         images = self.load_images()
         if not np.isfinite(self.keypoints).any():
             raise LabelsError(f"{self.source}: no keypoint is labelled in any frame")
+        never = [n for k, n in enumerate(self.names) if not np.isfinite(self.keypoints[:, k]).any()]
+        if never:
+            logger.warning("%s: never labelled in any frame: %s. The engine has nothing to learn these keypoints "
+                           "from, so their tracks would be meaningless; label each in at least one frame or "
+                           "remove it", self.source, ", ".join(never))
         return SupportSet(
             names=list(self.names),
             images=images,
@@ -123,3 +156,19 @@ class Labels:
             flip_pairs=list(self.flip_pairs),
             labels=[f"{self.source} frame {i} ({r.describe()})" for i, r in enumerate(self.frames)],
         )
+
+
+def _xy(point) -> str:
+    """A point as plain numbers for messages: ``(12.3, 45.6)``."""
+    return f"({float(point[0]):.1f}, {float(point[1]):.1f})"
+
+
+def _read_image(path: Path) -> np.ndarray | None:
+    """Read an image as BGR, or None if it is missing or not an image (without OpenCV's own warnings)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 STAGES = ("decode", "inference", "smoothing", "writing")
+RESERVED_BYTES = 64 * 1024
+"""The summary file is padded (with JSON whitespace) to at least this size, so that on a full disk the final
+status can still be written over it in place, in space the file already holds."""
+
+logger = logging.getLogger("ppmtrack")
 
 
 @dataclass
@@ -34,7 +40,10 @@ class RunSummary:
 
     ``status`` is ``"running"`` while the run goes (so a killed run never claims completion),
     then ``"complete"``, ``"interrupted"`` (stopped by Ctrl-C/SIGTERM or ``stop_event``) or
-    ``"failed: <reason>"``.
+    ``"failed: <reason>"``. While the run goes, the file is rewritten every few seconds, so a killed run
+    still tells how far it got (``frames_processed``, ``last_frame``: the last frame written to the CSV).
+    ``frames_damaged``, ``frames_missing`` and ``truncated`` account for the frames of a damaged file that
+    were read but not tracked, or never decoded (see docs/sources.md); ``resumed`` is set by ``--resume``.
     """
 
     input: dict
@@ -47,11 +56,15 @@ class RunSummary:
     frames_processed: int = 0
     frames_dropped: int = 0
     decode_errors: int = 0
+    frames_damaged: int = 0
+    frames_missing: int = 0
+    truncated: bool = False
     video_frames_skipped: int = 0
     gaps: list = field(default_factory=list)
     reconnects: int = 0
     first_frame: int | None = None
     last_frame: int | None = None
+    resumed: dict | None = None
     started_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     finished_at: str | None = None
     wall_time_s: float = 0.0
@@ -75,16 +88,35 @@ class RunSummary:
                          for name, s in self.stages.items()}
         return doc
 
-    def write(self, path: str | Path) -> None:
-        """Write the summary JSON atomically (temporary file, then rename)."""
+    def write(self, path: str | Path, *, quiet: bool = False) -> bool:
+        """Write the summary JSON atomically (temporary file, then rename); True if it was written.
+
+        If that fails (disk full), the temporary file is removed and the text is written in place over the
+        previous summary, whose reserved size (``RESERVED_BYTES``) needs no new disk space. If that fails too,
+        the error is raised, or with ``quiet`` logged and False returned (the run then tries again later).
+        """
         path = Path(path)
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        data = text.encode("utf-8")
+        data += b" " * max(0, RESERVED_BYTES - len(data) - 1) + b"\n"
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            return True
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            try:
+                _write_in_place(path, data)
+                return True
+            except OSError:
+                if not quiet:
+                    raise
+                logger.debug("%s: cannot write the summary: %s", path, exc.strerror or exc)
+                return False
 
     def describe(self) -> str:
         """One line for the terminal: status, frames, time and per-stage speed."""
@@ -92,9 +124,28 @@ class RunSummary:
         text = (f"{self.status}: {self.frames_processed} frames in {self.wall_time_s:.1f} s"
                 f" ({self.fps or 0:.1f} fps overall; per stage fps: {speeds or 'n/a'})")
         problems = [f"{n} {label}" for n, label in ((self.decode_errors, "decode errors"),
+                                                    (self.frames_damaged, "damaged frames skipped"),
+                                                    (self.frames_missing, "frames missing"),
                                                     (self.frames_dropped, "frames dropped"),
                                                     (len(self.gaps), "gaps")) if n]
+        if self.truncated:
+            problems.append("the file is truncated")
         return text + (f"; {', '.join(problems)}" if problems else "")
+
+
+def _write_in_place(path: Path, data: bytes) -> None:
+    """Overwrite ``path`` from its start without freeing its blocks first; padded with spaces to its old size."""
+    size = path.stat().st_size
+    if len(data) > size:
+        raise OSError(f"{path}: the summary no longer fits in its reserved space")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        view = memoryview(data[:-1] + b" " * (size - len(data)) + b"\n")
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _round(value: float | None) -> float | None:

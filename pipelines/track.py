@@ -8,6 +8,7 @@ between them are bounded, so memory does not grow with the length of the run. Se
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import logging
 import queue
@@ -26,7 +27,7 @@ from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
 from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
-from ppmtrack.pipelines.sources import Source, VideoFrame, is_live_spec, open_source
+from ppmtrack.pipelines.sources import VideoFrame, is_live_spec, open_source, redact, redact_url
 from ppmtrack.pipelines.summary import RunSummary
 from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks, smooth_keypoints
 
@@ -44,6 +45,42 @@ class OutputError(PpmtrackError, OSError):
     """The output folder cannot be created or written to."""
 
 
+class SelectionError(PpmtrackError, ValueError):
+    """The frames asked for (start, stop, stride) make no sense or select nothing."""
+
+
+class ResumeError(PpmtrackError, ValueError):
+    """A run cannot be resumed: nothing to resume, or the earlier run used another input or settings."""
+
+
+SUMMARY_INTERVAL_S = 2.0
+"""How often the summary file is rewritten while a run goes (frames processed, last frame written)."""
+RESUME_WARMUP_FRAMES = 30
+"""Frames of the earlier CSV fed to the causal filter when a run resumes, to re-initialise its state."""
+
+
+def check_selection(start: int, stop: int | None, stride: int, n_frames: int | None = None) -> None:
+    """Raise SelectionError if ``start``/``stop``/``stride`` select no frame (of ``n_frames``, if known)."""
+    if stride < 1:
+        raise SelectionError(f"--stride must be 1 or more, got {stride}")
+    if start < 0:
+        raise SelectionError(f"--start must be 0 or more, got {start}")
+    if stop is not None and stop <= start:
+        raise SelectionError(f"--stop {stop} is not after --start {start}: no frame is selected")
+    if n_frames is not None and start >= n_frames:
+        raise SelectionError(f"--start {start} is past the end of the video: it has {n_frames} frames "
+                             f"(0 to {n_frames - 1})")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), e.g. to trace results to the engine file that made them."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def output_stem(spec: str | Path) -> str:
     """The start of the output file names: a file's stem, or for a URL its host, port and path.
 
@@ -57,18 +94,6 @@ def output_stem(spec: str | Path) -> str:
     pieces = [host] + ([str(parts.port)] if parts.port else []) + [p for p in parts.path.split("/") if p]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(pieces)).strip("._")
     return stem or "stream"
-
-
-def redact_url(spec: str | Path) -> str:
-    """The source as it may be written into files: a URL's user name and password replaced by ``***``."""
-    text = str(spec)
-    if not is_live_spec(text):
-        return text
-    parts = urlsplit(text)
-    if parts.username is None and parts.password is None:
-        return text
-    netloc = "***@" + parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=netloc).geturl()
 
 
 def prepare_output_dir(out_dir: str | Path) -> Path:
@@ -112,10 +137,10 @@ class _TrackWriter:
     """
 
     def __init__(self, engine, csv_path: Path, video: AnnotatedVideoWriter | None, params: SmoothingParams,
-                 summary: RunSummary, keep: bool):
+                 summary: RunSummary, keep: bool, previous: Tracks | None = None):
         self.k = len(engine.names)
         self.smoother = OnlineSmoother(self.k, params)
-        self.csv = TracksCsvWriter(csv_path, engine.names)
+        self.csv = TracksCsvWriter(csv_path, engine.names, append=previous is not None)
         self.video = video
         self.summary = summary
         self.keep = keep
@@ -130,8 +155,29 @@ class _TrackWriter:
         self.error: BaseException | None = None
         self.last_time: float | None = None
         self.first_time: float | None = None
+        if previous is not None:
+            self._continue_after(previous)
         self.thread = threading.Thread(target=self._run, daemon=True, name="ppmtrack-writer")
         self.thread.start()
+
+    def _continue_after(self, previous: Tracks) -> None:
+        """Resume after an earlier run's frames: keep them for the final smoothing and re-initialise the causal
+        filter from the last ``RESUME_WARMUP_FRAMES`` of them."""
+        times: list[float] = []
+        for t in previous.time.tolist():
+            times.append(t if not times else max(t, times[-1] + 1e-6))
+        n = len(times)
+        for i in range(max(0, n - RESUME_WARMUP_FRAMES), n):
+            self.smoother.update(times[i], previous.raw_xy[i], np.nan_to_num(previous.confidence[i]))
+        self.last_time = times[-1] if times else None
+        if self.keep:
+            self.frames = previous.frame.tolist()
+            self.times = previous.time.tolist()
+            self.filter_times = times
+            self.raw = list(previous.raw_xy)
+            self.conf = list(np.nan_to_num(previous.confidence))
+            self.xy = list(previous.xy)
+            self.visible = list(previous.visible)
 
     def put(self, frames: list[VideoFrame], prediction) -> bool:
         """Hand a predicted batch over; False if the writer has failed (its error is in ``self.error``)."""
@@ -169,10 +215,12 @@ class _TrackWriter:
         xy, visible = self.smoother.update(t, raw_xy, confidence)
         t1 = time.perf_counter()
         stages["smoothing"].add(t1 - t0, 1)
-        self.csv.write_frame(frame.index, frame.time, xy, confidence, visible, raw_xy)
+        with _naming_the_file(self.csv.path, frame.index):
+            self.csv.write_frame(frame.index, frame.time, xy, confidence, visible, raw_xy)
         if self.video is not None:
             if frame.image.shape[:2] == (self.video.height, self.video.width):
-                self.video.write(frame.image, xy, confidence, visible, time=frame.time - self.first_time)
+                with _naming_the_file(self.video.path, frame.index):
+                    self.video.write(frame.image, xy, confidence, visible, time=frame.time - self.first_time)
             else:
                 if not self.summary.video_frames_skipped:
                     logger.warning("frame %d is %dx%d, the annotated video %dx%d; such frames are left out "
@@ -198,10 +246,12 @@ class _TrackWriter:
         self.queue.put(None)
         self.thread.join()
         try:
-            self.csv.close()
+            with _naming_the_file(self.csv.path):
+                self.csv.close()
         finally:
             if self.video is not None:
-                self.video.close()
+                with _naming_the_file(self.video.path):
+                    self.video.close()
 
     def tracks(self, names, skeleton) -> Tracks:
         """The kept frames as Tracks with the causal positions."""
@@ -214,15 +264,69 @@ class _TrackWriter:
         )
 
 
-def _thread_cpu_seconds(source: Source) -> float | None:
-    """CPU seconds used so far by the source's decoding thread (None where the platform cannot tell)."""
-    thread = getattr(source, "_thread", None)  # Source keeps its decoding thread here
-    if thread is None or not thread.is_alive() or not hasattr(time, "pthread_getcpuclockid"):
-        return None
+class _naming_the_file:  # noqa: N801 - used as a statement: ``with _naming_the_file(path): ...``
+    """Turn an OSError (disk full, ...) raised while writing ``path`` into an OutputError that names it."""
+
+    def __init__(self, path, frame: int | None = None):
+        self.path, self.frame = path, frame
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, OSError) and not isinstance(exc, PpmtrackError):
+            at = f" at frame {self.frame}" if self.frame is not None else ""
+            raise OutputError(f"{self.path}: writing failed{at}: {exc.strerror or exc}") from exc
+        return False
+
+
+def _resume_point(paths: dict, source, engine, start: int, stop: int | None, stride: int,
+                  engine_sha256: str | None) -> tuple[Tracks, dict]:
+    """The frames an earlier, unfinished run of the same input and settings wrote, and its summary.
+
+    Raises ResumeError when there is nothing to resume or the earlier run differs.
+    """
+    import json
+
+    summary_path, csv_path = paths["summary"], paths["csv"]
+    if not summary_path.is_file() or not csv_path.is_file():
+        raise ResumeError(f"{summary_path}: no earlier run to resume in this folder; run without --resume")
     try:
-        return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
-    except (OSError, OverflowError, TypeError):
-        return None
+        previous = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ResumeError(f"{summary_path}: cannot read the earlier run's summary ({exc})") from None
+    if previous.get("status") == "complete":
+        raise ResumeError(f"{summary_path}: the earlier run is complete; there is nothing to resume")
+    before = previous.get("input", {})
+    differences = [name for name, now, then in (
+        ("input", redact_url(source), before.get("source")), ("--start", start, before.get("start")),
+        ("--stop", stop, before.get("stop")), ("--stride", stride, before.get("stride")),
+        ("keypoints", list(engine.names), previous.get("engine", {}).get("keypoints")),
+    ) if now != then]
+    then_sha = previous.get("engine", {}).get("sha256")
+    if engine_sha256 and then_sha and engine_sha256 != then_sha:
+        differences.append("engine file")
+    if differences:
+        raise ResumeError(f"{summary_path}: the earlier run differs in {', '.join(differences)}; resume with "
+                          "the same input, engine and frame selection, or start over")
+    tracks = read_tracks_csv(csv_path)  # ignores a last frame a killed writer left incomplete
+    if len(tracks) and tracks.names != list(engine.names):
+        raise ResumeError(f"{csv_path}: its keypoints {tracks.names} are not the engine's {list(engine.names)}")
+    return tracks, previous
+
+
+def _offer_resume(summary_path: Path) -> None:
+    """Warn when an unfinished earlier run of this input is about to be started over: --resume continues it."""
+    import json
+
+    try:
+        earlier = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    status = str(earlier.get("status", ""))
+    if status and status != "complete" and earlier.get("frames_processed"):
+        logger.warning("%s: an earlier run of this input stopped (%s) after frame %s; starting over (use --resume "
+                       "to continue it instead)", summary_path, status.split(":")[0], earlier.get("last_frame"))
 
 
 def _expected_frames(n_frames: int | None, start: int, stop: int | None, stride: int) -> int | None:
@@ -253,6 +357,7 @@ def track_video(
     engine_name: str | None = None,
     ffmpeg_options: dict | None = None,
     max_reconnect_s: float = 60.0,
+    resume: bool = False,
 ) -> RunSummary:
     """Track keypoints through a video file or live stream and write the outputs to ``out_dir``.
 
@@ -294,6 +399,11 @@ def track_video(
         Recorded in the summary (the name defaults to the engine file's stem).
     ffmpeg_options, max_reconnect_s
         Passed to :func:`pipelines.sources.open_source` (e.g. ``{"rtsp_transport": "udp"}``).
+    resume
+        Continue an interrupted, failed or killed run of the same file with the same engine and frame
+        selection in ``out_dir``: tracking restarts after the last complete frame of its CSV, the filter is
+        re-initialised from its last rows, and the CSV grows from there (the final smoothing covers the whole
+        run). The annotated video of the resumed part goes to ``<stem>.from<FRAME>.mp4``.
 
     Returns
     -------
@@ -307,6 +417,10 @@ def track_video(
         ``out_dir`` cannot be written (before anything else happens).
     pipelines.sources.SourceError
         The file is missing or not a video, or the stream cannot be reached.
+    SelectionError
+        ``start``/``stop``/``stride`` select no frame.
+    ResumeError
+        ``resume`` with nothing to resume, or an earlier run with another input, engine or selection.
     ValueError
         Bad arguments (unknown smoothing mode or output format, a format's package missing).
     """
@@ -315,27 +429,52 @@ def track_video(
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     params = smoothing if smoothing is not None else SmoothingParams()
+    check_selection(start, stop, stride)
     extra_formats = check_output_formats(output_formats)
     out_dir = prepare_output_dir(out_dir)
     stem = output_stem(source_spec)
     halt = stop_event if stop_event is not None else threading.Event()
+    paths = {"csv": out_dir / f"{stem}.csv", "video": out_dir / f"{stem}.mp4" if write_video else None,
+             "summary": out_dir / f"{stem}.summary.json"}
+    engine_sha256 = file_sha256(engine_path) if engine_path and Path(engine_path).is_file() else None
+    previous = previous_summary = summary_resumed = None
+    first = start
+    if resume:
+        if is_live_spec(source_spec) if live is None else live:
+            raise ResumeError("--resume works for video files only; a live stream cannot be resumed")
+        previous, previous_summary = _resume_point(paths, source_spec, engine, start, stop, stride, engine_sha256)
+        if len(previous):
+            first = int(previous.frame[-1]) + stride
+        else:  # killed before its first frame was written: start from the beginning
+            previous = None
+            summary_resumed = {"from_frame": start, "frames_before": 0,
+                               "previous_status": previous_summary.get("status")}
+        if write_video:
+            paths["video"] = out_dir / f"{stem}.from{first}.mp4"
+    elif not (is_live_spec(source_spec) if live is None else live):
+        _offer_resume(paths["summary"])
 
-    source = open_source(source_spec, start=start, stop=stop, stride=stride, live=live,
+    source = open_source(source_spec, start=first, stop=stop, stride=stride, live=live,
                          queue_size=max(8, batch_size), drop_policy=drop_policy, stop_event=halt,
                          ffmpeg_options=ffmpeg_options, max_reconnect_s=max_reconnect_s)
     info = source.info
     is_live = info.is_live
+    if not resume:
+        try:
+            check_selection(start, stop, stride, None if is_live else info.n_frames)
+        except SelectionError:
+            source.close()
+            raise
     if is_live and smooth == "rts":
         logger.warning("a live stream is smoothed causally; --smooth rts applies to files only")
     final_rts = not is_live and smooth in ("auto", "rts")
-    paths = {"csv": out_dir / f"{stem}.csv", "video": out_dir / f"{stem}.mp4" if write_video else None,
-             "summary": out_dir / f"{stem}.summary.json"}
     name = engine_name or (Path(engine_path).stem if engine_path else "engine")
     summary = RunSummary(
         input={"source": redact_url(source_spec), "live": is_live, "width": info.width, "height": info.height,
                "fps": info.fps, "codec": info.codec, "n_frames_estimate": info.n_frames,
-               "start": start, "stop": stop, "stride": stride},
-        engine={"path": str(engine_path) if engine_path else None, "name": name, "model": engine.model.name,
+               "rotation": info.rotation, "start": start, "stop": stop, "stride": stride},
+        engine={"path": redact_url(engine_path) if engine_path else None, "name": name,
+                "sha256": engine_sha256, "model": engine.model.name,
                 "keypoints": list(engine.names), "resolution": engine.resolution,
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "smooth": "rts" if final_rts else "causal",
@@ -345,14 +484,27 @@ def track_video(
         outputs={"csv": str(paths["csv"]), "video": str(paths["video"]) if paths["video"] else None,
                  "summary": str(paths["summary"]), "formats": []},
     )
+    if summary_resumed is not None:
+        summary.resumed = summary_resumed
+    if previous is not None:
+        summary.resumed = {"from_frame": first, "frames_before": len(previous),
+                           "previous_status": previous_summary.get("status")}
+        summary.frames_processed = len(previous)
+        if len(previous):
+            summary.first_frame, summary.last_frame = int(previous.frame[0]), int(previous.frame[-1])
+        summary.started_at = previous_summary.get("started_at", summary.started_at)
+        logger.info("resuming after frame %s (%d frames tracked before)", summary.last_frame, len(previous))
     try:
         video = None
         if write_video:
             video = AnnotatedVideoWriter(paths["video"], info.width, info.height,
                                          info.fps_fraction or info.fps or DEFAULT_VIDEO_FPS, engine.names,
                                          engine.skeleton, min_confidence=params.min_confidence)
-        writer = _TrackWriter(engine, paths["csv"], video, params, summary, keep=not is_live)
-        summary.write(paths["summary"])
+        if previous is not None:  # the CSV without a frame a killed writer left half-written
+            write_tracks_csv(previous, paths["csv"])
+        writer = _TrackWriter(engine, paths["csv"], video, params, summary, keep=not is_live, previous=previous)
+        with _naming_the_file(paths["summary"]):
+            summary.write(paths["summary"])
     except BaseException:
         source.close()
         raise
@@ -363,7 +515,7 @@ def track_video(
     if progress and not is_live:
         from tqdm import tqdm
 
-        bar = tqdm(total=_expected_frames(info.n_frames, start, stop, stride), unit="frame", file=sys.stderr,
+        bar = tqdm(total=_expected_frames(info.n_frames, first, stop, stride), unit="frame", file=sys.stderr,
                    desc=stem, dynamic_ncols=True)
     batch_stats = BatchStats()
     t_start = time.perf_counter()
@@ -373,8 +525,9 @@ def track_video(
     batches = iter_batches(source, batch_size, fill=not is_live, stop_event=halt, stats=batch_stats)
     try:
         next_status = time.monotonic() + STATUS_INTERVAL_S
+        next_summary = time.monotonic() + SUMMARY_INTERVAL_S
         for batch in batches:
-            decode_cpu = _thread_cpu_seconds(source) or decode_cpu
+            decode_cpu = source.decode_cpu_seconds() or decode_cpu
             if batch.gap is not None:
                 gap = batch.gap
                 summary.gaps.append({"start_time": round(gap.start_time, 3),
@@ -388,6 +541,10 @@ def track_video(
             summary.stages["inference"].add(time.perf_counter() - t0, len(batch.frames))
             if not writer.put(batch.frames, prediction):
                 break
+            if time.monotonic() >= next_summary:  # so a killed run still tells how far it got
+                next_summary = time.monotonic() + SUMMARY_INTERVAL_S
+                _update_counts(summary, source.stats, batch_stats)
+                summary.write(paths["summary"], quiet=True)
             if bar is not None:
                 bar.update(len(batch.frames))
             elif progress and time.monotonic() >= next_status:
@@ -413,11 +570,7 @@ def track_video(
     failure = failure or writer.error
 
     stats = source.stats
-    summary.frames_read = stats.frames_read
-    summary.frames_dropped = stats.frames_dropped
-    summary.decode_errors = stats.decode_errors
-    summary.reconnects = stats.reconnects
-    summary.waiting_for_frames_s = batch_stats.waiting_s
+    _update_counts(summary, stats, batch_stats)
     if decode_cpu:
         summary.stages["decode"].add(decode_cpu, stats.frames_read)
     if failure is None:
@@ -428,15 +581,28 @@ def track_video(
         except BaseException as exc:
             failure = exc
     if failure is not None:
-        summary.status = f"failed: {failure}" if str(failure) else f"failed: {type(failure).__name__}"
+        summary.status = f"failed: {redact(failure)}" if str(failure) else f"failed: {type(failure).__name__}"
     summary.wall_time_s = time.perf_counter() - t_start
     summary.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    summary.write(paths["summary"])
+    if not summary.write(paths["summary"], quiet=failure is not None):
+        logger.error("%s: the summary could not be written; status: %s", paths["summary"], summary.status)
     if failure is not None:
         raise failure
     if keyboard_interrupt:
         raise KeyboardInterrupt
     return summary
+
+
+def _update_counts(summary: RunSummary, stats, batch_stats: BatchStats) -> None:
+    """Copy the source's counters into the summary."""
+    summary.frames_read = stats.frames_read
+    summary.frames_dropped = stats.frames_dropped
+    summary.decode_errors = stats.decode_errors
+    summary.frames_damaged = stats.frames_damaged
+    summary.frames_missing = stats.frames_missing
+    summary.truncated = stats.truncated
+    summary.reconnects = stats.reconnects
+    summary.waiting_for_frames_s = batch_stats.waiting_s
 
 
 def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: dict, extra_formats: list[str],

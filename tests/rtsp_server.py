@@ -103,11 +103,26 @@ class RtspRelay:
              "--first-index", str(first_index)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
-        time.sleep(0.7)  # ANNOUNCE/RECORD done, first key frame out
+        self._wait_until_published(10.0)  # ANNOUNCE/RECORD done (a loaded machine may take seconds)
+        time.sleep(0.3)  # first key frame out
         if self.publisher.poll() is not None:
             message = self.publisher.stderr.read().decode(errors="replace")
             self.stop()
             raise RuntimeError(f"publisher failed: {message}")
+
+    def _wait_until_published(self, timeout: float) -> None:
+        """Poll the relay with RTSP DESCRIBE until it serves the mount (or the publisher died, or timeout)."""
+        request = f"DESCRIBE {self.url} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n".encode()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.publisher.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.client_port), timeout=1.0) as conn:
+                    conn.sendall(request)
+                    if b" 200 " in conn.recv(4096).split(b"\r\n", 1)[0]:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
 
     def stop(self) -> None:
         """Kill the publisher and the relay, as a camera that loses power would vanish."""

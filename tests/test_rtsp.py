@@ -89,7 +89,7 @@ def test_stop_event_ends_a_live_iteration_promptly(relay):
         stopped = time.monotonic()
     assert n > 5
     assert time.monotonic() - stopped < 1.5
-    assert not source._thread.is_alive()
+    assert not source.decoding
 
 
 def test_unreachable_url_raises_a_clear_error_quickly():

@@ -11,8 +11,8 @@ import pytest
 from rtsp_server import UDP_OPTIONS
 
 from ppmtrack.engine import AdaptConfig, Engine
-from ppmtrack.pipelines import sources
 from ppmtrack.pipelines.io.csv import read_tracks_csv
+from ppmtrack.pipelines.sources import live_reader
 from ppmtrack.pipelines.track import track_video
 
 
@@ -24,7 +24,7 @@ def small_engine(tiny_model, sample_support):
 
 
 def test_live_stream_is_tracked_across_a_reconnect(relay, small_engine, tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "STALL_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(live_reader, "STALL_TIMEOUT_S", 2.0)
     stop = threading.Event()
     csv = tmp_path / "127.0.0.1_{}_cam.csv".format(relay.url.split(":")[2].split("/")[0])
 

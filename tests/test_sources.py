@@ -103,7 +103,9 @@ def test_truncated_file_yields_the_frames_before_the_cut_without_raising(videos,
         frames, source = _read_all(cut)
         assert 0 < len(frames) < N_FRAMES
         assert [decode_index(f.image) for f in frames] == [f.index for f in frames]
-        assert [f.index for f in frames] == list(range(len(frames)))
+        # every frame that still decodes is yielded under its true index (B-frames cut off leave holes)
+        indices = [f.index for f in frames]
+        assert indices == sorted(set(indices)) and source.stats.frames_missing == N_FRAMES - len(frames)
 
 
 @pytest.mark.parametrize(("name", "at"), [("h264_bframes.mp4", 0.3), ("h264_bframes.mp4", 0.5),
@@ -173,7 +175,7 @@ def test_stop_event_ends_file_iteration_promptly(videos):
     assert len(seen) == 5
     assert time.monotonic() - t0 < 1.0
     assert not any(isinstance(item, Gap) for item in seen)
-    assert not source._thread.is_alive()
+    assert not source.decoding
 
 
 def test_closing_early_stops_the_decoding_thread(videos):
@@ -181,4 +183,4 @@ def test_closing_early_stops_the_decoding_thread(videos):
     first = next(iter(source))
     source.close()
     assert first.index == 0
-    assert not source._thread.is_alive()
+    assert not source.decoding

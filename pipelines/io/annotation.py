@@ -28,7 +28,7 @@ def read_annotation(path: str | Path) -> Labels:
     """Read a ppmtrack annotation JSON file into Labels; relative image and video paths are taken from its folder."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))  # a UTF-8 byte-order mark is accepted
     except FileNotFoundError:
         raise LabelsError(f"{path}: no such annotation file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

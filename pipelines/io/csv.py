@@ -40,14 +40,19 @@ class TracksCsvWriter:
         The CSV file, written in place (it is a growing log, not written atomically).
     names : list of str
         Keypoint names (K), in the order of the keypoint axis of the arrays given to ``write_frame``.
+    append : bool
+        Add frames to an existing tracks CSV (same keypoints) instead of starting a new one.
     """
 
-    def __init__(self, path, names):
+    def __init__(self, path, names, append: bool = False):
         self.path = Path(path)
         self.names = list(names)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._write((HEADER + "\n").encode())
+        if append and self.path.is_file():  # continue a tracks CSV (``track --resume``)
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        else:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._write((HEADER + "\n").encode())
         os.fsync(self._fd)
         self._last_sync = _time.monotonic()
 
@@ -87,9 +92,11 @@ class TracksCsvWriter:
         """Sync the file to disk and close it."""
         if self._fd is None:
             return
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # also when the sync fails (disk full): never leak the descriptor
 
     def __enter__(self) -> TracksCsvWriter:
         return self

@@ -101,6 +101,14 @@ def _number(cell) -> float:
     return float(cell)
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _config_for(path: Path) -> dict:
     """The project's config.yaml (two folders above labeled-data/<video>/), or {} if absent or unreadable."""
     config = path.resolve().parents[2] / "config.yaml" if len(path.resolve().parents) > 2 else None
@@ -175,6 +183,14 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
             what = "is a multi-animal file" if individual is None else f"has no individual {individual!r}"
             raise LabelsError(f"{path}: {what}; choose one with individual= among: {', '.join(individuals)}")
         keep = [j for j in keep if by_level["individuals"][j] == individual]
+    likelihoods = [_number(row[j]) for row in values for j in keep if coords[j] == "likelihood"
+                   if not (isinstance(row[j], str) and not _is_number(row[j]))]
+    if np.isfinite(likelihoods).any():  # labels saved by other tools may carry empty likelihood columns
+        raise LabelsError(
+            f"{path}: this is a DeepLabCut predictions table (it has likelihood values), not labelled data; "
+            "use the CollectedData_<scorer>.csv or .h5 of a labeled-data/<video> folder, or refine the "
+            "predictions in DeepLabCut and use the labels it saves"
+        )
     names = list(dict.fromkeys(bodyparts[j] for j in keep))
     column = {}
     for j in keep:

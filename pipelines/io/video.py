@@ -167,9 +167,11 @@ class AnnotatedVideoWriter:
         """Flush the encoder and finish the file; the writer cannot be used afterwards."""
         if self.container is None:
             return
-        self.container.mux(self.stream.encode(None))
-        self.container.close()
-        self.container = None
+        container, self.container = self.container, None
+        try:
+            container.mux(self.stream.encode(None))
+        finally:
+            container.close()  # also when flushing fails (disk full): never leak the file
 
     def __enter__(self) -> AnnotatedVideoWriter:
         return self
