@@ -160,6 +160,8 @@ def main(argv=None) -> int:
     parser.add_argument("--support", default="1,3", help="support sizes (the sample also gets 4 = support.json)")
     parser.add_argument("--cache", default="/tmp/ppmtrack-bench-quality", help="engines and detections")
     parser.add_argument("--detect-only", action="store_true", help="only fill the cache")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="score only the clip/support pairs whose detections are cached (no adaptation)")
     parser.add_argument("--json", help="also write the table as JSON here")
     args = parser.parse_args(argv)
     import torch
@@ -177,6 +179,8 @@ def main(argv=None) -> int:
         frames, fps = read_video(clip.video)
         for n in sizes + ([4] if name == "sample" else []):
             if n not in clip.support_sets:
+                continue
+            if args.cached_only and not (cache / f"{clip.name}_s{n}.detections.npz").is_file():
                 continue
             raw_xy, conf = detections_for(clip, frames, n, cache)
             if args.detect_only:

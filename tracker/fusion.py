@@ -203,9 +203,9 @@ class KeypointFilter:
             if gate.any():
                 with np.errstate(invalid="ignore"):
                     distance = ((z - self.mean[0]) ** 2).sum(axis=1) / (self.cov[0] + var)
-                far = gate & (distance > p.detection_gate)
-                if far.any():
-                    var = np.where(far, (self.cov[0] + var) * (distance / p.detection_gate) ** 2 - self.cov[0], var)
+                    far = gate & (distance > p.detection_gate)
+                    inflated = (self.cov[0] + var) * (distance / p.detection_gate) ** 2 - self.cov[0]
+                var = np.where(far, inflated, var)
         update = used & active
         if update.any():
             self._update(False, self.mean[0], z, np.where(update, var, np.inf), update)
