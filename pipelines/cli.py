@@ -85,10 +85,12 @@ def _adapt_config(args):
 
 
 def _read_support(args):
+    """The support labels and the engine's support set (images loaded)."""
     from ppmtrack.pipelines.io.formats import read_labels
 
     fmt = None if args.format == "auto" else args.format
-    return read_labels(args.support, fmt=fmt, individual=args.individual).to_support()
+    labels = read_labels(args.support, fmt=fmt, individual=args.individual)
+    return labels, labels.to_support()
 
 
 def _adapt_engine(args, model: str):
@@ -96,8 +98,9 @@ def _adapt_engine(args, model: str):
     from tqdm import tqdm
 
     from ppmtrack.engine import Engine
+    from ppmtrack.pipelines.anchors import support_frame_records
 
-    support = _read_support(args)
+    labels, support = _read_support(args)
     config = _adapt_config(args)
     logger.info("adapting %d keypoints on %d support frames with model %s", len(support.names),
                 len(support.images), model)
@@ -115,6 +118,7 @@ def _adapt_engine(args, model: str):
                               progress=progress, foreground=args.foreground)
     finally:
         bar.close()
+    engine.info["support_frames"] = support_frame_records(labels, support.images)  # anchors for 'track'
     seconds = time.perf_counter() - t0
     adaptation = engine.info.get("adaptation", {})
     print(f"adapted {len(support.names)} keypoints on {len(support.images)} support frames "
@@ -267,7 +271,7 @@ def run_track(args) -> int:
         summary = track_video(
             args.video, engine, out_dir, batch_size=args.batch_size, start=args.start, stop=args.stop,
             stride=args.stride, write_video=not args.no_video, output_formats=["csv", *formats],
-            smoothing=smoothing, smooth=args.smooth, drop_policy=args.drop_policy,
+            smoothing=smoothing, smooth=args.smooth, flow=args.flow, drop_policy=args.drop_policy,
             progress=not args.quiet, stop_event=stop_event, engine_path=engine_path,
             ffmpeg_options={"rtsp_transport": args.rtsp_transport} if args.rtsp_transport else None,
             max_reconnect_s=args.max_reconnect_s, resume=args.resume,
@@ -447,7 +451,7 @@ def _debug_option() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The ``ppmtrack`` argument parser with its subcommands."""
     from ppmtrack.pipelines.sources import STALL_TIMEOUT_S
-    from ppmtrack.pipelines.track import OUTPUT_FORMATS, SMOOTH_MODES
+    from ppmtrack.pipelines.track import FLOW_MODES, OUTPUT_FORMATS, SMOOTH_MODES
     from ppmtrack.tracker import SmoothingParams
 
     parser = argparse.ArgumentParser(
@@ -500,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(default: {SmoothingParams().min_confidence:g})")
     track.add_argument("--smooth", choices=SMOOTH_MODES, default="auto",
                        help="auto: forward-backward (RTS) for files, causal for streams")
+    track.add_argument("--flow", choices=FLOW_MODES, default="auto",
+                       help="optical flow between frames fused with the detections in the keypoint filter "
+                            "(docs/smoothing.md); auto: on (Lucas-Kanade), off: detections only")
     track.add_argument("--drop-policy", choices=("drop_oldest", "block"), dest="drop_policy",
                        help="when frames arrive faster than they are tracked: drop the oldest waiting frame "
                             "or make decoding wait (default: drop_oldest for streams, block for files; a "

@@ -23,19 +23,23 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ppmtrack.engine.errors import PpmtrackError
+from ppmtrack.pipelines.anchors import anchors_for_source, matching_anchor
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
 from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
 from ppmtrack.pipelines.sources import VideoFrame, is_live_spec, open_source, redact, redact_url
 from ppmtrack.pipelines.summary import RunSummary
-from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks, smooth_keypoints
+from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks
+from ppmtrack.tracker.flow import FlowParams
+from ppmtrack.tracker.fusion import Anchors, FlowTrack, fuse_keypoints
 
 logger = logging.getLogger("ppmtrack")
 
 OUTPUT_FORMATS = ("csv", *TRACK_FORMATS)
 FORMAT_PACKAGES = {"dlc": ("pandas", "tables"), "sleap": ("h5py",), "nwb": ("pynwb", "ndx_pose")}
 SMOOTH_MODES = ("auto", "rts", "causal")
+FLOW_MODES = ("auto", "off")
 STATUS_INTERVAL_S = 5.0
 WRITER_QUEUE_BATCHES = 2
 DEFAULT_VIDEO_FPS = 30.0  # for the annotated video of a stream that declares no rate (frame times are kept)
@@ -134,12 +138,20 @@ class _TrackWriter:
     """The writer thread: causal smoothing, the growing CSV and the annotated video, one frame at a time.
 
     ``keep`` keeps the per-frame arrays (a few numbers per keypoint) for the smoothing at the end of a file.
+    With ``flow``, each frame's optical flow from the previous one is fused in (the previous frame, grey and
+    downscaled, is all that is kept of the images); ``anchors`` (frame index → support-frame record, see
+    :mod:`pipelines.anchors`) pin the labelled support frames that lie in this video.
     """
 
     def __init__(self, engine, csv_path: Path, video: AnnotatedVideoWriter | None, params: SmoothingParams,
-                 summary: RunSummary, keep: bool, previous: Tracks | None = None):
+                 summary: RunSummary, keep: bool, previous: Tracks | None = None, flow: FlowParams | None = None,
+                 anchors: dict | None = None):
         self.k = len(engine.names)
-        self.smoother = OnlineSmoother(self.k, params)
+        self.smoother = OnlineSmoother(self.k, params, flow=flow)
+        self.anchors = anchors or {}
+        self.anchor_rows: list[tuple[int, np.ndarray]] = []  # (row, (K, 2)) of the anchors used
+        self.flow_displacement: list[np.ndarray] = []
+        self.flow_error: list[np.ndarray] = []
         self.csv = TracksCsvWriter(csv_path, engine.names, append=previous is not None)
         self.video = video
         self.summary = summary
@@ -178,6 +190,9 @@ class _TrackWriter:
             self.conf = list(np.nan_to_num(previous.confidence))
             self.xy = list(previous.xy)
             self.visible = list(previous.visible)
+            if self.smoother.flow is not None:  # no flow was kept of the earlier run's frames
+                self.flow_displacement = [np.full((self.k, 2), np.nan)] * len(previous)
+                self.flow_error = [np.full(self.k, np.inf)] * len(previous)
 
     def put(self, frames: list[VideoFrame], prediction) -> bool:
         """Hand a predicted batch over; False if the writer has failed (its error is in ``self.error``)."""
@@ -212,9 +227,12 @@ class _TrackWriter:
         if self.first_time is None:
             self.first_time = frame.time
         t0 = time.perf_counter()
-        xy, visible = self.smoother.update(t, raw_xy, confidence)
+        anchor = matching_anchor(self.anchors, frame.index, frame.image) if self.anchors else None
+        xy, visible = self.smoother.update(t, raw_xy, confidence, frame.image, anchor)
         t1 = time.perf_counter()
         stages["smoothing"].add(t1 - t0, 1)
+        if anchor is not None:
+            self.summary.settings.setdefault("anchor_frames", []).append(frame.index)
         with _naming_the_file(self.csv.path, frame.index):
             self.csv.write_frame(frame.index, frame.time, xy, confidence, visible, raw_xy)
         if self.video is not None:
@@ -240,6 +258,11 @@ class _TrackWriter:
             self.conf.append(np.asarray(confidence, dtype=np.float64))
             self.xy.append(xy)
             self.visible.append(visible)
+            if anchor is not None:
+                self.anchor_rows.append((len(self.frames) - 1, anchor))
+            if self.smoother.flow is not None:
+                self.flow_displacement.append(self.smoother.last_flow[0])
+                self.flow_error.append(self.smoother.last_flow[1])
 
     def finish(self) -> None:
         """Wait for the queued frames to be written, then close the CSV and the video."""
@@ -252,6 +275,19 @@ class _TrackWriter:
             if self.video is not None:
                 with _naming_the_file(self.video.path):
                     self.video.close()
+
+    def smoothed(self) -> tuple[np.ndarray, np.ndarray]:
+        """RTS-smoothed positions and visibility of the kept frames, with the flow and anchors of the run."""
+        k = self.k
+        flow = anchors = None
+        if self.flow_displacement:
+            flow = FlowTrack(np.array(self.flow_displacement).reshape(-1, k, 2),
+                             np.array(self.flow_error).reshape(-1, k))
+        if self.anchor_rows:
+            anchors = Anchors(np.array([r for r, _ in self.anchor_rows]),
+                              np.array([xy for _, xy in self.anchor_rows]).reshape(-1, k, 2))
+        return fuse_keypoints(np.array(self.raw).reshape(-1, k, 2), np.array(self.conf).reshape(-1, k),
+                              np.array(self.filter_times), flow, anchors, self.smoother.params, smooth=True)
 
     def tracks(self, names, skeleton) -> Tracks:
         """The kept frames as Tracks with the causal positions."""
@@ -349,6 +385,7 @@ def track_video(
     output_formats=("csv",),
     smoothing: SmoothingParams | None = None,
     smooth: str = "auto",
+    flow: str = "auto",
     live: bool | None = None,
     drop_policy: str | None = None,
     progress: bool = True,
@@ -388,6 +425,10 @@ def track_video(
         "auto": RTS for files, causal for streams; "rts": forward-backward smoothing at the end of a file
         (the CSV is rewritten atomically); "causal": keep the forward filter's positions. Streams are
         always causal.
+    flow
+        "auto": fuse Lucas-Kanade optical flow between consecutive frames with the detections (and anchor the
+        engine's support frames when they lie in this video, see :mod:`pipelines.anchors`); "off": detections
+        only. See docs/smoothing.md.
     live, drop_policy
         Passed to :func:`pipelines.sources.open_source`.
     progress
@@ -426,6 +467,8 @@ def track_video(
     """
     if smooth not in SMOOTH_MODES:
         raise ValueError(f"smooth must be one of {', '.join(SMOOTH_MODES)}, got {smooth!r}")
+    if flow not in FLOW_MODES:
+        raise ValueError(f"flow must be one of {', '.join(FLOW_MODES)}, got {flow!r}")
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     params = smoothing if smoothing is not None else SmoothingParams()
@@ -478,6 +521,7 @@ def track_video(
                 "keypoints": list(engine.names), "resolution": engine.resolution,
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "smooth": "rts" if final_rts else "causal",
+                  "flow": "off" if flow == "off" else "lk",
                   "smoothing": dataclasses.asdict(params), "output_formats": ["csv", *extra_formats],
                   "write_video": write_video,
                   "drop_policy": drop_policy or ("drop_oldest" if is_live else "block")},
@@ -502,7 +546,10 @@ def track_video(
                                          engine.skeleton, min_confidence=params.min_confidence)
         if previous is not None:  # the CSV without a frame a killed writer left half-written
             write_tracks_csv(previous, paths["csv"])
-        writer = _TrackWriter(engine, paths["csv"], video, params, summary, keep=not is_live, previous=previous)
+        anchors = {} if flow == "off" else anchors_for_source(getattr(engine, "info", {}), str(source_spec),
+                                                             len(engine.names))
+        writer = _TrackWriter(engine, paths["csv"], video, params, summary, keep=not is_live, previous=previous,
+                              flow=None if flow == "off" else FlowParams(), anchors=anchors)
         with _naming_the_file(paths["summary"]):
             summary.write(paths["summary"])
     except BaseException:
@@ -615,8 +662,7 @@ def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: di
         tracks = writer.tracks(engine.names, engine.skeleton)
     if rts:
         t0 = time.perf_counter()
-        xy, visible = smooth_keypoints(tracks.raw_xy, tracks.confidence, np.array(writer.filter_times),
-                                       writer.smoother.params)
+        xy, visible = writer.smoothed()
         tracks = dataclasses.replace(tracks, xy=xy, visible=visible)
         t1 = time.perf_counter()
         write_tracks_csv(tracks, paths["csv"])

@@ -1,12 +1,14 @@
-"""Constant-velocity Kalman filter for one keypoint, and the online (causal) smoother.
+"""Parameters of the keypoint filter, its constant-velocity matrices, and the online (causal) smoother.
 
 The state of each keypoint is ``(x, y, vx, vy)`` in pixels and pixels per
 second. Between frames it moves at constant velocity, disturbed by white-noise
 acceleration; each frame's engine output is a noisy measurement of ``(x, y)``
-whose noise grows as the engine's confidence falls. The filter itself is
-filterpy's :class:`filterpy.kalman.KalmanFilter`; this module builds its
-matrices for each frame interval and decides when to update, when to only
-predict, and when to give the keypoint up as lost (see :mod:`tracker.visibility`).
+whose noise grows as the engine's confidence falls, and optical flow (when
+given) measures its movement since the previous frame. The filter itself,
+vectorised over keypoints, is :class:`tracker.fusion.KeypointFilter`; this
+module holds its parameters and the online front end that decides when to
+update, when to only predict, and when to give a keypoint up as lost (see
+:mod:`tracker.visibility`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from filterpy.kalman import KalmanFilter
 
-from ppmtrack.tracker.visibility import measured_mask
-
-MEASUREMENT_MATRIX = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+from ppmtrack.tracker.flow import FlowParams, flow_image, propagate_points
+from ppmtrack.tracker.fusion import KeypointFilter, frame_measurements
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,19 @@ class SmoothingParams:
     initial_speed_px_s : float, default 300.0
         Standard deviation of the unknown velocity, in px/s, when the filter
         starts (or restarts) at a measurement; the velocity starts at zero.
+    flow_noise_px : float, default 0.5
+        Standard deviation, in pixels, of an optical-flow displacement whose
+        forward-backward error is zero; the error is added to it.
+    max_flow_error_px : float, default 2.0
+        A flow displacement whose forward-backward error exceeds this is not
+        used (the flow is unreliable there).
+    anchor_noise_px : float, default 0.5
+        Standard deviation of a known position (a support frame in the video).
+    detection_gate : float, default 16.0
+        Where the flow was used, a detection whose squared Mahalanobis distance
+        ``d²`` from the filter's estimate exceeds this (16: 4 standard
+        deviations) is down-weighted: its innovation variance is scaled by
+        ``(d² / detection_gate)²`` (see :mod:`tracker.fusion`).
     """
 
     min_confidence: float = 0.2
@@ -61,11 +74,16 @@ class SmoothingParams:
     process_noise: float = 500.0
     max_occluded_s: float = 1.0
     initial_speed_px_s: float = 300.0
+    flow_noise_px: float = 0.5
+    max_flow_error_px: float = 2.0
+    anchor_noise_px: float = 0.5
+    detection_gate: float = 16.0
 
     def __post_init__(self):
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must lie in [0, 1], got {self.min_confidence}.")
-        for name in ("measurement_noise_px", "process_noise", "max_occluded_s", "initial_speed_px_s"):
+        for name in ("measurement_noise_px", "process_noise", "max_occluded_s", "initial_speed_px_s",
+                     "flow_noise_px", "max_flow_error_px", "anchor_noise_px", "detection_gate"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value}.")
@@ -145,80 +163,19 @@ def measurement_covariances(confidence: np.ndarray | float, params: SmoothingPar
     return noise_px[..., None, None] ** 2 * np.eye(2)
 
 
-def start_keypoint_filter(
-    xy: np.ndarray, measurement_covariance: np.ndarray, params: SmoothingParams
-) -> KalmanFilter:
-    """A filterpy Kalman filter started at one measurement.
-
-    Parameters
-    ----------
-    xy : np.ndarray
-        (2,) measured position in pixels.
-    measurement_covariance : np.ndarray
-        (2, 2) noise covariance of that measurement in px².
-    params : SmoothingParams
-        Supplies ``initial_speed_px_s``, the prior uncertainty of the velocity.
-
-    Returns
-    -------
-    filterpy.kalman.KalmanFilter
-        State ``(x, y, 0, 0)``; the position covariance is the measurement's,
-        the velocity variance ``initial_speed_px_s²`` per axis.
-    """
-    keypoint_filter = KalmanFilter(dim_x=4, dim_z=2)
-    keypoint_filter.H = MEASUREMENT_MATRIX.copy()
-    keypoint_filter.inv = _inverse_2x2
-    keypoint_filter.x = np.array([xy[0], xy[1], 0.0, 0.0], dtype=np.float64)
-    keypoint_filter.P = np.zeros((4, 4))
-    keypoint_filter.P[:2, :2] = measurement_covariance
-    keypoint_filter.P[2:, 2:] = np.eye(2) * params.initial_speed_px_s**2
-    return keypoint_filter
-
-
-def step_keypoint_filter(
-    keypoint_filter: KalmanFilter,
-    transition: np.ndarray,
-    process_noise: np.ndarray,
-    xy: np.ndarray | None,
-    measurement_covariance: np.ndarray,
-) -> None:
-    """Advance a keypoint filter by one frame: predict, then update if measured.
-
-    Parameters
-    ----------
-    keypoint_filter : filterpy.kalman.KalmanFilter
-        Filter from :func:`start_keypoint_filter`; changed in place.
-    transition : np.ndarray
-        (4, 4) transition ``F`` over the interval since the previous frame.
-    process_noise : np.ndarray
-        (4, 4) process noise ``Q`` over that interval.
-    xy : np.ndarray or None
-        (2,) measured position, or None when the keypoint is occluded (the
-        filter only predicts).
-    measurement_covariance : np.ndarray
-        (2, 2) noise covariance ``R`` of the measurement (ignored without one).
-    """
-    keypoint_filter.predict(F=transition, Q=process_noise)
-    if xy is not None:
-        keypoint_filter.update(xy, R=measurement_covariance)
-
-
-def _inverse_2x2(matrix: np.ndarray) -> np.ndarray:
-    """Closed-form inverse of the 2x2 innovation covariance (faster than ``np.linalg.inv``)."""
-    determinant = matrix[0, 0] * matrix[1, 1] - matrix[0, 1] * matrix[1, 0]
-    return np.array([[matrix[1, 1], -matrix[0, 1]], [-matrix[1, 0], matrix[0, 0]]]) / determinant
-
-
 class OnlineSmoother:
     """Causal keypoint filter for live streams: one frame in, one estimate out.
 
-    Each keypoint has its own constant-velocity Kalman filter. A measurement
-    that counts (see :func:`tracker.visibility.measured_mask`) updates it;
-    otherwise the keypoint is occluded and the filter only predicts. A
-    keypoint unmeasured for more than ``params.max_occluded_s`` seconds is
-    lost and reported as NaN until it is measured again, where its filter
-    restarts at the measurement. Feeding a recording frame by frame gives the
-    same numbers as :func:`tracker.smoothing.filter_keypoints`.
+    Each keypoint has its own constant-velocity Kalman filter (all run at once,
+    :class:`tracker.fusion.KeypointFilter`). A measurement that counts (see
+    :func:`tracker.visibility.measured_mask`) updates it; so does the optical
+    flow since the previous frame and an anchor, when given. Otherwise the
+    keypoint is occluded and the filter only predicts. A keypoint unmeasured
+    for more than ``params.max_occluded_s`` seconds is lost and reported as NaN
+    until it is measured again, where its filter restarts at the measurement.
+    Feeding a recording frame by frame gives the same numbers as
+    :func:`tracker.fusion.fuse_keypoints` with ``smooth=False`` and the flow
+    recorded in :attr:`last_flow`.
 
     Parameters
     ----------
@@ -226,17 +183,33 @@ class OnlineSmoother:
         Number of keypoints K.
     params : SmoothingParams, optional
         Filter parameters; the defaults when omitted.
+    flow : FlowParams, optional
+        Optical flow between consecutive frames (pass each frame's image to
+        :meth:`update`); None: detections only.
+
+    Attributes
+    ----------
+    last_flow : tuple of np.ndarray
+        The last update's flow: (K, 2) displacement since the previous frame
+        (NaN where none) and (K,) forward-backward error (inf where none).
     """
 
-    def __init__(self, n_keypoints: int, params: SmoothingParams | None = None):
+    def __init__(self, n_keypoints: int, params: SmoothingParams | None = None, flow: FlowParams | None = None):
         self.n_keypoints = int(n_keypoints)
         self.params = params if params is not None else SmoothingParams()
-        self._filters: list[KalmanFilter | None] = [None] * self.n_keypoints
-        self._last_measured_time = np.full(self.n_keypoints, -np.inf)
+        self.flow = flow
+        self._filter = KeypointFilter(self.n_keypoints, self.params)
         self._last_time: float | None = None
+        self._last_image: np.ndarray | None = None
+        self.last_flow = (np.full((self.n_keypoints, 2), np.nan), np.full(self.n_keypoints, np.inf))
+
+    def position(self) -> np.ndarray:
+        """(K, 2) the current estimates (after the last update), NaN where lost."""
+        return self._filter.position()
 
     def update(
-        self, time: float, raw_xy: np.ndarray, confidence: np.ndarray
+        self, time: float, raw_xy: np.ndarray, confidence: np.ndarray, image: np.ndarray | None = None,
+        anchor_xy: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Take one frame's measurements and return the filtered positions.
 
@@ -248,6 +221,12 @@ class OnlineSmoother:
             (K, 2) measured positions in pixels.
         confidence : np.ndarray
             (K,) engine confidence in [0, 1].
+        image : np.ndarray, optional
+            (H, W, 3) RGB uint8 frame, for the optical flow from the previous
+            frame (used when the smoother was made with ``flow``; a frame of
+            another size than the previous one gets no flow).
+        anchor_xy : np.ndarray, optional
+            (K, 2) known positions at this frame (NaN where unknown).
 
         Returns
         -------
@@ -255,7 +234,7 @@ class OnlineSmoother:
             (K, 2) filtered positions; NaN where the keypoint is lost or was
             never measured.
         visible : np.ndarray
-            (K,) bool, True where this frame's measurement was used.
+            (K,) bool, True where a measurement (detection, flow or anchor) was used.
         """
         time = float(time)
         raw_xy = np.asarray(raw_xy, dtype=np.float64).reshape(self.n_keypoints, 2)
@@ -268,24 +247,23 @@ class OnlineSmoother:
                 "feed frames in presentation order and drop duplicates."
             )
         dt = 0.0 if self._last_time is None else time - self._last_time
-        transition = transition_matrices(dt)
-        process_noise = process_noise_matrices(dt, self.params.process_noise)
-        visible = measured_mask(raw_xy, confidence, self.params.min_confidence)
-        covariance = measurement_covariances(np.where(visible, confidence, 1.0), self.params)
-        xy = np.full((self.n_keypoints, 2), np.nan)
-        for k in range(self.n_keypoints):
-            keypoint_filter = self._filters[k]
-            if time - self._last_measured_time[k] > self.params.max_occluded_s:
-                keypoint_filter = None
-            if visible[k] and keypoint_filter is None:
-                keypoint_filter = start_keypoint_filter(raw_xy[k], covariance[k], self.params)
-            elif keypoint_filter is not None:
-                measurement = raw_xy[k] if visible[k] else None
-                step_keypoint_filter(keypoint_filter, transition, process_noise, measurement, covariance[k])
-            if visible[k]:
-                self._last_measured_time[k] = time
-            if keypoint_filter is not None:
-                xy[k] = keypoint_filter.x[:2]
-            self._filters[k] = keypoint_filter
+        displacement, fb_error = self._measure_flow(image)
+        measurements = frame_measurements(raw_xy, confidence, self.params, displacement, fb_error, anchor_xy)
+        visible, _ = self._filter.step(time, dt, measurements)
         self._last_time = time
-        return xy, visible
+        return self._filter.position(), visible
+
+    def _measure_flow(self, image: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Flow of the current estimates from the previous frame to ``image``; recorded in ``last_flow``."""
+        displacement = np.full((self.n_keypoints, 2), np.nan)
+        fb_error = np.full(self.n_keypoints, np.inf)
+        if self.flow is not None and image is not None:
+            prepared = flow_image(image, self.flow)
+            previous = self._last_image
+            if previous is not None and previous.shape == prepared.shape:
+                start = self._filter.position()
+                moved, fb_error = propagate_points(previous, prepared, start, self.flow, image.shape[:2])
+                displacement = moved - start
+            self._last_image = prepared
+        self.last_flow = (displacement, fb_error)
+        return displacement, fb_error

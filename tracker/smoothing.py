@@ -2,25 +2,17 @@
 
 :func:`filter_keypoints` runs the causal Kalman filter over a recording (the
 numbers a live :class:`tracker.kalman.OnlineSmoother` would give);
-:func:`smooth_keypoints` adds filterpy's Rauch-Tung-Striebel backward pass, so
-every estimate also uses the frames after it. Each keypoint is processed on its
-own, one track segment at a time (see :func:`tracker.visibility.track_segments`),
-with memory linear in the number of frames.
+:func:`smooth_keypoints` adds the Rauch-Tung-Striebel backward pass, so
+every estimate also uses the frames after it. Both run all keypoints at once
+(:mod:`tracker.fusion`, which also fuses optical flow); a keypoint's track
+segments (see :func:`tracker.visibility.track_segments`) are smoothed apart.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ppmtrack.tracker.kalman import (
-    SmoothingParams,
-    measurement_covariances,
-    process_noise_matrices,
-    start_keypoint_filter,
-    step_keypoint_filter,
-    transition_matrices,
-)
-from ppmtrack.tracker.visibility import measured_mask, track_segments
+from ppmtrack.tracker.kalman import SmoothingParams
 
 
 def filter_keypoints(
@@ -117,30 +109,6 @@ def _run_keypoint_filters(
     params: SmoothingParams | None,
     smooth: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    params = params if params is not None else SmoothingParams()
-    raw_xy, confidence, time = _check_keypoint_arrays(raw_xy, confidence, time)
-    dt = np.diff(time, prepend=time[:1])
-    transition = transition_matrices(dt)
-    process_noise = process_noise_matrices(dt, params.process_noise)
-    visible = measured_mask(raw_xy, confidence, params.min_confidence)
-    safe_confidence = np.where(visible, confidence, 1.0)
-    xy = np.full(raw_xy.shape, np.nan)
-    for k in range(raw_xy.shape[1]):
-        measurement_covariance = measurement_covariances(safe_confidence[:, k], params)
-        for start, stop in track_segments(time, visible[:, k], params.max_occluded_s):
-            keypoint_filter = start_keypoint_filter(raw_xy[start, k], measurement_covariance[start], params)
-            means = np.empty((stop - start, 4))
-            covariances = np.empty((stop - start, 4, 4))
-            means[0], covariances[0] = keypoint_filter.x, keypoint_filter.P
-            for i in range(start + 1, stop):
-                measurement = raw_xy[i, k] if visible[i, k] else None
-                step_keypoint_filter(
-                    keypoint_filter, transition[i], process_noise[i], measurement, measurement_covariance[i]
-                )
-                means[i - start], covariances[i - start] = keypoint_filter.x, keypoint_filter.P
-            if smooth:
-                means = keypoint_filter.rts_smoother(
-                    means, covariances, transition[start:stop], process_noise[start:stop]
-                )[0]
-            xy[start:stop, k] = means[:, :2]
-    return xy, visible
+    from ppmtrack.tracker.fusion import fuse_keypoints
+
+    return fuse_keypoints(raw_xy, confidence, time, params=params, smooth=smooth)

@@ -1,0 +1,251 @@
+"""Tracking accuracy on the sample and the real clips: detection only, + flow, + crops, and pure optical flow.
+
+For each clip and support size (the first 1 or 3 labelled frames; 4 on the sample, its support.json), a tiny
+engine is adapted on the support frames (cached), the engine's detections on every frame are computed once
+(cached), and the variants are scored on the *query* frames (labelled frames that are not support frames):
+
+- ``detection``: today's tracker (detections + constant-velocity RTS smoothing);
+- ``+flow``: detections fused with pyramidal Lucas-Kanade flow in the Kalman filter (:mod:`tracker.fusion`),
+  anchored at the support frames that lie in the video, RTS pass;
+- ``+crops`` / ``+both``: the same with animal-centred crops (when ``engine.geometry`` crops are available);
+- ``pure LK``: Lucas-Kanade flow chained from the first support frame (forward and backward), no detections.
+
+Scoring: BADJA clips use the BADJA protocol (correct when the error is at most α·√(silhouette area)); the sample
+and the DLC clip use ppmtrack's own (α·max(w, h) of the frame's labelled keypoints, ``pipelines.evaluate``).
+
+    python bench/tracking_quality.py [--clips sample,camel,cows,reaching] [--support 1,3] [--cache DIR]
+
+Needs ../shared/data (skipped clip by clip when absent). CPU: adapting one engine takes ~1 min, detecting
+~0.5 s per frame with the tiny model at 256².
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+@dataclass
+class Clip:
+    """A video with labelled frames and its scoring rule."""
+
+    name: str
+    video: Path
+    names: list[str]
+    label_frames: np.ndarray  # (F,)
+    label_xy: np.ndarray  # (F, K, 2), NaN = not visible
+    scale: np.ndarray  # (F,) the length α multiplies: √(silhouette area) or max(w, h)
+    support_sets: dict[int, list[int]]  # support size → frame indices
+    skeleton: list
+
+
+def _sample() -> Clip:
+    from ppmtrack.pipelines.evaluate import MIN_BBOX_SIZE_PX, _bbox_sizes
+    from ppmtrack.pipelines.io.annotation import read_annotation
+
+    truth = read_annotation(ROOT / "samples" / "truth.json")
+    support = read_annotation(ROOT / "samples" / "support.json")
+    frames = np.array([r.frame for r in truth.frames])
+    sup = [r.frame for r in support.frames]
+    return Clip("sample", ROOT / "samples" / "sample.mp4", truth.names, frames, truth.keypoints,
+                _bbox_sizes(truth.keypoints, MIN_BBOX_SIZE_PX), {1: sup[:1], 3: sup[:3], 4: sup},
+                truth.skeleton)
+
+
+def _badja(folder: str, name: str) -> Clip | None:
+    path = DATA / folder
+    if not (path / "labels.npz").is_file():
+        return None
+    d = np.load(path / "labels.npz")
+    frames = d["frame_idx"].astype(int)
+    return Clip(name, path / "video.mp4", [str(n) for n in d["names"]], frames, d["keypoints_xy"].astype(float),
+                np.sqrt(d["mask_area"].astype(float)), {1: frames[:1].tolist(), 3: frames[:3].tolist()}, [])
+
+
+def _reaching() -> Clip | None:
+    from ppmtrack.pipelines.evaluate import MIN_BBOX_SIZE_PX, _bbox_sizes
+
+    path = DATA / "dlc_reaching"
+    if not (path / "labels_frames0-30.npz").is_file():
+        return None
+    d = np.load(path / "labels_frames0-30.npz")
+    frames = d["frame_idx"].astype(int)
+    xy = d["keypoints_xy"].astype(float)
+    return Clip("reaching", path / "reaching_frames0-30.mp4", [str(n) for n in d["names"]], frames, xy,
+                _bbox_sizes(xy, MIN_BBOX_SIZE_PX), {1: frames[:1].tolist(), 3: frames[:3].tolist()}, [])
+
+
+CLIPS = {"sample": _sample, "camel": lambda: _badja("badja_camel", "camel"),
+         "cows": lambda: _badja("badja_cows", "cows"), "reaching": _reaching}
+
+
+def read_video(path: Path) -> tuple[np.ndarray, float]:
+    """All frames (T, H, W, 3) RGB uint8 and the frame rate."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or 30)
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    return np.stack(frames), fps
+
+
+def support_of(clip: Clip, frames: np.ndarray, support_frames: list[int]):
+    from ppmtrack.engine.support import SupportSet
+
+    rows = [int(np.flatnonzero(clip.label_frames == f)[0]) for f in support_frames]
+    return SupportSet(names=clip.names, images=[frames[f] for f in support_frames],
+                      keypoints=clip.label_xy[rows], skeleton=clip.skeleton)
+
+
+QUICK_ADAPT = dict(steps=40, fg_steps=10, views_per_frame=4)  # --quick: ~4x cheaper adaptation (loaded CPUs)
+
+
+def engine_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, quick: bool = False):
+    """Adapt (or load the cached) tiny engine on the clip's first ``n_support`` labelled frames."""
+    from ppmtrack.engine import AdaptConfig, Engine
+
+    path = cache / f"{clip.name}_s{n_support}.engine"
+    if clip.name == "sample" and n_support == 4 and not path.is_file():
+        shared = ROOT.parent / "helpers" / "sample.engine"
+        if shared.is_file():
+            return Engine.load(shared)
+    if path.is_file():
+        return Engine.load(path)
+    t0 = time.perf_counter()
+    config = AdaptConfig(**QUICK_ADAPT) if quick else AdaptConfig()
+    engine = Engine.adapt(support_of(clip, frames, clip.support_sets[n_support]), model="tiny", config=config)
+    engine.save(path)
+    print(f"  adapted {path.name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return engine
+
+
+def detections_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, batch: int = 8,
+                   quick: bool = False):
+    """(T, K, 2) raw detections and (T, K) confidences of the engine on every frame (cached)."""
+    path = cache / f"{clip.name}_s{n_support}.detections.npz"
+    if path.is_file():
+        d = np.load(path)
+        return d["xy"], d["confidence"]
+    engine = engine_for(clip, frames, n_support, cache, quick)
+    xy, conf = [], []
+    t0 = time.perf_counter()
+    for i in range(0, len(frames), batch):
+        p = engine.predict(frames[i:i + batch])
+        xy.append(p.keypoints)
+        conf.append(p.confidence)
+    xy, conf = np.concatenate(xy), np.concatenate(conf)
+    np.savez(path, xy=xy, confidence=conf)
+    print(f"  detected {len(frames)} frames of {clip.name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return xy, conf
+
+
+def pck(clip: Clip, xy: np.ndarray, query: np.ndarray, alpha: float) -> float:
+    """Fraction of visible labelled keypoints on the query rows within α·scale (missing = wrong)."""
+    truth = clip.label_xy[query]
+    pred = xy[clip.label_frames[query]]
+    labelled = np.isfinite(truth).all(-1)
+    err = np.linalg.norm(pred - truth, axis=-1)
+    correct = labelled & (np.nan_to_num(err, nan=np.inf) <= alpha * clip.scale[query][:, None])
+    return float(correct.sum() / labelled.sum())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", default="sample,camel,cows,reaching")
+    parser.add_argument("--support", default="1,3", help="support sizes (the sample also gets 4 = support.json)")
+    parser.add_argument("--cache", default="/tmp/ppmtrack-bench-quality", help="engines and detections")
+    parser.add_argument("--detect-only", action="store_true", help="only fill the cache")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="score only the clip/support pairs whose detections are cached (no adaptation)")
+    parser.add_argument("--json", help="also write the table as JSON here")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"adapt with {QUICK_ADAPT} instead of the defaults (use a separate --cache)")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    sizes = [int(s) for s in args.support.split(",") if s]
+    rows = []
+    for name in args.clips.split(","):
+        clip = CLIPS[name]()
+        if clip is None:
+            print(f"{name}: data not found under {DATA}, skipped", file=sys.stderr)
+            continue
+        frames, fps = read_video(clip.video)
+        for n in sizes + ([4] if name == "sample" else []):
+            if n not in clip.support_sets:
+                continue
+            if args.cached_only and not (cache / f"{clip.name}_s{n}.detections.npz").is_file():
+                continue
+            raw_xy, conf = detections_for(clip, frames, n, cache, quick=args.quick)
+            if args.detect_only:
+                continue
+            rows.append(score_variants(clip, frames, fps, n, raw_xy, conf))
+            print(format_row(rows[-1]), flush=True)
+    if rows:
+        print(format_table(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, raw_xy: np.ndarray,
+                   conf: np.ndarray) -> dict:
+    from ppmtrack.tracker import smooth_keypoints
+    from ppmtrack.tracker.flow import FlowParams, track_points_flow
+    from ppmtrack.tracker.fusion import Anchors, fuse_keypoints, measure_flow
+
+    support_frames = clip.support_sets[n_support]
+    query = np.flatnonzero(~np.isin(clip.label_frames, support_frames))
+    t = np.arange(len(frames)) / fps
+    rows = {}
+    xy, _ = smooth_keypoints(raw_xy, conf, t)
+    rows["detection"] = xy
+    sup_rows = [int(np.flatnonzero(clip.label_frames == f)[0]) for f in support_frames]
+    anchors = Anchors(frame=np.array(support_frames), xy=clip.label_xy[sup_rows])
+    params = FlowParams()
+    t0 = time.perf_counter()
+    flow = measure_flow(frames, raw_xy, conf, t, anchors, flow_params=params)
+    flow_ms = 1000 * (time.perf_counter() - t0) / len(frames)
+    rows["+flow"] = fuse_keypoints(raw_xy, conf, t, flow, anchors=anchors, smooth=True)[0]
+    unanchored = measure_flow(frames, raw_xy, conf, t, None, flow_params=params)
+    rows["+flow, no anchor"] = fuse_keypoints(raw_xy, conf, t, unanchored, smooth=True)[0]
+    rows["+flow, causal"] = fuse_keypoints(raw_xy, conf, t, flow, anchors=anchors, smooth=False)[0]
+    rows["pure LK"] = track_points_flow(frames, support_frames[0], clip.label_xy[sup_rows[0]], params)
+    result = {"clip": clip.name, "support": n_support, "query_frames": int(len(query)),
+              "flow_ms_per_frame": round(flow_ms, 1)}
+    for variant, pos in rows.items():
+        result[variant] = {a: round(pck(clip, pos, query, a), 3) for a in (0.1, 0.2)}
+    return result
+
+
+def format_row(r: dict) -> str:
+    parts = [f"{k} {v[0.1]:.3f}/{v[0.2]:.3f}" for k, v in r.items() if isinstance(v, dict)]
+    return f"{r['clip']} support {r['support']} ({r['query_frames']} query frames): " + ", ".join(parts)
+
+
+def format_table(rows: list[dict]) -> str:
+    variants = [k for k, v in rows[0].items() if isinstance(v, dict)]
+    lines = [f"machine: {platform.node()} ({platform.processor() or platform.machine()}), tiny model, CPU",
+             "", "| clip | support | query frames | " + " | ".join(f"{v} PCK@0.1 / @0.2" for v in variants) + " |",
+             "|---|---|---|" + "---|" * len(variants)]
+    for r in rows:
+        cells = " | ".join(f"{r[v][0.1]:.2f} / {r[v][0.2]:.2f}" for v in variants)
+        lines.append(f"| {r['clip']} | {r['support']} | {r['query_frames']} | {cells} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
