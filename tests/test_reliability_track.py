@@ -129,10 +129,10 @@ def test_killed_run_tells_how_far_it_got_and_resume_finishes_it(engine, engine_f
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 320 KiB tmpfs mounted for the test (skipped where mounting is not allowed)."""
+    """A 192 KiB tmpfs mounted for the test (skipped where mounting is not allowed)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(mount)], capture_output=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount)], capture_output=True)
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip() or 'not permitted'})")
     yield mount
