@@ -59,11 +59,12 @@ function render() {
   drawTrajectory();
 }
 
+// The plots span the tracked frames: x(frame) -> canvas x, f(canvas x) -> frame.
 function plotFrame(canvas) {
   const ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, canvas.width, canvas.height);
-  const n = state.doc.videos[0].n_frames;
-  return {ctx, x: (f) => (f + 0.5) * canvas.width / n, f: (x) => Math.floor(x * n / canvas.width)};
+  const first = state.doc.frame[0], n = state.doc.frame[state.doc.frame.length - 1] - first + 1;
+  return {ctx, x: (f) => (f - first + 0.5) * canvas.width / n, f: (x) => first + Math.floor(x * n / canvas.width)};
 }
 
 function drawSeries(ctx, x, values, y, stroke, width, dash = []) {
