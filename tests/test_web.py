@@ -255,3 +255,17 @@ def test_plot_command(tmp_path, capsys):
     assert "sample.speed.png" in capsys.readouterr().out and (tmp_path / "sample.speed.png").is_file()
     assert main(["plot", str(tmp_path / "missing.csv")]) == 2
     assert "no such tracks CSV" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_track_with_plots_writes_them_and_the_summary_lists_them(tmp_path):
+    from ppmtrack.engine import AdaptConfig, Engine
+    from ppmtrack.pipelines.track import track_video
+
+    support = read_annotation(ROOT / "samples" / "support.json").to_support()
+    engine = Engine.adapt(support, "tiny", AdaptConfig(steps=1, fg_steps=1, views_per_frame=1, resolution=64))
+    summary = track_video(SAMPLE, engine, tmp_path, stop=4, write_video=False, progress=False, plots=True)
+    plots = [Path(p) for p in summary.outputs["plots"]]
+    assert [p.name for p in plots] == ["sample.trajectories.png", "sample.confidence.png", "sample.speed.png"]
+    assert all(p.stat().st_size > 1000 for p in plots)
+    assert json.loads((tmp_path / "sample.summary.json").read_text())["outputs"]["plots"] == summary.outputs["plots"]
