@@ -352,11 +352,13 @@ def _keypoint_options(args) -> tuple[list[str] | None, list, list]:
 
 def run_label(args) -> int:
     """``ppmtrack label``: the labelling page in the browser."""
-    from ppmtrack.pipelines.web.app import _import_starlette, serve
+    from ppmtrack.pipelines.track import prepare_output_dir
+    from ppmtrack.pipelines.web.app import require_ui, serve
     from ppmtrack.pipelines.web.sessions import LabelSession
 
-    _import_starlette()
+    require_ui()
     names, skeleton, flip_pairs = _keypoint_options(args)
+    prepare_output_dir(Path(args.output).parent)
     session = LabelSession([Path(v) for v in args.videos], Path(args.output), names, skeleton, flip_pairs)
     serve(session, host=args.host, port=args.port)
     return 0
@@ -364,10 +366,13 @@ def run_label(args) -> int:
 
 def run_review(args) -> int:
     """``ppmtrack review``: play a run's tracks in the browser and correct frames into a support file."""
-    from ppmtrack.pipelines.web.app import _import_starlette, serve
+    from ppmtrack.pipelines.track import prepare_output_dir
+    from ppmtrack.pipelines.web.app import require_ui, serve
     from ppmtrack.pipelines.web.sessions import ReviewSession
 
-    _import_starlette()
+    require_ui()
+    if args.output:
+        prepare_output_dir(Path(args.output).parent)
     session = ReviewSession(Path(args.results), video=args.video and Path(args.video),
                             support=args.support and Path(args.support), output=args.output and Path(args.output))
     serve(session, host=args.host, port=args.port)

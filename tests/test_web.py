@@ -269,3 +269,18 @@ def test_track_with_plots_writes_them_and_the_summary_lists_them(tmp_path):
     assert [p.name for p in plots] == ["sample.trajectories.png", "sample.confidence.png", "sample.speed.png"]
     assert all(p.stat().st_size > 1000 for p in plots)
     assert json.loads((tmp_path / "sample.summary.json").read_text())["outputs"]["plots"] == summary.outputs["plots"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["label", "missing.mp4", "-o", "{tmp}/s.json", "--keypoints", "a"], "no such video file"),
+    (["label", str(SAMPLE), "-o", "{tmp}/s.json", "--keypoints", "a,b", "--skeleton", "a-c"], "--skeleton edge"),
+    (["label", str(SAMPLE), "-o", "{tmp}/s.json", "--from", "{tmp}/none.yaml"], "no such DeepLabCut config"),
+    (["review", "{tmp}/nothing"], "no such results folder"),
+])
+def test_label_and_review_errors_are_one_line_and_exit_2(tmp_path, capsys, args, message):
+    pytest.importorskip("starlette", reason="the ui extra is not installed")
+    from ppmtrack.pipelines.cli import main
+
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

@@ -25,7 +25,8 @@ UI_EXTRA_HINT = "the browser app needs the ui extra: pip install 'ppmtrack[ui]'"
 logger = logging.getLogger("ppmtrack")
 
 
-def _import_starlette():
+def require_ui() -> None:
+    """Raise an ImportError that says how to install the ui extra when Starlette or uvicorn is missing."""
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
@@ -45,7 +46,7 @@ def is_loopback(host: str) -> bool:
 
 def create_app(session: LabelSession | ReviewSession, token: str | None = None):
     """The Starlette application for a label or review session; ``token`` (if any) is required on every request."""
-    _import_starlette()
+    require_ui()
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.middleware.base import BaseHTTPMiddleware
@@ -85,7 +86,10 @@ def create_app(session: LabelSession | ReviewSession, token: str | None = None):
         videos = session.videos if isinstance(session, LabelSession) else [session.video]
         if vid >= len(videos) or index >= videos[vid].n_frames:
             return PlainTextResponse("no such frame", 404)
-        data = await asyncio.to_thread(videos[vid].jpeg, index)
+        try:
+            data = await asyncio.to_thread(videos[vid].jpeg, index)
+        except IndexError as e:  # a frame of a damaged file that does not decode
+            return PlainTextResponse(str(e), 404)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @errors
@@ -139,7 +143,7 @@ def serve(session: LabelSession | ReviewSession, host: str = "127.0.0.1", port: 
 
     ``port`` 0 picks a free port. An address that cannot be bound is an OSError naming it.
     """
-    _import_starlette()
+    require_ui()
     import uvicorn
 
     token = None if is_loopback(host) else secrets.token_urlsafe(24)

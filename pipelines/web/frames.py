@@ -35,6 +35,8 @@ class VideoFrames:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if not self.path.is_file():
+            raise SourceError(f"{self.path}: no such video file; check the path")
         try:
             self.container = av.open(str(self.path))
         except (av.error.FFmpegError, UnicodeDecodeError) as exc:
