@@ -284,3 +284,39 @@ def test_label_and_review_errors_are_one_line_and_exit_2(tmp_path, capsys, args,
     assert main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("command", ["label", "review", "plot"])
+def test_help_of_the_new_commands_shows_usage_and_examples(command, capsys):
+    from ppmtrack.pipelines.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: ppmtrack {command}") and "example" in out
+
+
+def test_label_page_api_saves_and_exports_deeplabcut(tmp_path):
+    pytest.importorskip("starlette", reason="the ui extra is not installed")
+    pytest.importorskip("httpx", reason="starlette's TestClient needs httpx")
+    from starlette.testclient import TestClient
+
+    from ppmtrack.pipelines.io.dlc import read_dlc
+    from ppmtrack.pipelines.web.app import create_app
+    from ppmtrack.pipelines.web.sessions import LabelSession
+
+    out = tmp_path / "support.json"
+    client = TestClient(create_app(LabelSession([SAMPLE], out, ["nose", "tail"])))
+    assert client.post("/api/export-dlc", json={"scorer": "Alice"}).json()["error"] == "label a frame before exporting"
+    doc = {"keypoints": ["nose", "tail"], "skeleton": [], "frames": [
+        {"video": 0, "frame": 7, "points": {"nose": [12.5, 30], "tail": None}}]}
+    assert client.put("/api/labels", json=doc).json() == {"saved": str(out), "frames": 1}
+    assert client.get("/api/state").json()["frames"] == doc["frames"]
+    assert client.post("/api/export-dlc", json={"scorer": "../x"}).status_code == 400
+    written = client.post("/api/export-dlc", json={"scorer": "Alice"}).json()["written"]
+    assert written == [str(tmp_path / "support_dlc" / "labeled-data" / "sample" / "CollectedData_Alice.csv")]
+    np.testing.assert_allclose(read_dlc(written[0]).keypoints, [[[12.5, 30], [np.nan, np.nan]]])
+    proposals = client.get("/api/video/0/proposals?n=5").json()["frames"]
+    assert len(proposals) == 5 and all(0 <= f < 200 for f in proposals)
+    assert client.get("/api/video/3/proposals").status_code == 404
