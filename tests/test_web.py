@@ -320,3 +320,28 @@ def test_label_page_api_saves_and_exports_deeplabcut(tmp_path):
     proposals = client.get("/api/video/0/proposals?n=5").json()["frames"]
     assert len(proposals) == 5 and all(0 <= f < 200 for f in proposals)
     assert client.get("/api/video/3/proposals").status_code == 404
+
+
+def test_review_runs_adapt_in_the_background_and_reports_its_outcome(tmp_path):
+    import shutil
+    import time
+
+    from ppmtrack.pipelines.web.sessions import ReviewSession, WebInputError
+
+    write_results(tmp_path / "run")
+    video = shutil.copy(SAMPLE, tmp_path / "clip.mp4")
+    session = ReviewSession(tmp_path / "run", video=Path(video))
+    with pytest.raises(WebInputError, match="first"):
+        session.start_adapt()
+    session.add_support_frame({"frame": 3, "points": {"nose": [10, 10]}})
+    assert session.adapt_argv()[3] == str(tmp_path / "run" / "sample.refined.engine")
+    (tmp_path / "run" / "sample.refined.engine").write_text("an earlier engine")
+    assert session.adapt_argv()[3] == str(tmp_path / "run" / "sample.refined-2.engine")  # never overwritten
+    Path(video).unlink()  # adapt fails at once reading the support frames: a quick, real run of the command
+    status = session.start_adapt()
+    assert status["running"] or status["returncode"] is not None
+    deadline = time.monotonic() + 120
+    while session.adapt_status()["running"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    status = session.adapt_status()
+    assert status["returncode"] == 2 and "clip.mp4" in status["log"] and "error" in status["log"]

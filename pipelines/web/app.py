@@ -115,6 +115,12 @@ def create_app(session: LabelSession | ReviewSession, token: str | None = None):
     async def add_support(request):
         return JSONResponse(await asyncio.to_thread(session.add_support_frame, await request.json()))
 
+    @errors
+    async def adapt(request):
+        if request.method == "POST":
+            return JSONResponse(await asyncio.to_thread(session.start_adapt))
+        return JSONResponse(session.adapt_status())
+
     async def result_file(request):
         root = session.results.resolve()
         path = (root / request.path_params["path"]).resolve()
@@ -134,6 +140,7 @@ def create_app(session: LabelSession | ReviewSession, token: str | None = None):
                    Route("/api/export-dlc", export_dlc, methods=["POST"])]
     else:
         routes += [Route("/api/support", add_support, methods=["POST"]),
+                   Route("/api/adapt", adapt, methods=["GET", "POST"]),
                    Route("/results/{path:path}", result_file)]
     return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=check_token)])
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +206,7 @@ class LabelSession:
         return [str(p) for p in write_dlc_labels(self.labels(), project, scorer)]
 
     def close(self) -> None:
+        """Close the videos."""
         for v in self.videos:
             v.close()
 
@@ -301,6 +304,9 @@ class ReviewSession:
             raise LabelsError(f"{self.labels.source}: keypoints {', '.join(self.labels.names)} differ from the "
                               f"tracked ones ({', '.join(self.tracks.names)})")
         self.model = (self.summary.get("engine") or {}).get("model")
+        self.adapting: subprocess.Popen | None = None
+        self.adapt_log: Path | None = None
+        self.adapt_engine: str | None = None
 
     def document(self) -> dict:
         """The tracks and what to look at first, as JSON (NaN as null)."""
@@ -328,11 +334,41 @@ class ReviewSession:
             "adapt_command": self.adapt_command(),
         }
 
-    def adapt_command(self) -> str:
-        """The command that re-adapts an engine on the extended support file."""
+    def adapt_argv(self) -> list[str]:
+        """The arguments of ``ppmtrack adapt`` on the extended support file, to an engine file not there yet."""
         engine = self.results / f"{self.stem}.refined.engine"
-        model = f" --model {shlex.quote(self.model)}" if self.model else ""
-        return f"ppmtrack adapt {shlex.quote(str(self.output))} -o {shlex.quote(str(engine))}{model}"
+        n = 1
+        while engine.exists():
+            n += 1
+            engine = self.results / f"{self.stem}.refined-{n}.engine"
+        return ["adapt", str(self.output), "-o", str(engine)] + (["--model", self.model] if self.model else [])
+
+    def adapt_command(self) -> str:
+        """The command line that re-adapts an engine on the extended support file."""
+        return "ppmtrack " + " ".join(shlex.quote(a) for a in self.adapt_argv())
+
+    def start_adapt(self) -> dict:
+        """Run ``ppmtrack adapt`` on the support file in the background; its output goes to a log file."""
+        if self.adapting is not None and self.adapting.poll() is None:
+            raise WebInputError("an adaptation is already running")
+        if not self.labels.frames:
+            raise WebInputError("add a corrected frame to the support set first")
+        argv = self.adapt_argv()
+        self.adapt_log = self.results / f"{self.stem}.adapt.log"
+        with open(self.adapt_log, "w") as log:
+            self.adapting = subprocess.Popen([sys.executable, "-m", "ppmtrack.pipelines.cli", *argv],
+                                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.adapt_engine = argv[3]
+        return self.adapt_status()
+
+    def adapt_status(self) -> dict:
+        """Whether the background adaptation runs, its exit status and the end of its log."""
+        if self.adapting is None:
+            return {"running": False, "returncode": None, "log": "", "engine": None, "command": self.adapt_command()}
+        log = self.adapt_log.read_text(errors="replace")[-3000:] if self.adapt_log.exists() else ""
+        code = self.adapting.poll()
+        return {"running": code is None, "returncode": code, "log": log.replace("\r", "\n"),
+                "engine": self.adapt_engine, "command": self.adapt_command()}
 
     def add_support_frame(self, doc: dict) -> dict:
         """Add (or replace) one frame of the video with the page's points in the support file, and save it."""
@@ -356,4 +392,5 @@ class ReviewSession:
         return {"saved": str(self.output), "frames": len(self.labels.frames), "adapt_command": self.adapt_command()}
 
     def close(self) -> None:
+        """Close the video; a running adaptation goes on (its log and engine file are written as usual)."""
         self.video.close()

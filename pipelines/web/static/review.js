@@ -171,6 +171,21 @@ async function addFrame() {
 }
 $("add").onclick = addFrame;
 
+async function followAdapt(r) {
+  $("adapt-log").textContent = r.log;
+  $("adapt-log").scrollTop = $("adapt-log").scrollHeight;
+  if (r.running) {
+    $("adapt-state").textContent = "adapting…";
+    setTimeout(async () => followAdapt(await api("/api/adapt")), 2000);
+  } else if (r.returncode !== null) {
+    $("adapt-state").textContent = r.returncode === 0 ? `done: ${r.engine}` : `failed (exit status ${r.returncode})`;
+    $("adapt").textContent = r.command;
+  }
+}
+$("run-adapt").onclick = async () => {
+  try { followAdapt(await api("/api/adapt", {method: "POST"})); } catch (e) { showStatus(e.message, true); }
+};
+
 window.addEventListener("keydown", (e) => {
   if (e.target.tagName === "INPUT" && e.target.type !== "checkbox" && e.target.type !== "range") return;
   const step = e.shiftKey ? 10 : 1;
@@ -225,6 +240,8 @@ async function start() {
   window.addEventListener("resize", fit);
   const hash = /frame=(\d+)/.exec(location.hash);
   await seek(hash ? Number(hash[1]) : state.doc.frame[0]);
+  const adapting = await api("/api/adapt");
+  if (adapting.returncode !== null || adapting.running) followAdapt(adapting);
   showStatus(`${state.doc.frame.length} tracked frames`);
 }
 
