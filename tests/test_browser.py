@@ -109,10 +109,14 @@ def test_labeller_saves_clicked_points_and_shows_them_after_a_reload(browser, se
     assert not errors
 
 
-def test_labeller_drags_a_point_and_marks_one_not_visible(browser, serve, tmp_path):
+def test_labeller_defines_keypoints_in_the_page_drags_a_point_and_marks_one_not_visible(browser, serve, tmp_path):
     out = tmp_path / "support.json"
-    url = serve("label", str(SAMPLE), "-o", str(out), "--keypoints", "nose,neck")
+    url = serve("label", str(SAMPLE), "-o", str(out))
     page, errors = open_page(browser, url, 0)
+    assert page.locator("#define").get_attribute("open") is not None  # no keypoints yet: the editor is open
+    page.fill("#names", "nose\nneck")
+    page.fill("#skeleton", "nose, neck")
+    page.click("#apply-names")
     fit = page.evaluate("ppm.view.scale")
     for key in ("+", "+", "-"):  # zoomed in: the clicks below go through the zoomed view
         page.keyboard.press(key)
@@ -125,6 +129,7 @@ def test_labeller_drags_a_point_and_marks_one_not_visible(browser, serve, tmp_pa
     page.mouse.up()
     page.evaluate("ppm.saved()")
     labels = read_annotation(out)
+    assert labels.names == ["nose", "neck"] and labels.skeleton == [("nose", "neck")]
     np.testing.assert_allclose(labels.keypoints[0], [[120, 90], [np.nan, np.nan]], atol=1.0)
     assert not errors
 

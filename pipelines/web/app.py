@@ -159,6 +159,7 @@ def serve(session: LabelSession | ReviewSession, host: str = "127.0.0.1", port: 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(128)  # connections made once the URL is printed wait for the server instead of failing
     except OSError as e:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
