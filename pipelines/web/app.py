@@ -164,7 +164,7 @@ def serve(session: LabelSession | ReviewSession, host: str = "127.0.0.1", port: 
         sock.close()
         raise OSError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
     bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
+    shown = socket.gethostname() if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
     print(f"open {url} in a browser (Ctrl-C to stop)", flush=True)
     if token:
