@@ -166,5 +166,8 @@ def test_review_page_draws_the_csv_points_on_the_seeked_frame(browser, serve, tm
     np.testing.assert_allclose(labels.keypoints[0, 0], [30, 40], atol=1.0)
     np.testing.assert_allclose(labels.keypoints[0, 1:], tracks.xy[frame, 1:], atol=1e-3)
     assert "ppmtrack adapt" in page.locator("#adapt").text_content()
+    page.keyboard.press(" ")  # play
+    page.wait_for_function(f"Number(document.body.dataset.frame) >= {frame + 3}", timeout=30000)
+    page.keyboard.press(" ")
     assert not errors
     assert json.loads((tmp_path / "run" / "sample.summary.json").read_text())["input"]["source"] == str(SAMPLE)
