@@ -15,7 +15,7 @@ def propose_frames(frames, n: int = 20, *, samples: int = 300, size: int = 32, s
 
     Parameters
     ----------
-    frames : pipelines.web.frames.VideoFrames
+    frames : pipelines.video_frames.VideoFrames
         The video (anything with ``n_frames`` and ``rgb(index)``).
     n : int
         How many frames to propose (fewer if the video is shorter).
@@ -35,7 +35,7 @@ def propose_frames(frames, n: int = 20, *, samples: int = 300, size: int = 32, s
     if total == 0:
         return []
     indices = np.unique(np.linspace(0, total - 1, min(samples, total)).round().astype(int))
-    n = min(n, len(indices))
+    n = max(1, min(n, len(indices)))
     thumbs = []
     for i in indices:
         image = frames.rgb(int(i))

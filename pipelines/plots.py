@@ -136,7 +136,7 @@ def write_plots(csv_path: str | Path, out_dir: str | Path | None = None, video: 
         The three PNG files.
     """
     from ppmtrack.pipelines.io.csv import read_tracks_csv
-    from ppmtrack.pipelines.sources import read_frames_at
+    from ppmtrack.pipelines.video_frames import VideoFrames
 
     _pyplot()
     csv_path = Path(csv_path)
@@ -148,8 +148,13 @@ def write_plots(csv_path: str | Path, out_dir: str | Path | None = None, video: 
     video = Path(video) if video is not None else _video_of(csv_path)
     background = None
     if video is not None:
-        middle = int(tracks.frame[len(tracks) // 2])
-        background = read_frames_at(video, [middle]).get(middle)
+        frames = VideoFrames(video)
+        try:
+            background = frames.rgb(int(tracks.frame[len(tracks) // 2]))
+        except IndexError:  # the CSV does not belong to this video, or the frame does not decode
+            background = None
+        finally:
+            frames.close()
     stem = csv_path.stem
     return [
         plot_trajectories(tracks, out_dir / f"{stem}.trajectories.png", background),

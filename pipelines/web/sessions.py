@@ -19,7 +19,7 @@ from ppmtrack.engine.errors import PpmtrackError
 from ppmtrack.pipelines.io.annotation import read_annotation, write_annotation
 from ppmtrack.pipelines.io.csv import HEADER, read_tracks_csv
 from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
-from ppmtrack.pipelines.web.frames import VideoFrames
+from ppmtrack.pipelines.video_frames import VideoFrames
 
 LOWEST_CONFIDENCE_FRAMES = 20
 

@@ -1,4 +1,4 @@
-"""Random access to the frames of a video file, for the browser pages: seek to the key frame, decode forward."""
+"""Random access to the frames of a video file (browser pages, plots): seek to a key frame, decode forward."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import numpy as np
 
 from ppmtrack.pipelines.sources import SourceError
 
-FORWARD_LIMIT = 150
-"""Decode forward instead of seeking when the wanted frame is at most this many frames ahead."""
+SHORT_STEP = 12
+"""Decode forward instead of seeking when the wanted frame is at most this many frames ahead (or when no key
+frame lies between the last decoded frame and the wanted one)."""
 CACHE_FRAMES = 64
 JPEG_QUALITY = 90
 
@@ -93,7 +94,9 @@ class VideoFrames:
         return data.tobytes()
 
     def _decode(self, index: int) -> np.ndarray:
-        ahead = self._decoder is not None and self._position < index <= self._position + FORWARD_LIMIT
+        ahead = self._decoder is not None and self._position < index and (
+            self.pts is None or index - self._position <= SHORT_STEP
+            or self._key_before(index) <= self.pts[self._position])
         if not ahead:
             self._restart(index)
         for frame in self._decoder:
@@ -109,15 +112,18 @@ class VideoFrames:
         self._decoder = None
         raise IndexError(f"{self.path.name}: frame {index} could not be decoded")
 
+    def _key_before(self, index: int) -> int:
+        """The pts of the last key frame at or before frame ``index`` (the first frame's if none is marked)."""
+        if not self.key_pts:
+            return self.pts[0]
+        return self.key_pts[max(0, bisect.bisect_right(self.key_pts, self.pts[index]) - 1)]
+
     def _restart(self, index: int) -> None:
         if self.pts is None:
             self.container.seek(0)
-            self._position = -1
         else:
-            target = self.pts[index]
-            key = self.key_pts[max(0, bisect.bisect_right(self.key_pts, target) - 1)] if self.key_pts else 0
-            self.container.seek(key, stream=self.stream, backward=True)
-            self._position = -1
+            self.container.seek(self._key_before(index), stream=self.stream, backward=True)
+        self._position = -1
         self._decoder = self.container.decode(self.stream)
 
     def close(self) -> None:
