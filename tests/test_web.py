@@ -345,3 +345,17 @@ def test_review_runs_adapt_in_the_background_and_reports_its_outcome(tmp_path):
         time.sleep(0.5)
     status = session.adapt_status()
     assert status["returncode"] == 2 and "clip.mp4" in status["log"] and "error" in status["log"]
+
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the shared real-animal clips are not here")
+def test_keypoints_come_from_a_dlc_config_and_from_a_sleap_file_of_predictions():
+    pytest.importorskip("sleap_io", reason="the formats extra is not installed")
+    from ppmtrack.pipelines.web.sessions import keypoints_from
+
+    names, skeleton, _ = keypoints_from(SHARED_DATA / "dlc_reaching" / "config.yaml")
+    assert names == ["Hand", "Finger1", "Tongue", "Joystick1", "Joystick2"] and ("Hand", "Finger1") in skeleton
+    names, skeleton, _ = keypoints_from(SHARED_DATA / "sleap_centered_pair" / "centered_pair_predictions.slp")
+    assert len(names) == 24 and names[:2] == ["head", "neck"] and ("neck", "head") in skeleton

@@ -40,6 +40,10 @@ def keypoints_from(path: str | Path) -> tuple[list[str], list[tuple[str, str]], 
 
         names, skeleton = read_dlc_config(path)
         return names, skeleton, []
+    if path.suffix.lower() == ".slp":  # the skeleton alone: a file of predictions has no labelled frame
+        from ppmtrack.pipelines.io.sleap import read_sleap_skeleton
+
+        return read_sleap_skeleton(path)
     from ppmtrack.pipelines.io.formats import read_labels
 
     labels = read_labels(path)
