@@ -239,10 +239,10 @@ async function start() {
   fit();
   window.addEventListener("resize", fit);
   const hash = /frame=(\d+)/.exec(location.hash);
-  await seek(hash ? Number(hash[1]) : state.doc.frame[0]);
+  showStatus(`${state.doc.frame.length} tracked frames`);
   const adapting = await api("/api/adapt");
   if (adapting.returncode !== null || adapting.running) followAdapt(adapting);
-  showStatus(`${state.doc.frame.length} tracked frames`);
+  await seek(hash ? Number(hash[1]) : state.doc.frame[0]);
 }
 
 window.ppm = {state, view, seek, colours: COLOURS};
