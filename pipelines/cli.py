@@ -214,9 +214,9 @@ def run_track(args) -> int:
 
     formats = check_output_formats(args.output_format.split(","))
     if args.plots:  # fail now, not after the run, when matplotlib is missing
-        from ppmtrack.pipelines.plots import _pyplot
+        from ppmtrack.pipelines.plots import pyplot
 
-        _pyplot()
+        pyplot()
     out_dir = prepare_output_dir(args.output)
     smoothing = SmoothingParams() if args.min_confidence is None else SmoothingParams(
         min_confidence=args.min_confidence)

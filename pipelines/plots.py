@@ -14,7 +14,7 @@ PLOTS_EXTRA_HINT = "plots need matplotlib: pip install 'ppmtrack[plots]'"
 PLOT_KINDS = ("trajectories", "confidence", "speed")
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
     except ImportError:
@@ -26,7 +26,7 @@ def _pyplot():
 
 
 def _colours(n: int):
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return [cmap(k % cmap.N) for k in range(n)]
 
@@ -38,7 +38,7 @@ def _save(fig, path: Path) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-        _pyplot().close(fig)
+        pyplot().close(fig)
     return path
 
 
@@ -59,7 +59,7 @@ def speeds(tracks: Tracks) -> tuple[np.ndarray, str]:
 
 def plot_trajectories(tracks: Tracks, path: str | Path, background: np.ndarray | None = None) -> Path:
     """Each keypoint's path in image coordinates, drawn over ``background`` (an RGB frame) when given."""
-    plt = _pyplot()
+    plt = pyplot()
     height, width = background.shape[:2] if background is not None else (None, None)
     fig, ax = plt.subplots(figsize=(8, 6) if background is None else (8, 8 * height / width + 0.6))
     if background is not None:
@@ -76,7 +76,7 @@ def plot_trajectories(tracks: Tracks, path: str | Path, background: np.ndarray |
 
 
 def _per_keypoint(tracks: Tracks, values: np.ndarray, ylabel: str, title: str, path: Path, ylim=None) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     k_count = len(tracks.names)
     fig, axes = plt.subplots(k_count, 1, figsize=(10, 0.9 * k_count + 1), sharex=True, squeeze=False)
     for k, (ax, c) in enumerate(zip(axes[:, 0], _colours(k_count), strict=True)):
@@ -138,7 +138,7 @@ def write_plots(csv_path: str | Path, out_dir: str | Path | None = None, video: 
     from ppmtrack.pipelines.io.csv import read_tracks_csv
     from ppmtrack.pipelines.video_frames import VideoFrames
 
-    _pyplot()
+    pyplot()
     csv_path = Path(csv_path)
     tracks = tracks if tracks is not None else read_tracks_csv(csv_path)
     if not len(tracks):

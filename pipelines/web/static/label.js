@@ -138,6 +138,7 @@ function stepToListed(direction) {
 
 window.addEventListener("keydown", (e) => {
   if (e.target.tagName === "INPUT" || e.target.tagName === "TEXTAREA" || e.target.tagName === "SELECT") return;
+  if (!state.doc || !state.doc.keypoints.length) return;
   const step = e.shiftKey ? 10 : 1;
   if (e.key === "ArrowRight") goto(state.frame + step);
   else if (e.key === "ArrowLeft") goto(state.frame - step);
