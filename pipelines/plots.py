@@ -15,6 +15,7 @@ PLOT_KINDS = ("trajectories", "confidence", "speed")
 
 
 def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed); an ImportError naming the extra when missing."""
     try:
         import matplotlib
     except ImportError:
