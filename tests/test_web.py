@@ -210,6 +210,24 @@ def test_a_token_is_required_when_one_is_set(review_client):
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
 
 
+def test_changes_need_json_and_a_loopback_host_name(review_client, tmp_path):
+    from starlette.testclient import TestClient
+
+    from ppmtrack.pipelines.web.app import LOOPBACK_HOSTS, create_app
+    from ppmtrack.pipelines.web.sessions import ReviewSession
+
+    client = review_client()
+    body = '{"frame": 3, "points": {"nose": [1, 2]}}'
+    # what a form or fetch of another web site can send without a CORS preflight
+    response = client.post("/api/support", content=body, headers={"Content-Type": "text/plain"})
+    assert response.status_code == 415 and not (tmp_path / "run" / "sample.support.json").exists()
+    assert client.post("/api/support", content=body, headers={"Content-Type": "application/json"}).status_code == 200
+    app = create_app(ReviewSession(tmp_path / "run"), allowed_hosts=LOOPBACK_HOSTS)
+    assert TestClient(app, base_url="http://127.0.0.1:8765").get("/api/state").status_code == 200
+    assert TestClient(app, base_url="http://localhost:8765").get("/api/state").status_code == 200
+    assert TestClient(app, base_url="http://rebound.example.com:8765").get("/api/state").status_code == 400
+
+
 def test_bad_requests_get_a_message_not_a_crash(review_client):
     client = review_client()
     response = client.post("/api/support", json={"frame": 3, "points": {"ear": [1, 2]}})

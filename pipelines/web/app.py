@@ -3,7 +3,9 @@
 It serves the static page (``static/``), the frames of the videos the session holds (by number, never by
 path), the session's JSON, and the files of the output folder (resolved and checked to stay inside it). When
 bound to anything but loopback, every request needs the random token printed in the URL (``?token=``; the
-page then keeps it in a cookie).
+page then keeps it in a cookie). On loopback, requests must name a loopback host (no DNS rebinding). Requests
+that change anything must send JSON, which other web sites open in the same browser cannot do without the
+server's consent (a CORS preflight, never granted).
 """
 
 from __future__ import annotations
@@ -44,19 +46,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def create_app(session: LabelSession | ReviewSession, token: str | None = None):
-    """The Starlette application for a label or review session; ``token`` (if any) is required on every request."""
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+
+
+def create_app(session: LabelSession | ReviewSession, token: str | None = None,
+               allowed_hosts: list[str] | None = None):
+    """The Starlette application for a label or review session.
+
+    ``token`` (if any) is required on every request; ``allowed_hosts`` (if any) are the only Host headers
+    accepted.
+    """
     require_ui()
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
     page = "label.html" if isinstance(session, LabelSession) else "review.html"
 
-    async def check_token(request, call_next):
+    async def check_request(request, call_next):
+        if request.method not in ("GET", "HEAD") and \
+                not request.headers.get("content-type", "").startswith("application/json"):
+            return PlainTextResponse("send JSON (Content-Type: application/json)", 415)
         if token is None:
             return await call_next(request)
         given = request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE) or ""
@@ -142,7 +156,9 @@ def create_app(session: LabelSession | ReviewSession, token: str | None = None):
         routes += [Route("/api/support", add_support, methods=["POST"]),
                    Route("/api/adapt", adapt, methods=["GET", "POST"]),
                    Route("/results/{path:path}", result_file)]
-    return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=check_token)])
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
+    middleware.append(Middleware(BaseHTTPMiddleware, dispatch=check_request))
+    return Starlette(routes=routes, middleware=middleware)
 
 
 def serve(session: LabelSession | ReviewSession, host: str = "127.0.0.1", port: int = 8765) -> None:
@@ -170,7 +186,8 @@ def serve(session: LabelSession | ReviewSession, host: str = "127.0.0.1", port: 
     if token:
         print("ppmtrack: the page is reachable from other machines; anyone with this URL can edit the files",
               flush=True)
-    config = uvicorn.Config(create_app(session, token), log_level="warning", access_log=False)
+    app = create_app(session, token, allowed_hosts=None if token else LOOPBACK_HOSTS)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

@@ -183,7 +183,7 @@ async function followAdapt(r) {
   }
 }
 $("run-adapt").onclick = async () => {
-  try { followAdapt(await api("/api/adapt", {method: "POST"})); } catch (e) { showStatus(e.message, true); }
+  try { followAdapt(await api("/api/adapt", {method: "POST", body: {}})); } catch (e) { showStatus(e.message, true); }
 };
 
 window.addEventListener("keydown", (e) => {
