@@ -335,9 +335,15 @@ def write_dlc_labels(labels: Labels, project_dir: str | Path, scorer: str) -> li
     import cv2
 
     images = labels.load_images()
-    groups: dict[str, list[int]] = {}
+    by_video: dict[Path | None, list[int]] = {}
     for i, ref in enumerate(labels.frames):
-        groups.setdefault(Path(ref.video).stem if ref.video is not None else "images", []).append(i)
+        by_video.setdefault(Path(ref.video).resolve() if ref.video is not None else None, []).append(i)
+    groups: dict[str, list[int]] = {}
+    for video, members in by_video.items():
+        folder_name = video.stem if video is not None else "images"
+        while folder_name in groups:  # two videos with the same name in different folders
+            folder_name += "_"
+        groups[folder_name] = members
     written = []
     for folder_name, members in groups.items():
         folder = Path(project_dir) / "labeled-data" / folder_name
