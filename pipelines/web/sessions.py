@@ -288,19 +288,15 @@ class ReviewSession:
             if source is None or self.summary.get("input", {}).get("live"):
                 raise LabelsError(f"{self.results}: no video recorded for this run; name it with --video")
             video = Path(source)
-            if not video.is_file() and (self.results / video.name).is_file() and video.name != f"{self.stem}.mp4":
-                video = self.results / video.name
             if not video.is_file():
                 raise LabelsError(f"{self.csv}: the tracked video {source} is not there; name it with --video")
         self.video = VideoFrames(video)
         self.output = Path(output) if output else self.results / f"{self.stem}.support.json"
         self.labels = _read_existing(self.output)
         if self.labels is None and support is not None:
-            self.labels = read_annotation(support) if Path(support).suffix == ".json" else None
-            if self.labels is None:
-                from ppmtrack.pipelines.io.formats import read_labels
+            from ppmtrack.pipelines.io.formats import read_labels
 
-                self.labels = read_labels(support)
+            self.labels = read_labels(support)
         if self.labels is None:
             self.labels = Labels(names=list(self.tracks.names), frames=[],
                                  keypoints=np.zeros((0, len(self.tracks.names), 2)), source=self.output)
