@@ -235,6 +235,10 @@ def run_track(args) -> int:
     # a bad file or an empty selection fails now, not after loading a model or a long adaptation
     check_selection(args.start, args.stop, args.stride,
                     None if is_live_spec(args.video) else probe_source(args.video).n_frames)
+    if args.plots:  # fail now, not after the run, when matplotlib is missing
+        from ppmtrack.pipelines.plots import pyplot
+
+        pyplot()
     out_dir = prepare_output_dir(args.output)
     smoothing = SmoothingParams() if args.min_confidence is None else SmoothingParams(
         min_confidence=args.min_confidence)
@@ -274,11 +278,11 @@ def run_track(args) -> int:
             smoothing=smoothing, smooth=args.smooth, flow=args.flow, drop_policy=args.drop_policy,
             progress=not args.quiet, stop_event=stop_event, engine_path=engine_path,
             ffmpeg_options={"rtsp_transport": args.rtsp_transport} if args.rtsp_transport else None,
-            max_reconnect_s=args.max_reconnect_s, resume=args.resume,
+            max_reconnect_s=args.max_reconnect_s, resume=args.resume, plots=args.plots,
         )
     print(summary.describe())
     outputs = [summary.outputs["csv"], summary.outputs["video"], *summary.outputs["formats"],
-               summary.outputs["summary"]]
+               *summary.outputs.get("plots", []), summary.outputs["summary"]]
     print("wrote " + ", ".join(str(p) for p in outputs if p))
     return EXIT_INTERRUPTED if summary.status == "interrupted" else 0
 
@@ -353,6 +357,129 @@ def run_pretrain_foreground(args) -> int:
     return 0
 
 
+# ---- browser pages and plots -------------------------------------------------------------------------------
+
+def _keypoint_options(args) -> tuple[list[str] | None, list, list]:
+    """Keypoint names, skeleton and flip pairs from --from FILE or --keypoints/--skeleton (None: none given)."""
+    from ppmtrack.pipelines.web.sessions import keypoints_from
+
+    if args.keypoints_from:
+        if args.keypoints:
+            raise ValueError("give --from or --keypoints, not both")
+        return keypoints_from(args.keypoints_from)
+    names = [n.strip() for n in args.keypoints.split(",") if n.strip()] if args.keypoints else None
+    skeleton = []
+    for edge in (args.skeleton.split(",") if args.skeleton else []):
+        pair = [n.strip() for n in edge.split("-")]
+        if len(pair) != 2 or not names or not all(n in names for n in pair):
+            raise ValueError(f"--skeleton edge {edge!r} must be NAME-NAME of two --keypoints")
+        skeleton.append(tuple(pair))
+    return names, skeleton, []
+
+
+def run_label(args) -> int:
+    """``ppmtrack label``: the labelling page in the browser."""
+    from ppmtrack.pipelines.track import prepare_output_dir
+    from ppmtrack.pipelines.web.app import require_ui, serve
+    from ppmtrack.pipelines.web.sessions import LabelSession
+
+    require_ui()
+    names, skeleton, flip_pairs = _keypoint_options(args)
+    prepare_output_dir(Path(args.output).parent)
+    session = LabelSession([Path(v) for v in args.videos], Path(args.output), names, skeleton, flip_pairs)
+    serve(session, host=args.host, port=args.port)
+    return 0
+
+
+def run_review(args) -> int:
+    """``ppmtrack review``: play a run's tracks in the browser and correct frames into a support file."""
+    from ppmtrack.pipelines.track import prepare_output_dir
+    from ppmtrack.pipelines.web.app import require_ui, serve
+    from ppmtrack.pipelines.web.sessions import ReviewSession
+
+    require_ui()
+    if args.output:
+        prepare_output_dir(Path(args.output).parent)
+    session = ReviewSession(Path(args.results), video=args.video and Path(args.video),
+                            support=args.support and Path(args.support), output=args.output and Path(args.output))
+    serve(session, host=args.host, port=args.port)
+    return 0
+
+
+def run_plot(args) -> int:
+    """``ppmtrack plot``: PNG plots of a tracks CSV."""
+    from ppmtrack.pipelines.plots import write_plots
+
+    written = write_plots(args.tracks, out_dir=args.output, video=args.video)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _server_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("server")
+    group.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on; anything but loopback requires the random token the URL "
+                            "carries (for a remote machine prefer an SSH tunnel: ssh -L 8765:127.0.0.1:8765 HOST)")
+    group.add_argument("--port", type=int, default=8765, help="port to listen on (0: any free port)")
+    return parent
+
+
+def _add_browser_and_plot_commands(commands, debug) -> None:
+    server = _server_options()
+    label = commands.add_parser(
+        "label", parents=[server, debug], formatter_class=_HelpFormatter,
+        help="label keypoints on video frames in the browser",
+        description="Open a page in the browser to label keypoints on frames of the videos: it proposes frames "
+                    "that span the videos' variety (k-means), saves the annotation file (-o) after every "
+                    "change and reopens it to continue. Needs pip install 'ppmtrack[ui]'. See docs/ui.md.",
+        epilog="examples:\n  ppmtrack label session1.mp4 session2.mp4 -o support.json --keypoints nose,neck,tail "
+               "--skeleton nose-neck,neck-tail\n  ppmtrack label session1.mp4 -o support.json --from "
+               "dlc-project/config.yaml\n  ppmtrack label session1.mp4 -o support.json    # continue an existing "
+               "file\n",
+    )
+    label.add_argument("videos", nargs="+", metavar="VIDEO", help="video files to label")
+    label.add_argument("-o", "--output", required=True, metavar="OUT.json",
+                       help="annotation file to write (continued if it exists)")
+    label.add_argument("--keypoints", metavar="A,B,C", help="keypoint names (or define them in the page)")
+    label.add_argument("--skeleton", metavar="A-B,B-C", help="skeleton edges between --keypoints")
+    label.add_argument("--from", dest="keypoints_from", metavar="FILE",
+                       help="take keypoint names and skeleton from an annotation, DeepLabCut/SLEAP/COCO labels "
+                            "or a DeepLabCut config.yaml")
+    label.set_defaults(run=run_label)
+
+    review = commands.add_parser(
+        "review", parents=[server, debug], formatter_class=_HelpFormatter,
+        help="review and correct tracking results in the browser",
+        description="Open a page in the browser that plays the tracked video with its tracks, a confidence "
+                    "timeline and a trajectory plot, and lists the lowest-confidence frames and the gaps. "
+                    "Corrected frames are added to a support file; re-adapt with the 'ppmtrack adapt' command "
+                    "the page shows. Needs pip install 'ppmtrack[ui]'. See docs/ui.md.",
+        epilog="examples:\n  ppmtrack review results/\n  ppmtrack review results/session1.csv --video "
+               "session1.mp4 --support support.json\n",
+    )
+    review.add_argument("results", metavar="RESULTS", help="output folder of 'ppmtrack track' or its tracks CSV")
+    review.add_argument("--video", help="the tracked video (default: the source named in STEM.summary.json)")
+    review.add_argument("--support", metavar="LABELS",
+                        help="the support set the engine was adapted on; its frames start the corrected file")
+    review.add_argument("-o", "--output", metavar="OUT.json",
+                        help="support file that corrected frames are added to (default: RESULTS/STEM.support.json; "
+                             "continued if it exists)")
+    review.set_defaults(run=run_review)
+
+    plot = commands.add_parser(
+        "plot", parents=[debug], formatter_class=_HelpFormatter, help="plot tracks as PNG images",
+        description="Write STEM.trajectories.png (paths over a frame of the video), STEM.confidence.png and "
+                    "STEM.speed.png (per keypoint over time) for a tracks CSV. Needs matplotlib "
+                    "(pip install 'ppmtrack[plots]').",
+        epilog="example:\n  ppmtrack plot results/session1.csv\n",
+    )
+    plot.add_argument("tracks", metavar="TRACKS_CSV", help="tracks CSV written by 'ppmtrack track'")
+    plot.add_argument("-o", "--output", metavar="DIR", help="folder for the PNGs (default: the CSV's folder)")
+    plot.add_argument("--video", help="the tracked video (default: the source named in STEM.summary.json)")
+    plot.set_defaults(run=run_plot)
+
+
 # ---- the parser -------------------------------------------------------------------------------------------
 
 MAIN_EXAMPLES = """\
@@ -362,6 +489,9 @@ examples:
   ppmtrack track rtsp://192.168.1.20/stream1 --engine lizard.engine -o live/ --no-video
   ppmtrack eval results/session1.csv truth.json
   ppmtrack convert-labels labeled-data/session1/CollectedData_Alice.csv -o support.json
+  ppmtrack label session1.mp4 -o support.json --keypoints nose,neck,tail     # label in the browser
+  ppmtrack review results/                                                   # review and correct
+  ppmtrack plot results/session1.csv
 
 Run 'ppmtrack COMMAND --help' for a command's options. Documentation: docs/cli.md.
 """
@@ -533,6 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--resume", action="store_true",
                        help="continue an interrupted, failed or killed run of this file in DIR after the last "
                             "complete frame of its CSV (same engine and frame selection)")
+    track.add_argument("--plots", action="store_true",
+                       help="at the end, write PNG plots (trajectories, confidence, speed; see 'ppmtrack plot')")
     track.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status lines")
     track.set_defaults(run=run_track)
 
@@ -562,6 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--individual", metavar="NAME",
                          help="the animal to read from a multi-animal DeepLabCut or SLEAP file")
     convert.set_defaults(run=run_convert_labels)
+    _add_browser_and_plot_commands(commands, debug)
 
     pretrain = commands.add_parser(
         "pretrain-foreground", parents=[_adapt_options(with_defaults=True), device, debug],

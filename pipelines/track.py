@@ -395,6 +395,7 @@ def track_video(
     ffmpeg_options: dict | None = None,
     max_reconnect_s: float = 60.0,
     resume: bool = False,
+    plots: bool = False,
 ) -> RunSummary:
     """Track keypoints through a video file or live stream and write the outputs to ``out_dir``.
 
@@ -445,6 +446,9 @@ def track_video(
         selection in ``out_dir``: tracking restarts after the last complete frame of its CSV, the filter is
         re-initialised from its last rows, and the CSV grows from there (the final smoothing covers the whole
         run). The annotated video of the resumed part goes to ``<stem>.from<FRAME>.mp4``.
+    plots
+        At the end, write PNG plots of the tracks (:func:`pipelines.plots.write_plots`), listed in the
+        summary's ``outputs["plots"]``; a plot that fails is a warning and ``outputs["plots_error"]``.
 
     Returns
     -------
@@ -624,7 +628,7 @@ def track_video(
         summary.status = "interrupted" if halt.is_set() else "complete"
         try:
             _finish_outputs(summary, writer, engine, paths, extra_formats, stem, name, source_spec,
-                            info.fps, final_rts and summary.status == "complete")
+                            info.fps, final_rts and summary.status == "complete", plots)
         except BaseException as exc:
             failure = exc
     if failure is not None:
@@ -653,8 +657,9 @@ def _update_counts(summary: RunSummary, stats, batch_stats: BatchStats) -> None:
 
 
 def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: dict, extra_formats: list[str],
-                    stem: str, engine_name: str, source_spec, fps: float | None, rts: bool) -> None:
-    """End of run: RTS-smooth and atomically rewrite the CSV (complete file runs), then the extra formats."""
+                    stem: str, engine_name: str, source_spec, fps: float | None, rts: bool,
+                    plots: bool = False) -> None:
+    """End of run: RTS-smooth and atomically rewrite the CSV (complete file runs), the extra formats, the plots."""
     if not summary.frames_processed:
         return
     tracks = None
@@ -676,3 +681,15 @@ def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: di
                                video_path=None if is_live_spec(source_spec) else source_spec, fps=fps)
         summary.outputs["formats"] = [str(p) for p in written]
         summary.finalize_s["formats"] = time.perf_counter() - t0
+    if plots:
+        from ppmtrack.pipelines.plots import write_plots
+
+        t0 = time.perf_counter()
+        try:
+            written = write_plots(paths["csv"], video=None if is_live_spec(source_spec) else source_spec,
+                                  tracks=tracks)
+            summary.outputs["plots"] = [str(p) for p in written]
+        except (OSError, ValueError, ImportError, RuntimeError) as exc:
+            logger.warning("the plots could not be written: %s", exc)
+            summary.outputs["plots_error"] = str(exc)
+        summary.finalize_s["plots"] = time.perf_counter() - t0

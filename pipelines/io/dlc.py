@@ -296,3 +296,87 @@ def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: st
             tmp.unlink(missing_ok=True)
         written.append(path)
     return written
+
+
+def read_dlc_config(path: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Keypoint names and skeleton of a DeepLabCut project's ``config.yaml``.
+
+    The names are ``bodyparts`` (single-animal projects) or ``multianimalbodyparts`` then
+    ``uniquebodyparts``; skeleton edges naming an unknown bodypart are dropped.
+    """
+    path = Path(path)
+    try:
+        import yaml
+    except ImportError:
+        raise ImportError(f"{path}: reading a DeepLabCut config.yaml needs PyYAML; {FORMATS_EXTRA_HINT}") from None
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise LabelsError(f"{path}: no such DeepLabCut config file") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise LabelsError(f"{path}: not a readable DeepLabCut config.yaml ({e})") from None
+    doc = doc if isinstance(doc, dict) else {}
+    names = doc.get("bodyparts")
+    if not isinstance(names, list) or names == ["MULTI!"]:
+        names = (doc.get("multianimalbodyparts") or []) + (doc.get("uniquebodyparts") or [])
+    names = [str(n) for n in names]
+    if not names:
+        raise LabelsError(f"{path}: lists no bodyparts (expected 'bodyparts' or 'multianimalbodyparts')")
+    skeleton = [(str(e[0]), str(e[1])) for e in doc.get("skeleton") or []
+                if isinstance(e, list) and len(e) == 2 and all(str(n) in names for n in e)]
+    return names, skeleton
+
+
+def write_dlc_labels(labels: Labels, project_dir: str | Path, scorer: str) -> list[Path]:
+    """Write labels as DeepLabCut labelled data: ``labeled-data/<video>/CollectedData_<scorer>.csv`` + PNGs.
+
+    Parameters
+    ----------
+    labels : Labels
+        The labels; their frames are read (``Labels.load_images``) and saved as ``img<NNNNN>.png`` (the
+        video frame number, or the frame's position for image files), grouped by video (images without a
+        video go to ``labeled-data/images``).
+    project_dir : str or Path
+        The DeepLabCut project folder (created if needed) that holds ``labeled-data``.
+    scorer : str
+        The scorer name of the header and file name.
+
+    Returns
+    -------
+    list of Path
+        The CSV files written (each atomically), one per video. The CSV has the three header rows scorer,
+        bodyparts, coords and three index columns (``labeled-data``, the video folder, the image name), as
+        DeepLabCut 2.2+ writes them; an unlabelled keypoint is an empty cell.
+    """
+    import cv2
+
+    images = labels.load_images()
+    by_video: dict[Path | None, list[int]] = {}
+    for i, ref in enumerate(labels.frames):
+        by_video.setdefault(Path(ref.video).resolve() if ref.video is not None else None, []).append(i)
+    groups: dict[str, list[int]] = {}
+    for video, members in by_video.items():
+        folder_name = video.stem if video is not None else "images"
+        while folder_name in groups:  # two videos with the same name in different folders
+            folder_name += "_"
+        groups[folder_name] = members
+    written = []
+    for folder_name, members in groups.items():
+        folder = Path(project_dir) / "labeled-data" / folder_name
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = [["scorer", "", ""] + [scorer] * (2 * len(labels.names)),
+                ["bodyparts", "", ""] + [n for n in labels.names for _ in (0, 1)],
+                ["coords", "", ""] + ["x", "y"] * len(labels.names)]
+        for i in members:
+            ref = labels.frames[i]
+            image_name = f"img{ref.frame if ref.video is not None else i:05d}.png"
+            cv2.imwrite(str(folder / image_name), cv2.cvtColor(images[i], cv2.COLOR_RGB2BGR))
+            cells = ["" if math.isnan(v) else f"{v:.3f}" for v in labels.keypoints[i].ravel()]
+            rows.append(["labeled-data", folder_name, image_name] + cells)
+        path = folder / f"CollectedData_{scorer}.csv"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f, lineterminator="\n").writerows(rows)
+        os.replace(tmp, path)
+        written.append(path)
+    return written

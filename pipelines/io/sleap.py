@@ -99,21 +99,44 @@ def read_sleap(path: str | Path, track: str | None = None) -> Labels:
         for _, inst in chosen
     ):
         raise LabelsError(f"{path}: the labelled instances use more than one skeleton; ppmtrack needs one")
-    names = list(skeleton.node_names)
+    names, edges, flip_pairs = _skeleton_parts(skeleton)
     keypoints = np.stack([inst.numpy(invisible_as_nan=True) for _, inst in chosen]).astype(np.float64)
+    return Labels(
+        names=names,
+        frames=[_frame_ref(path, lf) for lf, _ in chosen],
+        keypoints=keypoints,
+        skeleton=edges,
+        flip_pairs=flip_pairs,
+        source=path,
+    )
+
+
+def _skeleton_parts(skeleton) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Node names, edges and symmetries (as sorted flip pairs) of a sleap-io Skeleton."""
     flip_pairs = []
     for sym in getattr(skeleton, "symmetries", []):
         a, b = sorted(n.name for n in sym.nodes)
         if (a, b) not in flip_pairs:
             flip_pairs.append((a, b))
-    return Labels(
-        names=names,
-        frames=[_frame_ref(path, lf) for lf, _ in chosen],
-        keypoints=keypoints,
-        skeleton=[(e.source.name, e.destination.name) for e in skeleton.edges],
-        flip_pairs=flip_pairs,
-        source=path,
-    )
+    return list(skeleton.node_names), [(e.source.name, e.destination.name) for e in skeleton.edges], flip_pairs
+
+
+def read_sleap_skeleton(path: str | Path) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Node names, edges and flip pairs of the first skeleton of a SLEAP file, labelled or not (e.g. predictions)."""
+    path = Path(path)
+    try:
+        import sleap_io
+    except ImportError:
+        raise ImportError(f"{path}: reading SLEAP files needs sleap-io; {FORMATS_EXTRA_HINT}") from None
+    if not path.is_file():
+        raise LabelsError(f"{path}: no such SLEAP file")
+    try:
+        sl = sleap_io.load_slp(str(path), open_videos=False)
+    except Exception as e:  # sleap-io and h5py raise many types for malformed files
+        raise LabelsError(f"{path}: not a readable SLEAP .slp file ({type(e).__name__}: {e})") from None
+    if not sl.skeletons:
+        raise LabelsError(f"{path}: defines no skeleton")
+    return _skeleton_parts(sl.skeletons[0])
 
 
 def write_sleap_analysis(

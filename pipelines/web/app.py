@@ -1,0 +1,195 @@
+"""The HTTP side of 'ppmtrack label' and 'ppmtrack review': a small Starlette app and the uvicorn server.
+
+It serves the static page (``static/``), the frames of the videos the session holds (by number, never by
+path), the session's JSON, and the files of the output folder (resolved and checked to stay inside it). When
+bound to anything but loopback, every request needs the random token printed in the URL (``?token=``; the
+page then keeps it in a cookie). On loopback, requests must name a loopback host (no DNS rebinding). Requests
+that change anything must send JSON, which other web sites open in the same browser cannot do without the
+server's consent (a CORS preflight, never granted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import secrets
+import socket
+from pathlib import Path
+
+from ppmtrack.pipelines.labels import LabelsError
+from ppmtrack.pipelines.web.sessions import LabelSession, ReviewSession, WebInputError
+
+STATIC = Path(__file__).parent / "static"
+TOKEN_COOKIE = "ppmtrack_token"
+UI_EXTRA_HINT = "the browser app needs the ui extra: pip install 'ppmtrack[ui]'"
+logger = logging.getLogger("ppmtrack")
+
+
+def require_ui() -> None:
+    """Raise an ImportError that says how to install the ui extra when Starlette or uvicorn is missing."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"{UI_EXTRA_HINT} ({e.name} is missing)") from None
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost'."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+
+
+def create_app(session: LabelSession | ReviewSession, token: str | None = None,
+               allowed_hosts: list[str] | None = None):
+    """The Starlette application for a label or review session.
+
+    ``token`` (if any) is required on every request; ``allowed_hosts`` (if any) are the only Host headers
+    accepted.
+    """
+    require_ui()
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    page = "label.html" if isinstance(session, LabelSession) else "review.html"
+
+    async def check_request(request, call_next):
+        if request.method not in ("GET", "HEAD") and \
+                not request.headers.get("content-type", "").startswith("application/json"):
+            return PlainTextResponse("send JSON (Content-Type: application/json)", 415)
+        if token is None:
+            return await call_next(request)
+        given = request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE) or ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return PlainTextResponse("forbidden: open the URL with the token that 'ppmtrack' printed", 403)
+        response = await call_next(request)
+        if "token" in request.query_params:
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    def errors(handler):
+        async def wrapped(request):
+            try:
+                return await handler(request)
+            except (WebInputError, LabelsError, ValueError, OSError) as e:
+                return JSONResponse({"error": " ".join(str(e).split())}, 400)
+        return wrapped
+
+    async def index(request):
+        return RedirectResponse(f"/static/{page}")
+
+    async def state(request):
+        return JSONResponse(await asyncio.to_thread(session.document))
+
+    async def frame(request):
+        vid, index = request.path_params["video"], request.path_params["frame"]
+        videos = session.videos if isinstance(session, LabelSession) else [session.video]
+        if vid >= len(videos) or index >= videos[vid].n_frames:
+            return PlainTextResponse("no such frame", 404)
+        try:
+            data = await asyncio.to_thread(videos[vid].jpeg, index)
+        except IndexError as e:  # a frame of a damaged file that does not decode
+            return PlainTextResponse(str(e), 404)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @errors
+    async def save_labels(request):
+        return JSONResponse(await asyncio.to_thread(session.update, await request.json()))
+
+    @errors
+    async def proposals(request):
+        from ppmtrack.pipelines.frame_selection import propose_frames
+
+        vid = request.path_params["video"]
+        if vid >= len(session.videos):
+            return PlainTextResponse("no such video", 404)
+        n = int(request.query_params.get("n", 20))
+        return JSONResponse({"frames": await asyncio.to_thread(propose_frames, session.videos[vid], n)})
+
+    @errors
+    async def export_dlc(request):
+        doc = await request.json()
+        return JSONResponse({"written": await asyncio.to_thread(session.export_dlc, str(doc.get("scorer", "")))})
+
+    @errors
+    async def add_support(request):
+        return JSONResponse(await asyncio.to_thread(session.add_support_frame, await request.json()))
+
+    @errors
+    async def adapt(request):
+        if request.method == "POST":
+            return JSONResponse(await asyncio.to_thread(session.start_adapt))
+        return JSONResponse(session.adapt_status())
+
+    async def result_file(request):
+        root = session.results.resolve()
+        path = (root / request.path_params["path"]).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            return PlainTextResponse("not found", 404)
+        return FileResponse(path)
+
+    routes = [
+        Route("/", index),
+        Route("/api/state", state),
+        Route("/api/video/{video:int}/frame/{frame:int}.jpg", frame),
+        Mount("/static", StaticFiles(directory=STATIC)),
+    ]
+    if isinstance(session, LabelSession):
+        routes += [Route("/api/labels", save_labels, methods=["PUT"]),
+                   Route("/api/video/{video:int}/proposals", proposals),
+                   Route("/api/export-dlc", export_dlc, methods=["POST"])]
+    else:
+        routes += [Route("/api/support", add_support, methods=["POST"]),
+                   Route("/api/adapt", adapt, methods=["GET", "POST"]),
+                   Route("/results/{path:path}", result_file)]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
+    middleware.append(Middleware(BaseHTTPMiddleware, dispatch=check_request))
+    return Starlette(routes=routes, middleware=middleware)
+
+
+def serve(session: LabelSession | ReviewSession, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Serve a session until Ctrl-C; prints the URL to open (with a token when not bound to loopback).
+
+    ``port`` 0 picks a free port. An address that cannot be bound is an OSError naming it.
+    """
+    require_ui()
+    import uvicorn
+
+    token = None if is_loopback(host) else secrets.token_urlsafe(24)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)  # connections made once the URL is printed wait for the server instead of failing
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
+    bound = sock.getsockname()[1]
+    shown = socket.gethostname() if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
+    print(f"open {url} in a browser (Ctrl-C to stop)", flush=True)
+    if token:
+        print("ppmtrack: the page is reachable from other machines; anyone with this URL can edit the files",
+              flush=True)
+    app = create_app(session, token, allowed_hosts=None if token else LOOPBACK_HOSTS)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        session.close()
