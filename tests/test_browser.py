@@ -97,7 +97,7 @@ def test_labeller_saves_clicked_points_and_shows_them_after_a_reload(browser, se
     np.testing.assert_allclose(labels.keypoints, np.array([wanted[0], wanted[40]]), atol=1.0)
     # what 'ppmtrack adapt OUT' reads and checks before adapting
     args = build_parser().parse_args(["adapt", str(out), "-o", str(tmp_path / "x.engine"), "--model", "tiny"])
-    support = _read_support(args)
+    _, support = _read_support(args)
     assert len(support.images) == 2 and support.images[0].shape == (240, 320, 3)
 
     page.reload()
