@@ -89,17 +89,15 @@ def _read_support(args):
 
 
 def _adapt_engine(args, model: str):
-    """Adapt on ``args.support`` with a progress bar; print losses, time and the support-frame error."""
-    from tqdm import tqdm
-
+    """Adapt on ``args.support`` with a progress display; print losses, time and the support-frame error."""
     from ppmtrack.engine import Engine
+    from ppmtrack.pipelines.progress import progress_bar
 
     support = _read_support(args)
     config = _adapt_config(args)
     logger.info("adapting %d keypoints on %d support frames with model %s", len(support.names),
                 len(support.images), model)
-    bar = tqdm(total=config.fg_steps + config.steps, unit="step", file=sys.stderr, desc="preparing views",
-               dynamic_ncols=True)
+    bar = progress_bar(config.fg_steps + config.steps, "preparing views", "step")
 
     def progress(stage: str, step: int, total: int, loss: float) -> None:
         bar.set_description(f"{stage} prompt" if stage == "foreground" else "keypoint prompts")
@@ -296,17 +294,16 @@ def run_export_onnx(args) -> int:
 
 def run_pretrain_foreground(args) -> int:
     """``ppmtrack pretrain-foreground``: fit a reusable foreground prompt on annotated images of other animals."""
-    from tqdm import tqdm
-
     from ppmtrack.engine.foreground import pretrain_foreground, save_foreground
     from ppmtrack.pipelines.io.formats import read_labels
+    from ppmtrack.pipelines.progress import progress_bar
 
     out = Path(args.output)
     _check_engine_output(out)
     fmt = None if args.format == "auto" else args.format
     base = [read_labels(path, fmt=fmt).to_support() for path in args.base]
     config = _adapt_config(args)
-    bar = tqdm(total=config.fg_steps, unit="step", file=sys.stderr, desc="foreground prompt", dynamic_ncols=True)
+    bar = progress_bar(config.fg_steps, "foreground prompt", "step")
 
     def progress(stage: str, step: int, total: int, loss: float) -> None:
         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
@@ -411,6 +408,9 @@ def _device_options() -> argparse.ArgumentParser:
     parent.add_argument("--device", help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
     parent.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                         help="model precision (default: float16 on GPU, float32 on CPU)")
+    parent.add_argument("--threads", type=int, metavar="N",
+                        help="PyTorch intra-op CPU threads (default: PyTorch's, one per core); fewer can be "
+                             "faster when decoding and writing share a few cores")
     return parent
 
 
@@ -572,11 +572,23 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ModelLoadError, EngineFileError, LabelsError, SourceError, OSError, ValueError, ImportError)
 
 
+def _set_threads(threads: int | None) -> None:
+    """``--threads``: PyTorch's intra-op thread count for this run."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``ppmtrack`` command line; returns the exit status (0 ok, 2 error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.debug)
     try:
+        _set_threads(getattr(args, "threads", None))
         return args.run(args)
     except KeyboardInterrupt:
         if args.debug:

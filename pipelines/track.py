@@ -12,7 +12,6 @@ import importlib.util
 import logging
 import queue
 import re
-import sys
 import tempfile
 import threading
 import time
@@ -26,6 +25,7 @@ from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
 from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
+from ppmtrack.pipelines.progress import progress_bar
 from ppmtrack.pipelines.sources import Source, VideoFrame, is_live_spec, open_source
 from ppmtrack.pipelines.summary import RunSummary
 from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks, smooth_keypoints
@@ -286,7 +286,8 @@ def track_video(
     live, drop_policy
         Passed to :func:`pipelines.sources.open_source`.
     progress
-        Show a tqdm bar (files) or log a status line every ~5 s (streams), on stderr.
+        Show progress on stderr: for files a tqdm bar in a terminal, else a status line every 10 % or 30 s
+        (:func:`pipelines.progress.progress_bar`); for streams a status line every ~5 s.
     stop_event
         Set it (e.g. from a SIGINT handler) to stop: every output is flushed and closed, and the summary
         says "interrupted".
@@ -361,10 +362,7 @@ def track_video(
                 f", {info.fps:.2f} fps" if info.fps else "", out_dir)
     bar = None
     if progress and not is_live:
-        from tqdm import tqdm
-
-        bar = tqdm(total=_expected_frames(info.n_frames, start, stop, stride), unit="frame", file=sys.stderr,
-                   desc=stem, dynamic_ncols=True)
+        bar = progress_bar(_expected_frames(info.n_frames, start, stop, stride), stem, "frame")
     batch_stats = BatchStats()
     t_start = time.perf_counter()
     decode_cpu = None
