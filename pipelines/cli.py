@@ -245,7 +245,8 @@ def run_track(args) -> int:
             smoothing=smoothing, smooth=args.smooth, drop_policy=args.drop_policy,
             progress=not args.quiet, stop_event=stop_event, engine_path=engine_path,
             ffmpeg_options={"rtsp_transport": args.rtsp_transport} if args.rtsp_transport else None,
-            max_reconnect_s=args.max_reconnect_s,
+            max_reconnect_s=args.max_reconnect_s, with_raw=args.with_raw, subject_id=args.subject_id,
+            species=args.species,
         )
     print(summary.describe())
     outputs = [summary.outputs["csv"], summary.outputs["video"], *summary.outputs["formats"],
@@ -472,6 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not write the annotated video")
     track.add_argument("--output-format", default="csv", dest="output_format", metavar="FORMATS",
                        help=f"comma-separated, among {','.join(OUTPUT_FORMATS)} (csv is always written)")
+    track.add_argument("--with-raw", action="store_true", dest="with_raw",
+                       help="also write the engine's raw (unsmoothed) positions in the dlc/sleap/nwb formats, as "
+                            "a second file: STEM<scorer>.raw.h5/.csv, STEM.raw.analysis.h5, STEM.raw.nwb")
+    track.add_argument("--subject-id", dest="subject_id", metavar="ID",
+                       help="the animal's ID for the NWB Subject and individual name (default: individual_0)")
+    track.add_argument("--species", help="the NWB Subject's species, e.g. 'Mus musculus'")
     track.add_argument("--min-confidence", type=float, dest="min_confidence",
                        help="measurements below this confidence are ignored by the smoother and drawn hollow "
                             f"(default: {SmoothingParams().min_confidence:g})")

@@ -253,6 +253,9 @@ def track_video(
     engine_name: str | None = None,
     ffmpeg_options: dict | None = None,
     max_reconnect_s: float = 60.0,
+    with_raw: bool = False,
+    subject_id: str | None = None,
+    species: str | None = None,
 ) -> RunSummary:
     """Track keypoints through a video file or live stream and write the outputs to ``out_dir``.
 
@@ -295,6 +298,9 @@ def track_video(
         Recorded in the summary (the name defaults to the engine file's stem).
     ffmpeg_options, max_reconnect_s
         Passed to :func:`pipelines.sources.open_source` (e.g. ``{"rtsp_transport": "udp"}``).
+    with_raw, subject_id, species
+        Passed to :func:`pipelines.io.formats.write_tracks`: also write the raw measurements in the extra
+        formats (``<stem>….raw.h5``, ``<stem>.raw.analysis.h5``, ``<stem>.raw.nwb``); the NWB ``Subject``.
 
     Returns
     -------
@@ -422,7 +428,8 @@ def track_video(
         summary.status = "interrupted" if halt.is_set() else "complete"
         try:
             _finish_outputs(summary, writer, engine, paths, extra_formats, stem, name, source_spec,
-                            info.fps, final_rts and summary.status == "complete")
+                            info.fps, final_rts and summary.status == "complete",
+                            {"with_raw": with_raw, "subject_id": subject_id, "species": species})
         except BaseException as exc:
             failure = exc
     if failure is not None:
@@ -438,7 +445,8 @@ def track_video(
 
 
 def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: dict, extra_formats: list[str],
-                    stem: str, engine_name: str, source_spec, fps: float | None, rts: bool) -> None:
+                    stem: str, engine_name: str, source_spec, fps: float | None, rts: bool,
+                    format_options: dict) -> None:
     """End of run: RTS-smooth and atomically rewrite the CSV (complete file runs), then the extra formats."""
     if not summary.frames_processed:
         return
@@ -459,6 +467,7 @@ def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: di
         if tracks is None:  # a stream keeps nothing in memory: read back what the CSV holds
             tracks = dataclasses.replace(read_tracks_csv(paths["csv"]), skeleton=list(engine.skeleton))
         written = write_tracks(tracks, paths["csv"].parent, stem, extra_formats, engine_name=engine_name,
-                               video_path=None if is_live_spec(source_spec) else source_spec, fps=fps)
+                               video_path=None if is_live_spec(source_spec) else source_spec, fps=fps,
+                               **format_options)
         summary.outputs["formats"] = [str(p) for p in written]
         summary.finalize_s["formats"] = time.perf_counter() - t0

@@ -228,7 +228,8 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
     )
 
 
-def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: str) -> list[Path]:
+def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: str, raw: bool = False
+              ) -> list[Path]:
     """Write tracks as a DeepLabCut pose-estimation table: ``<stem><scorer>.h5`` and the matching ``.csv``.
 
     Parameters
@@ -242,6 +243,9 @@ def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: st
     engine_name : str
         The engine's name; the scorer is ``ppmtrack_<engine_name>`` (characters other than letters, digits,
         ``.``, ``-`` and ``_`` become ``_``).
+    raw : bool
+        Write the engine's raw measurements (``raw_xy``, before smoothing) instead of the smoothed ``xy``, to
+        ``<stem><scorer>.raw.h5`` and ``.raw.csv``.
 
     Returns
     -------
@@ -258,7 +262,7 @@ def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: st
     scorer = "ppmtrack_" + re.sub(r"[^A-Za-z0-9._-]", "_", engine_name)
     n_rows = int(tracks.frame.max()) + 1 if len(tracks) else 0
     data = np.full((n_rows, len(tracks.names), 3), np.nan)
-    data[tracks.frame, :, :2] = tracks.xy
+    data[tracks.frame, :, :2] = tracks.raw_xy if raw else tracks.xy
     data[tracks.frame, :, 2] = tracks.confidence
     columns = pd.MultiIndex.from_product(
         [[scorer], list(tracks.names), ["x", "y", "likelihood"]], names=list(LEVELS_SINGLE)
@@ -267,11 +271,11 @@ def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for suffix in (".h5", ".csv"):
+    for suffix in (".raw.h5", ".raw.csv") if raw else (".h5", ".csv"):
         path = out_dir / f"{stem}{scorer}{suffix}"
         tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
         try:
-            if suffix == ".h5":
+            if suffix.endswith(".h5"):
                 df.to_hdf(tmp, key="df_with_missing", format="table", mode="w")
             else:
                 df.to_csv(tmp)

@@ -123,6 +123,7 @@ def write_sleap_analysis(
     engine_name: str,
     video_path: str | Path | None = None,
     fps: float | None = None,
+    raw: bool = False,
 ) -> Path:
     """Write tracks as a SLEAP analysis HDF5 file, laid out as SLEAP's own export (the "matlab" ordering).
 
@@ -138,6 +139,9 @@ def write_sleap_analysis(
         The tracked video, stored as ``video_path``.
     fps : float, optional
         Frame rate, stored in ``provenance``.
+    raw : bool
+        Write the engine's raw measurements (``raw_xy``, before smoothing) instead of the smoothed ``xy``
+        (conventionally to ``<video stem>.raw.analysis.h5``); ``provenance`` says which.
 
     Returns
     -------
@@ -156,7 +160,7 @@ def write_sleap_analysis(
     n_frames = int(tracks.frame.max()) + 1 if len(tracks) else 0
     names = list(tracks.names)
     xy = np.full((n_frames, len(names), 2), np.nan)
-    xy[tracks.frame] = tracks.xy
+    xy[tracks.frame] = tracks.raw_xy if raw else tracks.xy
     scores = np.full((n_frames, len(names)), np.nan)
     scores[tracks.frame] = tracks.confidence
     present = np.isfinite(xy).all(axis=2)
@@ -165,7 +169,8 @@ def write_sleap_analysis(
     instance_scores[occupied] = [scores[f][present[f]].mean() for f in np.flatnonzero(occupied)]
     index = {n: k for k, n in enumerate(names)}
     edges = [(a, b) for a, b in tracks.skeleton]
-    provenance = {"software": "ppmtrack", "engine": engine_name, "fps": fps}
+    provenance = {"software": "ppmtrack", "engine": engine_name, "fps": fps,
+                  "positions": "raw" if raw else "smoothed"}
     datasets = {
         "tracks": (xy.transpose(2, 1, 0)[np.newaxis], '["track", "xy", "node", "frame"]'),
         "track_occupancy": (occupied.astype(np.uint8)[:, np.newaxis], '["frame", "track"]'),
