@@ -140,6 +140,8 @@ class Engine:
             },
             "loss_history": {"foreground": fg_hist, "keypoints": kp_hist},
         }
+        if support.display:
+            info["display"] = dict(support.display)
         eng = cls(dm, support.names, prompts, pf, cfg, support.skeleton, support.flip_pairs, info=info)
         return eng
 

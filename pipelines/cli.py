@@ -212,8 +212,7 @@ def run_track(args) -> int:
 
     formats = check_output_formats(args.output_format.split(","))
     out_dir = prepare_output_dir(args.output)
-    smoothing = SmoothingParams() if args.min_confidence is None else SmoothingParams(
-        min_confidence=args.min_confidence)
+    smoothing = None if args.min_confidence is None else SmoothingParams(min_confidence=args.min_confidence)
     if args.support and not is_live_spec(args.video):  # a bad file fails now, not after a long adaptation
         open_source(args.video).close()
     backend = args.backend
@@ -481,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--species", help="the NWB Subject's species, e.g. 'Mus musculus'")
     track.add_argument("--min-confidence", type=float, dest="min_confidence",
                        help="measurements below this confidence are ignored by the smoother and drawn hollow "
-                            f"(default: {SmoothingParams().min_confidence:g})")
+                            f"(default: {SmoothingParams().min_confidence:g}; the video's hollow cut-off then "
+                            "is a DeepLabCut project's pcutoff when the support came from one)")
     track.add_argument("--smooth", choices=SMOOTH_MODES, default="auto",
                        help="auto: forward-backward (RTS) for files, causal for streams")
     track.add_argument("--drop-policy", choices=("drop_oldest", "block"), dest="drop_policy",

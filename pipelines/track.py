@@ -172,7 +172,8 @@ class _TrackWriter:
         self.csv.write_frame(frame.index, frame.time, xy, confidence, visible, raw_xy)
         if self.video is not None:
             if frame.image.shape[:2] == (self.video.height, self.video.width):
-                self.video.write(frame.image, xy, confidence, visible, time=frame.time - self.first_time)
+                self.video.write(frame.image, xy, confidence, visible, time=frame.time - self.first_time,
+                                 index=frame.index, source_time=frame.time)
             else:
                 if not self.summary.video_frames_skipped:
                     logger.warning("frame %d is %dx%d, the annotated video %dx%d; such frames are left out "
@@ -212,6 +213,19 @@ class _TrackWriter:
             xy=np.array(self.xy).reshape(-1, k, 2), visible=np.array(self.visible).reshape(-1, k),
             skeleton=list(skeleton),
         )
+
+
+def annotation_style(engine, min_confidence: float | None) -> dict:
+    """The annotated video's hollow-point cut-off, dot radius and colormap.
+
+    ``min_confidence`` (``--min-confidence``) when given, else the labelling tool's settings the engine
+    carries from adaptation (``engine.info["display"]``: DeepLabCut's ``pcutoff``, ``dotsize``, ``colormap``),
+    else the defaults of :class:`pipelines.io.video.AnnotatedVideoWriter`.
+    """
+    display = (getattr(engine, "info", None) or {}).get("display") or {}
+    cutoff = min_confidence if min_confidence is not None else display.get("pcutoff")
+    return {"min_confidence": None if cutoff is None else float(cutoff),
+            "dot_radius": display.get("dotsize"), "colormap": display.get("colormap")}
 
 
 def _thread_cpu_seconds(source: Source) -> float | None:
@@ -281,7 +295,9 @@ def track_video(
     output_formats
         Any of "csv" (always written), "dlc", "sleap", "nwb"; the extra formats are written at the end.
     smoothing
-        Filter parameters (``min_confidence`` also decides which keypoints the video draws as seen).
+        Filter parameters (default ``SmoothingParams()``). When given, its ``min_confidence`` is also the
+        video's hollow-point cut-off; when left out, the cut-off is the engine's labelling-tool setting
+        (DeepLabCut's ``pcutoff``), else the same default (see :func:`annotation_style`).
     smooth
         "auto": RTS for files, causal for streams; "rts": forward-backward smoothing at the end of a file
         (the CSV is rewritten atomically); "causal": keep the forward filter's positions. Streams are
@@ -322,6 +338,7 @@ def track_video(
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     params = smoothing if smoothing is not None else SmoothingParams()
+    video_style = annotation_style(engine, None if smoothing is None else smoothing.min_confidence)
     extra_formats = check_output_formats(output_formats)
     out_dir = prepare_output_dir(out_dir)
     stem = output_stem(source_spec)
@@ -347,7 +364,7 @@ def track_video(
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "smooth": "rts" if final_rts else "causal",
                   "smoothing": dataclasses.asdict(params), "output_formats": ["csv", *extra_formats],
-                  "write_video": write_video,
+                  "write_video": write_video, "video_style": video_style if write_video else None,
                   "drop_policy": drop_policy or ("drop_oldest" if is_live else "block")},
         outputs={"csv": str(paths["csv"]), "video": str(paths["video"]) if paths["video"] else None,
                  "summary": str(paths["summary"]), "formats": []},
@@ -357,7 +374,7 @@ def track_video(
         if write_video:
             video = AnnotatedVideoWriter(paths["video"], info.width, info.height,
                                          info.fps_fraction or info.fps or DEFAULT_VIDEO_FPS, engine.names,
-                                         engine.skeleton, min_confidence=params.min_confidence)
+                                         engine.skeleton, **video_style)
         writer = _TrackWriter(engine, paths["csv"], video, params, summary, keep=not is_live)
         summary.write(paths["summary"])
     except BaseException:

@@ -149,7 +149,8 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
         One frame per row. Images are looked up relative to the project folder (two folders above the file),
         then by file name next to the file. Empty cells become NaN. The skeleton comes from the project's
         ``config.yaml`` when it is there (edges naming unknown bodyparts are dropped); a bodypart that the
-        config does not list is an error.
+        config does not list is an error. The config's ``dotsize``, ``pcutoff`` and ``colormap`` are kept in
+        ``Labels.display`` and become the annotated video's defaults.
     """
     path = Path(path)
     if path.is_dir():
@@ -225,7 +226,21 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
         keypoints=keypoints,
         skeleton=skeleton,
         source=path,
+        display=_display_settings(config),
     )
+
+
+def _display_settings(config: dict) -> dict:
+    """The project's plotting settings that the annotated video uses: ``dotsize``, ``pcutoff``, ``colormap``."""
+    display = {}
+    for key, kind in (("dotsize", int), ("pcutoff", float), ("colormap", str)):
+        try:
+            value = kind(config[key]) if config.get(key) is not None else None
+        except (TypeError, ValueError):
+            value = None
+        if value is not None and (kind is str or value >= 0):
+            display[key] = value
+    return display
 
 
 def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: str, raw: bool = False
