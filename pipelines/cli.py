@@ -263,8 +263,9 @@ def run_eval(args) -> int:
     from ppmtrack.pipelines.io.formats import read_labels
 
     tracks = read_tracks_csv(args.tracks)
-    truth = read_labels(args.truth)
-    sys.stdout.write(format_report(evaluate(tracks, truth, use="raw" if args.raw else "xy")))
+    truth = read_labels(args.truth, fmt=None if args.format == "auto" else args.format, individual=args.individual)
+    sys.stdout.write(format_report(evaluate(tracks, truth, use="raw" if args.raw else "xy", video=args.truth_video,
+                                            tracked_span_only=args.tracked_span)))
     return 0
 
 
@@ -515,11 +516,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="score a tracks CSV against ground truth",
         description="Print PCK@0.05/0.1/0.2 and the pixel error of tracked keypoints against labelled "
                     "frames.",
-        epilog="example:\n  ppmtrack eval results/sample.csv samples/truth.json\n",
+        epilog="examples:\n  ppmtrack eval results/sample.csv samples/truth.json\n"
+               "  ppmtrack eval results/reachingvideo1.csv labeled-data/reachingvideo1/CollectedData_Mackenzie.csv\n"
+               "  ppmtrack eval results/clip.csv labels.v001.slp --truth-video clip\n",
     )
     evaluation.add_argument("tracks", metavar="TRACKS_CSV", help="tracks CSV written by 'ppmtrack track'")
     evaluation.add_argument("truth", metavar="TRUTH",
-                            help="labels of frames of the tracked video (any supported labels format)")
+                            help="labels of frames of the tracked video: ppmtrack JSON, DeepLabCut CollectedData "
+                                 "CSV/H5 or labeled-data folder (imgNNNN.png = frame NNNN), SLEAP .slp (user "
+                                 "instances) or COCO keypoints JSON (images named after their frame number)")
+    evaluation.add_argument("--format", choices=LABEL_FORMAT_CHOICES, default="auto", help="format of TRUTH")
+    evaluation.add_argument("--individual", metavar="NAME",
+                            help="the animal to read from a multi-animal DeepLabCut or SLEAP file")
+    evaluation.add_argument("--truth-video", dest="truth_video", metavar="NAME",
+                            help="score only the truth frames of this video (its file name or stem, or the "
+                                 "DeepLabCut labeled-data folder name); needed when TRUTH labels several videos")
+    evaluation.add_argument("--tracked-span", action="store_true", dest="tracked_span",
+                            help="leave out truth frames before the first or after the last tracked frame "
+                                 "(tracks of part of a video); by default they count as not tracked")
     evaluation.add_argument("--raw", action="store_true",
                             help="score the engine's raw measurements instead of the smoothed positions")
     evaluation.set_defaults(run=run_eval)

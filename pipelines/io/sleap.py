@@ -37,7 +37,10 @@ def _frame_ref(path: Path, lf) -> FrameRef:
             ) from None
         if image.ndim == 2 or image.shape[-1] == 1:
             image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
-        return FrameRef(pixels=image.astype(np.uint8))
+        source = getattr(video, "source_video", None)  # the video the embedded frames were taken from
+        name = getattr(source, "filename", None)
+        return FrameRef(pixels=image.astype(np.uint8), frame=int(lf.frame_idx),
+                        video=Path(str(name)) if isinstance(name, str) else None)
     if isinstance(video.filename, list):
         if not 0 <= lf.frame_idx < len(video.filename):
             raise LabelsError(
