@@ -311,7 +311,10 @@ def track_video(
         Set it (e.g. from a SIGINT handler) to stop: every output is flushed and closed, and the summary
         says "interrupted".
     engine_path, engine_name
-        Recorded in the summary (the name defaults to the engine file's stem).
+        Recorded in the summary. One rule for the scorer ``ppmtrack_<name>`` of the DeepLabCut/NWB outputs,
+        CLI and Python alike: the name defaults to the stem of the engine file (``engine_path``, else the file
+        the engine was loaded from or saved to, ``engine.path``), and is "engine" only for an engine never
+        saved.
     ffmpeg_options, max_reconnect_s
         Passed to :func:`pipelines.sources.open_source` (e.g. ``{"rtsp_transport": "udp"}``).
     with_raw, subject_id, species
@@ -354,6 +357,7 @@ def track_video(
     final_rts = not is_live and smooth in ("auto", "rts")
     paths = {"csv": out_dir / f"{stem}.csv", "video": out_dir / f"{stem}.mp4" if write_video else None,
              "summary": out_dir / f"{stem}.summary.json"}
+    engine_path = engine_path or getattr(engine, "path", None)
     name = engine_name or (Path(engine_path).stem if engine_path else "engine")
     summary = RunSummary(
         input={"source": redact_url(source_spec), "live": is_live, "width": info.width, "height": info.height,
