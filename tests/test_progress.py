@@ -77,3 +77,30 @@ def test_threads_option_is_documented_in_help(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert "--threads" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # a tiny adaptation: ~15 s of CPU
+def test_adapt_in_a_log_file_writes_a_dozen_progress_lines_not_one_per_step(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    import torch
+
+    from ppmtrack.pipelines.cli import main
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep the session's thread count
+    support = Path(__file__).resolve().parents[1] / "samples" / "support.json"
+    import time
+
+    from ppmtrack.pipelines.progress import STATUS_EVERY_S
+
+    t0 = time.monotonic()
+    status = main(["adapt", str(support), "-o", str(tmp_path / "a.engine"), "--model", "tiny", "--steps", "40",
+                   "--fg-steps", "10", "--views-per-frame", "1", "--resolution", "64", "--threads", "1"])
+    assert status == 0
+    elapsed = time.monotonic() - t0
+    err = capsys.readouterr().err  # pytest's capture is not a terminal, like a batch job's log
+    progress = [line for line in err.splitlines() if " steps (" in line]
+    # a line per 10 % of the 50 steps, plus one per 30 s of work on a slow machine: not one per step
+    assert 5 <= len(progress) <= 12 + elapsed / STATUS_EVERY_S, (elapsed, progress)
+    assert "\r" not in err
+    assert progress[-1].split(": ", 2)[2].startswith("50/50 steps (100%)")
