@@ -76,6 +76,7 @@ class Engine:
         self.config = config
         self.fgar = fgar or FgarConfig()
         self.info = dict(info or {})
+        self.path: Path | None = None  # the engine file it was loaded from or last saved to
         self.resolution = config.resolution or native_resolution(model)
         self.layers = select_layers(model.unet, config.layers)
         self.extractor = MapExtractor(model, self.layers, config.timestep, config.noise_seed, truncate=truncate)
@@ -140,6 +141,8 @@ class Engine:
             },
             "loss_history": {"foreground": fg_hist, "keypoints": kp_hist},
         }
+        if support.display:
+            info["display"] = dict(support.display)
         eng = cls(dm, support.names, prompts, pf, cfg, support.skeleton, support.flip_pairs, info=info)
         return eng
 
@@ -162,9 +165,11 @@ class Engine:
                 f"or adapt again on this model"
             )
         cfg = AdaptConfig(**meta["adapt_config"])
-        return cls(dm, meta["keypoints"], tensors["keypoint_prompts"], tensors["foreground_prompt"], cfg,
-                   meta.get("skeleton", []), meta.get("flip_pairs", []), FgarConfig(**meta.get("fgar", {})),
-                   info=meta.get("info", {}), truncate=truncate, speed=speed)
+        engine = cls(dm, meta["keypoints"], tensors["keypoint_prompts"], tensors["foreground_prompt"], cfg,
+                     meta.get("skeleton", []), meta.get("flip_pairs", []), FgarConfig(**meta.get("fgar", {})),
+                     info=meta.get("info", {}), truncate=truncate, speed=speed)
+        engine.path = Path(path)
+        return engine
 
     def save(self, path: str | Path) -> None:
         """Write the engine file (safetensors + JSON metadata)."""
@@ -187,6 +192,7 @@ class Engine:
         }
         write_engine_file(path, {"keypoint_prompts": self.keypoint_prompts,
                                  "foreground_prompt": self.foreground_prompt}, meta)
+        self.path = Path(path)
 
     # ---- inference ----------------------------------------------------------------------------------------
     def conditioning(self) -> torch.Tensor:

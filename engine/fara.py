@@ -6,15 +6,42 @@ the keypoints, weighted by a Gaussian of the centroid distance, summed over keyp
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import cv2
 import numpy as np
+
+from ppmtrack.engine.errors import PpmtrackError
+
+CONTRIB_PACKAGE = "opencv-contrib-python-headless"
+
+
+class MissingOpenCvContrib(PpmtrackError, ImportError):
+    """The imported cv2 has no ``ximgproc`` (another OpenCV package overwrote the contrib build)."""
+
+
+def opencv_contrib_repair_message() -> str:
+    """Why ``cv2.ximgproc`` is missing and the pip command that repairs it.
+
+    When the contrib build is installed but another OpenCV wheel (``opencv-python-headless``, pulled in by
+    e.g. movement) overwrote its ``cv2`` files, ``pip install`` considers it satisfied and does nothing; only a
+    forced reinstall of the installed version puts the contrib ``cv2`` back without touching numpy.
+    """
+    try:
+        installed = importlib.metadata.version(CONTRIB_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return (f"FARA needs OpenCV's contrib build (cv2.ximgproc), and {CONTRIB_PACKAGE} is not installed: "
+                f"pip install {CONTRIB_PACKAGE}")
+    return (f"FARA needs OpenCV's contrib build (cv2.ximgproc); {CONTRIB_PACKAGE} {installed} is installed, but "
+            f"another OpenCV package (e.g. opencv-python-headless, which movement pulls in) overwrote its cv2. "
+            f"Repair it with: pip install --force-reinstall --no-deps {CONTRIB_PACKAGE}=={installed}")
 
 
 def seeds_superpixels(image: np.ndarray, n_superpixels: int = 200, n_levels: int = 4, iterations: int = 10,
                       seed: int = 0) -> np.ndarray:
     """SEEDS superpixel labels (H, W) int32 of an RGB uint8 image (OpenCV contrib `ximgproc`)."""
     if not hasattr(cv2, "ximgproc"):
-        raise RuntimeError("FARA needs opencv-contrib (cv2.ximgproc): pip install opencv-contrib-python-headless")
+        raise MissingOpenCvContrib(opencv_contrib_repair_message())
     h, w = image.shape[:2]
     cv2.setRNGSeed(seed)
     seeds = cv2.ximgproc.createSuperpixelSEEDS(w, h, 3, n_superpixels, n_levels, 2, 5, False)

@@ -25,6 +25,9 @@ class SupportSet:
         Left/right keypoint pairs; horizontal-flip augmentation is only used when these are declared.
     labels : list of str
         One human-readable origin per frame ("support.json frame 3"), used in error messages.
+    display : dict
+        Drawing settings of the labelling tool (e.g. DeepLabCut's ``dotsize``, ``pcutoff``, ``colormap``); the
+        engine keeps them in ``info["display"]`` for the annotated video.
     """
 
     names: list[str]
@@ -33,6 +36,7 @@ class SupportSet:
     skeleton: list[tuple[str, str]] = field(default_factory=list)
     flip_pairs: list[tuple[str, str]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    display: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.keypoints = np.asarray(self.keypoints, dtype=np.float64)

@@ -94,18 +94,16 @@ def _read_support(args):
 
 
 def _adapt_engine(args, model: str):
-    """Adapt on ``args.support`` with a progress bar; print losses, time and the support-frame error."""
-    from tqdm import tqdm
-
+    """Adapt on ``args.support`` with a progress display; print losses, time and the support-frame error."""
     from ppmtrack.engine import Engine
     from ppmtrack.pipelines.anchors import support_frame_records
+    from ppmtrack.pipelines.progress import progress_bar
 
     labels, support = _read_support(args)
     config = _adapt_config(args)
     logger.info("adapting %d keypoints on %d support frames with model %s", len(support.names),
                 len(support.images), model)
-    bar = tqdm(total=config.fg_steps + config.steps, unit="step", file=sys.stderr, desc="preparing views",
-               dynamic_ncols=True)
+    bar = progress_bar(config.fg_steps + config.steps, "preparing views", "step")
 
     def progress(stage: str, step: int, total: int, loss: float) -> None:
         bar.set_description(f"{stage} prompt" if stage == "foreground" else "keypoint prompts")
@@ -240,8 +238,7 @@ def run_track(args) -> int:
 
         pyplot()
     out_dir = prepare_output_dir(args.output)
-    smoothing = SmoothingParams() if args.min_confidence is None else SmoothingParams(
-        min_confidence=args.min_confidence)
+    smoothing = None if args.min_confidence is None else SmoothingParams(min_confidence=args.min_confidence)
     backend = args.backend
     if backend == "auto":
         backend = "onnx" if args.engine and args.engine.endswith(".onnx") else "torch"
@@ -278,7 +275,8 @@ def run_track(args) -> int:
             smoothing=smoothing, smooth=args.smooth, flow=args.flow, drop_policy=args.drop_policy,
             progress=not args.quiet, stop_event=stop_event, engine_path=engine_path,
             ffmpeg_options={"rtsp_transport": args.rtsp_transport} if args.rtsp_transport else None,
-            max_reconnect_s=args.max_reconnect_s, resume=args.resume, plots=args.plots,
+            max_reconnect_s=args.max_reconnect_s, resume=args.resume, plots=args.plots, with_raw=args.with_raw,
+            subject_id=args.subject_id, species=args.species,
         )
     print(summary.describe())
     outputs = [summary.outputs["csv"], summary.outputs["video"], *summary.outputs["formats"],
@@ -296,8 +294,9 @@ def run_eval(args) -> int:
     from ppmtrack.pipelines.io.formats import read_labels
 
     tracks = read_tracks_csv(args.tracks)
-    truth = read_labels(args.truth)
-    sys.stdout.write(format_report(evaluate(tracks, truth, use="raw" if args.raw else "xy")))
+    truth = read_labels(args.truth, fmt=None if args.format == "auto" else args.format, individual=args.individual)
+    sys.stdout.write(format_report(evaluate(tracks, truth, use="raw" if args.raw else "xy", video=args.truth_video,
+                                            tracked_span_only=args.tracked_span)))
     return 0
 
 
@@ -327,17 +326,16 @@ def run_export_onnx(args) -> int:
 
 def run_pretrain_foreground(args) -> int:
     """``ppmtrack pretrain-foreground``: fit a reusable foreground prompt on annotated images of other animals."""
-    from tqdm import tqdm
-
     from ppmtrack.engine.foreground import pretrain_foreground, save_foreground
     from ppmtrack.pipelines.io.formats import read_labels
+    from ppmtrack.pipelines.progress import progress_bar
 
     out = Path(args.output)
     _check_engine_output(out)
     fmt = None if args.format == "auto" else args.format
     base = [read_labels(path, fmt=fmt, individual=args.individual).to_support() for path in args.base]
     config = _adapt_config(args)
-    bar = tqdm(total=config.fg_steps, unit="step", file=sys.stderr, desc="foreground prompt", dynamic_ncols=True)
+    bar = progress_bar(config.fg_steps, "foreground prompt", "step")
 
     def progress(stage: str, step: int, total: int, loss: float) -> None:
         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
@@ -568,6 +566,9 @@ def _device_options() -> argparse.ArgumentParser:
     parent.add_argument("--device", help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
     parent.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                         help="model precision (default: float16 on GPU, float32 on CPU)")
+    parent.add_argument("--threads", type=int, metavar="N",
+                        help="PyTorch intra-op CPU threads (default: PyTorch's, one per core); fewer can be "
+                             "faster when decoding and writing share a few cores")
     return parent
 
 
@@ -629,9 +630,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not write the annotated video")
     track.add_argument("--output-format", default="csv", dest="output_format", metavar="FORMATS",
                        help=f"comma-separated, among {','.join(OUTPUT_FORMATS)} (csv is always written)")
+    track.add_argument("--with-raw", action="store_true", dest="with_raw",
+                       help="also write the engine's raw (unsmoothed) positions in the dlc/sleap/nwb formats, as "
+                            "a second file: STEM<scorer>.raw.h5/.csv, STEM.raw.analysis.h5, STEM.raw.nwb")
+    track.add_argument("--subject-id", dest="subject_id", metavar="ID",
+                       help="the animal's ID for the NWB Subject and individual name (default: individual_0)")
+    track.add_argument("--species", help="the NWB Subject's species, e.g. 'Mus musculus'")
     track.add_argument("--min-confidence", type=float, dest="min_confidence",
                        help="measurements below this confidence are ignored by the smoother and drawn hollow "
-                            f"(default: {SmoothingParams().min_confidence:g})")
+                            f"(default: {SmoothingParams().min_confidence:g}; the video's hollow cut-off then "
+                            "is a DeepLabCut project's pcutoff when the support came from one)")
     track.add_argument("--smooth", choices=SMOOTH_MODES, default="auto",
                        help="auto: forward-backward (RTS) for files, causal for streams")
     track.add_argument("--flow", choices=FLOW_MODES, default="auto",
@@ -673,11 +681,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="score a tracks CSV against ground truth",
         description="Print PCK@0.05/0.1/0.2 and the pixel error of tracked keypoints against labelled "
                     "frames.",
-        epilog="example:\n  ppmtrack eval results/sample.csv samples/truth.json\n",
+        epilog="examples:\n  ppmtrack eval results/sample.csv samples/truth.json\n"
+               "  ppmtrack eval results/reachingvideo1.csv labeled-data/reachingvideo1/CollectedData_Mackenzie.csv\n"
+               "  ppmtrack eval results/clip.csv labels.v001.slp --truth-video clip\n",
     )
     evaluation.add_argument("tracks", metavar="TRACKS_CSV", help="tracks CSV written by 'ppmtrack track'")
     evaluation.add_argument("truth", metavar="TRUTH",
-                            help="labels of frames of the tracked video (any supported labels format)")
+                            help="labels of frames of the tracked video: ppmtrack JSON, DeepLabCut CollectedData "
+                                 "CSV/H5 or labeled-data folder (imgNNNN.png = frame NNNN), SLEAP .slp (user "
+                                 "instances) or COCO keypoints JSON (images named after their frame number)")
+    evaluation.add_argument("--format", choices=LABEL_FORMAT_CHOICES, default="auto", help="format of TRUTH")
+    evaluation.add_argument("--individual", metavar="NAME",
+                            help="the animal to read from a multi-animal DeepLabCut or SLEAP file")
+    evaluation.add_argument("--truth-video", dest="truth_video", metavar="NAME",
+                            help="score only the truth frames of this video (its file name or stem, or the "
+                                 "DeepLabCut labeled-data folder name); needed when TRUTH labels several videos")
+    evaluation.add_argument("--tracked-span", action="store_true", dest="tracked_span",
+                            help="leave out truth frames before the first or after the last tracked frame "
+                                 "(tracks of part of a video); by default they count as not tracked")
     evaluation.add_argument("--raw", action="store_true",
                             help="score the engine's raw measurements instead of the smoothed positions")
     evaluation.set_defaults(run=run_eval)
@@ -738,11 +759,23 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ModelLoadError, EngineFileError, LabelsError, SourceError, OSError, ValueError, ImportError)
 
 
+def _set_threads(threads: int | None) -> None:
+    """``--threads``: PyTorch's intra-op thread count for this run."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``ppmtrack`` command line; returns the exit status (0 ok, 2 error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.debug)
     try:
+        _set_threads(getattr(args, "threads", None))
         return args.run(args)
     except KeyboardInterrupt:
         if args.debug:

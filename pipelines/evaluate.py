@@ -7,15 +7,19 @@ that frame's labelled keypoints. See docs/outputs.md.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from ppmtrack.pipelines.labels import Labels
+from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 from ppmtrack.tracker.track import Tracks
 
 MIN_BBOX_SIZE_PX = 32.0
+FRAME_NUMBER = re.compile(r"(\d+)$")  # DeepLabCut's img0123.png, frame_000123.jpg, 000123.png
 
 
 @dataclass
@@ -42,6 +46,8 @@ class EvalResult:
         (K,) ground-truth-visible keypoints, and how many of them have a prediction.
     n_truth_frames, n_tracked_frames : int
         Truth frames, and how many of them the tracks contain.
+    n_outside_span : int
+        Truth frames left out because they lie outside the tracked frames (``tracked_span_only=True``).
     """
 
     names: list[str]
@@ -55,6 +61,7 @@ class EvalResult:
     n_predicted: np.ndarray
     n_truth_frames: int
     n_tracked_frames: int
+    n_outside_span: int = 0
 
     @property
     def fraction_tracked(self) -> float:
@@ -70,8 +77,66 @@ def _bbox_sizes(keypoints: np.ndarray, min_bbox_size: float) -> np.ndarray:
     return np.maximum(np.nan_to_num(span.max(axis=1), nan=0.0), min_bbox_size)
 
 
+def _video_name(ref: FrameRef) -> str:
+    """The video a labelled frame belongs to: the video's stem, or an image's folder (DeepLabCut's
+    ``labeled-data/<video>/imgNNNN.png``)."""
+    if ref.video is not None:
+        return Path(ref.video).stem
+    if ref.image is not None:
+        return Path(ref.image).parent.name
+    return ""
+
+
+def truth_for_video(truth: Labels, video: str | None = None) -> Labels:
+    """The truth frames of one video, each with its video frame index.
+
+    Frames labelled on a video keep their index. Labelled images (DeepLabCut's ``labeled-data/<video>/
+    img0123.png``, COCO or ppmtrack images named after their frame) get the number that ends the file name:
+    DeepLabCut names extracted frames ``img<frame index>``. The video of an image is its folder's name (for
+    DeepLabCut, the video's stem).
+
+    Parameters
+    ----------
+    truth : Labels
+        Labels in any format (:func:`pipelines.io.formats.read_labels`).
+    video : str, optional
+        Keep only the frames of this video (a video's file name or stem, or a ``labeled-data`` folder name).
+        Needed when the truth labels frames of several videos.
+    """
+    names = [_video_name(ref) for ref in truth.frames]
+    videos = list(dict.fromkeys(names))
+    if video is not None:
+        wanted = Path(video).stem
+        if wanted not in videos:
+            raise LabelsError(f"{truth.source}: no labelled frames of video {video!r}; the truth labels frames "
+                              f"of: {', '.join(videos)}")
+        keep = [i for i, n in enumerate(names) if n == wanted]
+    elif len(videos) > 1:
+        raise LabelsError(
+            f"{truth.source}: truth labels frames of {len(videos)} videos ({', '.join(videos)}); tracks hold one "
+            "video: choose it with --truth-video NAME (Python: video=NAME)"
+        )
+    else:
+        keep = list(range(len(truth.frames)))
+    frames = []
+    for i in keep:
+        ref = truth.frames[i]
+        if ref.frame is None:
+            match = FRAME_NUMBER.search(Path(ref.image).stem) if ref.image is not None else None
+            if match is None:
+                raise LabelsError(
+                    f"{truth.source}: truth frame {i} ({ref.describe()}) is not a video frame and its name does "
+                    "not end in a frame number; evaluation needs frames of the tracked video ('video' + "
+                    "'frame' entries, or images named like DeepLabCut's img<frame>.png)"
+                )
+            ref = FrameRef(image=ref.image, video=Path(names[i]), frame=int(match.group(1)))
+        frames.append(ref)
+    return dataclasses.replace(truth, frames=frames, keypoints=truth.keypoints[keep])
+
+
 def evaluate(tracks: Tracks, truth: Labels, thresholds=(0.05, 0.1, 0.2), use: str = "xy",
-             min_bbox_size: float = MIN_BBOX_SIZE_PX) -> EvalResult:
+             min_bbox_size: float = MIN_BBOX_SIZE_PX, video: str | None = None,
+             tracked_span_only: bool = False) -> EvalResult:
     """Compare tracks with ground-truth labels of the same video.
 
     Truth frames are matched to tracked frames by video frame index (``FrameRef.frame`` against
@@ -84,7 +149,9 @@ def evaluate(tracks: Tracks, truth: Labels, thresholds=(0.05, 0.1, 0.2), use: st
     tracks : Tracks
         The tracker's output, e.g. from ``read_tracks_csv``.
     truth : Labels
-        Ground truth whose frames are video frames (``read_annotation`` of a file with "video" + "frame").
+        Ground truth in any labels format (``read_labels``): video frames ("video" + "frame" entries, SLEAP
+        user instances) or images named after their frame (DeepLabCut's ``labeled-data/<video>/img0123.png``,
+        COCO); see :func:`truth_for_video`.
     thresholds : sequence of float
         PCK thresholds α, as fractions of the bounding-box size max(w, h).
     use : {"xy", "raw"}
@@ -92,24 +159,27 @@ def evaluate(tracks: Tracks, truth: Labels, thresholds=(0.05, 0.1, 0.2), use: st
     min_bbox_size : float
         Smallest bounding-box size in pixels, used when a frame's labelled keypoints span less (one keypoint,
         or keypoints very close together).
+    video : str, optional
+        Score only the truth frames of this video (see :func:`truth_for_video`); needed when the truth
+        labels several videos.
+    tracked_span_only : bool
+        Leave out truth frames before the first or after the last tracked frame (tracks of part of a video);
+        they are counted in ``n_outside_span``. By default they count as not tracked.
     """
     if use not in ("xy", "raw"):
         raise ValueError(f"use must be 'xy' or 'raw', got {use!r}")
     thresholds = tuple(float(a) for a in thresholds)
-    frames = []
-    for i, ref in enumerate(truth.frames):
-        if ref.frame is None:
-            raise ValueError(
-                f"{truth.source}: truth frame {i} ({ref.describe()}) is not a video frame; evaluation needs "
-                "truth labelled on frames of the tracked video ('video' + 'frame' entries)"
-            )
-        frames.append(int(ref.frame))
-    videos = {str(ref.video) for ref in truth.frames}
-    if len(videos) > 1:
-        raise ValueError(
-            f"{truth.source}: truth labels frames of {len(videos)} videos ({', '.join(sorted(videos))}); "
-            "tracks hold one video, so split the truth into one file per video"
-        )
+    truth = truth_for_video(truth, video)
+    n_outside = 0
+    if tracked_span_only and len(tracks.frame):
+        first, last = int(tracks.frame.min()), int(tracks.frame.max())
+        inside = [i for i, ref in enumerate(truth.frames) if first <= ref.frame <= last]
+        n_outside = len(truth.frames) - len(inside)
+        if not inside:
+            raise ValueError(f"{truth.source}: no truth frame lies within the tracked frames {first}–{last}")
+        truth = dataclasses.replace(truth, frames=[truth.frames[i] for i in inside],
+                                    keypoints=truth.keypoints[inside])
+    frames = [int(ref.frame) for ref in truth.frames]
     row_of = {int(f): t for t, f in enumerate(tracks.frame)}
     tracked = np.array([f in row_of for f in frames])
     if not tracked.any():
@@ -155,6 +225,7 @@ def evaluate(tracks: Tracks, truth: Labels, thresholds=(0.05, 0.1, 0.2), use: st
         n_predicted=n_predicted,
         n_truth_frames=len(frames),
         n_tracked_frames=int(tracked.sum()),
+        n_outside_span=n_outside,
     )
 
 
@@ -173,6 +244,8 @@ def format_report(result: EvalResult) -> str:
         f"({100 * result.fraction_tracked:.1f}%)",
         f"keypoints predicted: {int(result.n_predicted.sum())}/{total}",
     ]
+    if result.n_outside_span:
+        lines.insert(2, f"truth frames outside the tracked frames, not scored: {result.n_outside_span}")
     for a in result.thresholds:
         lines.append(f"PCK@{a:g}: {result.pck[a]:.3f} ({round(result.pck[a] * total)}/{total} keypoints)")
     lines.append(f"mean error: {result.mean_error_px:.2f} px (over predicted keypoints)")

@@ -52,6 +52,9 @@ class Labels:
         Edges for drawing; left/right pairs for flip augmentation.
     source : Path
         The file the labels came from, for error messages.
+    display : dict
+        Drawing settings of the labelling tool, kept for the annotated video: a DeepLabCut project's
+        ``config.yaml`` ``dotsize``, ``pcutoff`` and ``colormap`` (only those present).
     """
 
     names: list[str]
@@ -60,6 +63,7 @@ class Labels:
     skeleton: list[tuple[str, str]] = field(default_factory=list)
     flip_pairs: list[tuple[str, str]] = field(default_factory=list)
     source: Path = Path("<memory>")
+    display: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.keypoints = np.asarray(self.keypoints, dtype=np.float64)
@@ -155,6 +159,7 @@ class Labels:
             skeleton=list(self.skeleton),
             flip_pairs=list(self.flip_pairs),
             labels=[f"{self.source} frame {i} ({r.describe()})" for i, r in enumerate(self.frames)],
+            display=dict(self.display),
         )
 
 

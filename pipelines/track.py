@@ -13,7 +13,6 @@ import importlib.util
 import logging
 import queue
 import re
-import sys
 import tempfile
 import threading
 import time
@@ -28,6 +27,7 @@ from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
 from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
+from ppmtrack.pipelines.progress import progress_bar
 from ppmtrack.pipelines.sources import VideoFrame, is_live_spec, open_source, redact, redact_url
 from ppmtrack.pipelines.summary import RunSummary
 from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks
@@ -238,7 +238,8 @@ class _TrackWriter:
         if self.video is not None:
             if frame.image.shape[:2] == (self.video.height, self.video.width):
                 with _naming_the_file(self.video.path, frame.index):
-                    self.video.write(frame.image, xy, confidence, visible, time=frame.time - self.first_time)
+                    self.video.write(frame.image, xy, confidence, visible, time=frame.time - self.first_time,
+                                     index=frame.index, source_time=frame.time)
             else:
                 if not self.summary.video_frames_skipped:
                     logger.warning("frame %d is %dx%d, the annotated video %dx%d; such frames are left out "
@@ -298,6 +299,19 @@ class _TrackWriter:
             xy=np.array(self.xy).reshape(-1, k, 2), visible=np.array(self.visible).reshape(-1, k),
             skeleton=list(skeleton),
         )
+
+
+def annotation_style(engine, min_confidence: float | None) -> dict:
+    """The annotated video's hollow-point cut-off, dot radius and colormap.
+
+    ``min_confidence`` (``--min-confidence``) when given, else the labelling tool's settings the engine
+    carries from adaptation (``engine.info["display"]``: DeepLabCut's ``pcutoff``, ``dotsize``, ``colormap``),
+    else the defaults of :class:`pipelines.io.video.AnnotatedVideoWriter`.
+    """
+    display = (getattr(engine, "info", None) or {}).get("display") or {}
+    cutoff = min_confidence if min_confidence is not None else display.get("pcutoff")
+    return {"min_confidence": None if cutoff is None else float(cutoff),
+            "dot_radius": display.get("dotsize"), "colormap": display.get("colormap")}
 
 
 class _naming_the_file:  # noqa: N801 - used as a statement: ``with _naming_the_file(path): ...``
@@ -396,6 +410,9 @@ def track_video(
     max_reconnect_s: float = 60.0,
     resume: bool = False,
     plots: bool = False,
+    with_raw: bool = False,
+    subject_id: str | None = None,
+    species: str | None = None,
 ) -> RunSummary:
     """Track keypoints through a video file or live stream and write the outputs to ``out_dir``.
 
@@ -421,7 +438,9 @@ def track_video(
     output_formats
         Any of "csv" (always written), "dlc", "sleap", "nwb"; the extra formats are written at the end.
     smoothing
-        Filter parameters (``min_confidence`` also decides which keypoints the video draws as seen).
+        Filter parameters (default ``SmoothingParams()``). When given, its ``min_confidence`` is also the
+        video's hollow-point cut-off; when left out, the cut-off is the engine's labelling-tool setting
+        (DeepLabCut's ``pcutoff``), else the same default (see :func:`annotation_style`).
     smooth
         "auto": RTS for files, causal for streams; "rts": forward-backward smoothing at the end of a file
         (the CSV is rewritten atomically); "causal": keep the forward filter's positions. Streams are
@@ -433,12 +452,16 @@ def track_video(
     live, drop_policy
         Passed to :func:`pipelines.sources.open_source`.
     progress
-        Show a tqdm bar (files) or log a status line every ~5 s (streams), on stderr.
+        Show progress on stderr: for files a tqdm bar in a terminal, else a status line every 10 % or 30 s
+        (:func:`pipelines.progress.progress_bar`); for streams a status line every ~5 s.
     stop_event
         Set it (e.g. from a SIGINT handler) to stop: every output is flushed and closed, and the summary
         says "interrupted".
     engine_path, engine_name
-        Recorded in the summary (the name defaults to the engine file's stem).
+        Recorded in the summary. One rule for the scorer ``ppmtrack_<name>`` of the DeepLabCut/NWB outputs,
+        CLI and Python alike: the name defaults to the stem of the engine file (``engine_path``, else the file
+        the engine was loaded from or saved to, ``engine.path``), and is "engine" only for an engine never
+        saved.
     ffmpeg_options, max_reconnect_s
         Passed to :func:`pipelines.sources.open_source` (e.g. ``{"rtsp_transport": "udp"}``).
     resume
@@ -449,6 +472,9 @@ def track_video(
     plots
         At the end, write PNG plots of the tracks (:func:`pipelines.plots.write_plots`), listed in the
         summary's ``outputs["plots"]``; a plot that fails is a warning and ``outputs["plots_error"]``.
+    with_raw, subject_id, species
+        Passed to :func:`pipelines.io.formats.write_tracks`: also write the raw measurements in the extra
+        formats (``<stem>….raw.h5``, ``<stem>.raw.analysis.h5``, ``<stem>.raw.nwb``); the NWB ``Subject``.
 
     Returns
     -------
@@ -477,12 +503,14 @@ def track_video(
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     params = smoothing if smoothing is not None else SmoothingParams()
     check_selection(start, stop, stride)
+    video_style = annotation_style(engine, None if smoothing is None else smoothing.min_confidence)
     extra_formats = check_output_formats(output_formats)
     out_dir = prepare_output_dir(out_dir)
     stem = output_stem(source_spec)
     halt = stop_event if stop_event is not None else threading.Event()
     paths = {"csv": out_dir / f"{stem}.csv", "video": out_dir / f"{stem}.mp4" if write_video else None,
              "summary": out_dir / f"{stem}.summary.json"}
+    engine_path = engine_path or getattr(engine, "path", None)
     engine_sha256 = file_sha256(engine_path) if engine_path and Path(engine_path).is_file() else None
     previous = previous_summary = summary_resumed = None
     first = start
@@ -527,7 +555,7 @@ def track_video(
         settings={"batch_size": batch_size, "smooth": "rts" if final_rts else "causal",
                   "flow": "off" if flow == "off" else "lk",
                   "smoothing": dataclasses.asdict(params), "output_formats": ["csv", *extra_formats],
-                  "write_video": write_video,
+                  "write_video": write_video, "video_style": video_style if write_video else None,
                   "drop_policy": drop_policy or ("drop_oldest" if is_live else "block")},
         outputs={"csv": str(paths["csv"]), "video": str(paths["video"]) if paths["video"] else None,
                  "summary": str(paths["summary"]), "formats": []},
@@ -547,7 +575,7 @@ def track_video(
         if write_video:
             video = AnnotatedVideoWriter(paths["video"], info.width, info.height,
                                          info.fps_fraction or info.fps or DEFAULT_VIDEO_FPS, engine.names,
-                                         engine.skeleton, min_confidence=params.min_confidence)
+                                         engine.skeleton, **video_style)
         if previous is not None:  # the CSV without a frame a killed writer left half-written
             write_tracks_csv(previous, paths["csv"])
         anchors = {} if flow == "off" else anchors_for_source(getattr(engine, "info", {}), str(source_spec),
@@ -564,10 +592,7 @@ def track_video(
                 f", {info.fps:.2f} fps" if info.fps else "", out_dir)
     bar = None
     if progress and not is_live:
-        from tqdm import tqdm
-
-        bar = tqdm(total=_expected_frames(info.n_frames, first, stop, stride), unit="frame", file=sys.stderr,
-                   desc=stem, dynamic_ncols=True)
+        bar = progress_bar(_expected_frames(info.n_frames, first, stop, stride), stem, "frame")
     batch_stats = BatchStats()
     t_start = time.perf_counter()
     decode_cpu = None
@@ -628,7 +653,8 @@ def track_video(
         summary.status = "interrupted" if halt.is_set() else "complete"
         try:
             _finish_outputs(summary, writer, engine, paths, extra_formats, stem, name, source_spec,
-                            info.fps, final_rts and summary.status == "complete", plots)
+                            info.fps, final_rts and summary.status == "complete",
+                            {"with_raw": with_raw, "subject_id": subject_id, "species": species}, plots)
         except BaseException as exc:
             failure = exc
     if failure is not None:
@@ -658,7 +684,7 @@ def _update_counts(summary: RunSummary, stats, batch_stats: BatchStats) -> None:
 
 def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: dict, extra_formats: list[str],
                     stem: str, engine_name: str, source_spec, fps: float | None, rts: bool,
-                    plots: bool = False) -> None:
+                    format_options: dict, plots: bool = False) -> None:
     """End of run: RTS-smooth and atomically rewrite the CSV (complete file runs), the extra formats, the plots."""
     if not summary.frames_processed:
         return
@@ -678,7 +704,8 @@ def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: di
         if tracks is None:  # a stream keeps nothing in memory: read back what the CSV holds
             tracks = dataclasses.replace(read_tracks_csv(paths["csv"]), skeleton=list(engine.skeleton))
         written = write_tracks(tracks, paths["csv"].parent, stem, extra_formats, engine_name=engine_name,
-                               video_path=None if is_live_spec(source_spec) else source_spec, fps=fps)
+                               video_path=None if is_live_spec(source_spec) else source_spec, fps=fps,
+                               **format_options)
         summary.outputs["formats"] = [str(p) for p in written]
         summary.finalize_s["formats"] = time.perf_counter() - t0
     if plots:

@@ -209,3 +209,16 @@ def test_speed_switches_reach_the_engine(adapted, tmp_path, monkeypatch, source)
     assert len(calls) == 1 and calls[0].channels_last and calls[0].reuse_every == 2
     with pytest.raises(SystemExit):
         main(["track", VIDEO, "--engine", str(adapted[0]), "-o", str(tmp_path), "--reuse-every", "x"])
+
+
+def test_with_raw_subject_id_and_species_reach_the_nwb_and_sleap_files(adapted, tmp_path):
+    pynwb = pytest.importorskip("pynwb")
+    pytest.importorskip("ndx_pose")
+    pytest.importorskip("h5py")
+    args = ["track", VIDEO, "--engine", str(adapted[0]), "-o", str(tmp_path), "--stop", "4", "--no-video", "-q",
+            "--output-format", "sleap,nwb", "--with-raw", "--subject-id", "lizard7", "--species", "Anolis"]
+    assert main(args) == 0
+    assert (tmp_path / "sample.raw.analysis.h5").is_file() and (tmp_path / "sample.raw.nwb").is_file()
+    with pynwb.NWBHDF5IO(str(tmp_path / "sample.nwb"), "r") as io:
+        subject = io.read().subject
+        assert (subject.subject_id, subject.species) == ("lizard7", "Anolis")

@@ -77,3 +77,36 @@ def test_written_nwb_structure_in_pynwb(tmp_path):
         assert series.data.shape == (8, 2) and series.unit == "pixels"
         np.testing.assert_allclose(series.timestamps[:], tracks.time)
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_nwb_individual_is_stable_and_has_a_subject(tmp_path):
+    load_poses = pytest.importorskip("movement.io.load_poses")
+    tracks = make_tracks()
+    default = write_nwb(tracks, tmp_path / "a.nwb", engine_name="e")
+    named = write_nwb(tracks, tmp_path / "b.nwb", engine_name="e", subject_id="mouse7", species="Mus musculus")
+    # the same name on every run (no random UUID), and the one movement gives a single-animal DLC file
+    assert load_poses.from_nwb_file(default).individuals.values.tolist() == ["individual_0"]
+    assert load_poses.from_nwb_file(named).individuals.values.tolist() == ["mouse7"]
+    with pynwb.NWBHDF5IO(str(named), "r") as io:
+        nwbfile = io.read()
+        assert nwbfile.identifier == "mouse7"
+        assert nwbfile.subject.subject_id == "mouse7" and nwbfile.subject.species == "Mus musculus"
+        assert nwbfile.processing["behavior"]["Skeletons"].skeletons["subject"].subject.subject_id == "mouse7"
+    with pynwb.NWBHDF5IO(str(default), "r") as io:
+        assert io.read().subject.subject_id == "individual_0"
+
+
+def test_nwb_reference_frame_matches_the_code_and_the_csv_docs(tmp_path):
+    from pathlib import Path
+
+    from ppmtrack.engine.localize import map_to_input
+
+    # the code: map cell 0 of a stride-8 map covers input pixels 0..7, whose centre is pixel 3.5 when pixel
+    # centres sit at integers, i.e. (0, 0) is the centre of the top-left pixel
+    assert map_to_input(np.array([0.0]), 8)[0] == pytest.approx(3.5)
+    path = write_nwb(make_tracks(), tmp_path / "c.nwb", engine_name="e")
+    with pynwb.NWBHDF5IO(str(path), "r") as io:
+        text = io.read().processing["behavior"]["PoseEstimation"].pose_estimation_series["paw"].reference_frame
+    assert "centre of the top-left pixel" in text and "corner" not in text
+    outputs = (Path(__file__).resolve().parents[1] / "docs" / "outputs.md").read_text()
+    assert "(0, 0) = centre of the top-left pixel" in outputs

@@ -78,6 +78,7 @@ def read_annotation(path: str | Path) -> Labels:
         skeleton=_pairs(doc, "skeleton", path),
         flip_pairs=_pairs(doc, "flip_pairs", path),
         source=path,
+        display=dict(doc["display"]) if isinstance(doc.get("display"), dict) else {},
     )
 
 
@@ -113,6 +114,8 @@ def write_annotation(labels: Labels, path: str | Path) -> None:
         "flip_pairs": [list(e) for e in labels.flip_pairs],
         "frames": frames,
     }
+    if labels.display:
+        doc["display"] = dict(labels.display)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, path)

@@ -157,7 +157,8 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
         One frame per row. Images are looked up relative to the project folder (two folders above the file),
         then by file name next to the file. Empty cells become NaN. The skeleton comes from the project's
         ``config.yaml`` when it is there (edges naming unknown bodyparts are dropped); a bodypart that the
-        config does not list is an error.
+        config does not list is an error. The config's ``dotsize``, ``pcutoff`` and ``colormap`` are kept in
+        ``Labels.display`` and become the annotated video's defaults.
     """
     path = Path(path)
     if path.is_dir():
@@ -241,10 +242,25 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
         keypoints=keypoints,
         skeleton=skeleton,
         source=path,
+        display=_display_settings(config),
     )
 
 
-def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: str) -> list[Path]:
+def _display_settings(config: dict) -> dict:
+    """The project's plotting settings that the annotated video uses: ``dotsize``, ``pcutoff``, ``colormap``."""
+    display = {}
+    for key, kind in (("dotsize", int), ("pcutoff", float), ("colormap", str)):
+        try:
+            value = kind(config[key]) if config.get(key) is not None else None
+        except (TypeError, ValueError):
+            value = None
+        if value is not None and (kind is str or value >= 0):
+            display[key] = value
+    return display
+
+
+def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: str, raw: bool = False
+              ) -> list[Path]:
     """Write tracks as a DeepLabCut pose-estimation table: ``<stem><scorer>.h5`` and the matching ``.csv``.
 
     Parameters
@@ -258,6 +274,9 @@ def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: st
     engine_name : str
         The engine's name; the scorer is ``ppmtrack_<engine_name>`` (characters other than letters, digits,
         ``.``, ``-`` and ``_`` become ``_``).
+    raw : bool
+        Write the engine's raw measurements (``raw_xy``, before smoothing) instead of the smoothed ``xy``, to
+        ``<stem><scorer>.raw.h5`` and ``.raw.csv``.
 
     Returns
     -------
@@ -274,7 +293,7 @@ def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: st
     scorer = "ppmtrack_" + re.sub(r"[^A-Za-z0-9._-]", "_", engine_name)
     n_rows = int(tracks.frame.max()) + 1 if len(tracks) else 0
     data = np.full((n_rows, len(tracks.names), 3), np.nan)
-    data[tracks.frame, :, :2] = tracks.xy
+    data[tracks.frame, :, :2] = tracks.raw_xy if raw else tracks.xy
     data[tracks.frame, :, 2] = tracks.confidence
     columns = pd.MultiIndex.from_product(
         [[scorer], list(tracks.names), ["x", "y", "likelihood"]], names=list(LEVELS_SINGLE)
@@ -283,11 +302,11 @@ def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for suffix in (".h5", ".csv"):
+    for suffix in (".raw.h5", ".raw.csv") if raw else (".h5", ".csv"):
         path = out_dir / f"{stem}{scorer}{suffix}"
         tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
         try:
-            if suffix == ".h5":
+            if suffix.endswith(".h5"):
                 df.to_hdf(tmp, key="df_with_missing", format="table", mode="w")
             else:
                 df.to_csv(tmp)

@@ -122,6 +122,9 @@ def write_tracks(
     engine_name: str,
     video_path: str | Path | None,
     fps: float | None,
+    with_raw: bool = False,
+    subject_id: str | None = None,
+    species: str | None = None,
 ) -> list[Path]:
     """Write tracks in each of the requested formats; each file is written atomically.
 
@@ -142,11 +145,16 @@ def write_tracks(
         The tracked video, recorded in the SLEAP and NWB files.
     fps : float, optional
         The video's frame rate, recorded in the SLEAP and NWB files.
+    with_raw : bool
+        Also write the engine's raw measurements (before smoothing) in each format, as a second file:
+        ``<stem><scorer>.raw.h5`` + ``.raw.csv``, ``<stem>.raw.analysis.h5``, ``<stem>.raw.nwb``.
+    subject_id, species : str, optional
+        The NWB ``Subject`` (see :func:`pipelines.io.nwb.write_nwb`).
 
     Returns
     -------
     list of Path
-        The files written, in the order of ``formats``.
+        The files written, in the order of ``formats`` (each format's raw file after its smoothed one).
     """
     unknown = [f for f in formats if f not in TRACK_FORMATS]
     if unknown:
@@ -156,22 +164,16 @@ def write_tracks(
     out_dir = Path(out_dir)
     written: list[Path] = []
     for fmt in dict.fromkeys(formats):
-        if fmt == "dlc":
-            written += write_dlc(tracks, out_dir, stem, engine_name=engine_name)
-        elif fmt == "sleap":
-            written.append(
-                write_sleap_analysis(
-                    tracks,
-                    out_dir / f"{stem}.analysis.h5",
-                    engine_name=engine_name,
-                    video_path=video_path,
-                    fps=fps,
-                )
-            )
-        else:
-            written.append(
-                write_nwb(
-                    tracks, out_dir / f"{stem}.nwb", engine_name=engine_name, video_path=video_path, fps=fps
-                )
-            )
+        for raw in (False, True) if with_raw else (False,):
+            tag = ".raw" if raw else ""
+            if fmt == "dlc":
+                written += write_dlc(tracks, out_dir, stem, engine_name=engine_name, raw=raw)
+            elif fmt == "sleap":
+                written.append(write_sleap_analysis(tracks, out_dir / f"{stem}{tag}.analysis.h5",
+                                                    engine_name=engine_name, video_path=video_path, fps=fps,
+                                                    raw=raw))
+            else:
+                written.append(write_nwb(tracks, out_dir / f"{stem}{tag}.nwb", engine_name=engine_name,
+                                         video_path=video_path, fps=fps, subject_id=subject_id,
+                                         species=species, raw=raw))
     return written

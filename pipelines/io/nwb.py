@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,10 @@ import numpy as np
 from ppmtrack.tracker.track import Tracks
 
 FORMATS_EXTRA_HINT = "install the format extras: pip install 'ppmtrack[formats]'"
+DEFAULT_SUBJECT_ID = "individual_0"  # movement's name for the one animal of a single-animal file
+# Where (0, 0) lies: the code's convention (engine.localize, pipelines.labels): pixel centres at integers.
+REFERENCE_FRAME = ("(0, 0) is the centre of the top-left pixel of the video frame (so the frame spans "
+                   "-0.5 to width - 0.5); x to the right, y down.")
 
 
 def write_nwb(
@@ -23,6 +26,9 @@ def write_nwb(
     video_path: str | Path | None = None,
     fps: float | None = None,
     session_start_time: datetime.datetime | None = None,
+    subject_id: str | None = None,
+    species: str | None = None,
+    raw: bool = False,
 ) -> Path:
     """Write tracks as an NWB file with the ndx-pose extension, readable by pynwb, movement and sleap-io.
 
@@ -30,7 +36,8 @@ def write_nwb(
     ----------
     tracks : Tracks
         The trajectories: one ``PoseEstimationSeries`` per keypoint, with the smoothed ``xy`` as data (T, 2)
-        in pixels (NaN where lost), ``confidence`` (T,) and the tracks' ``time`` as timestamps in seconds.
+        in pixels (NaN where lost; ``raw_xy`` with ``raw=True``), ``confidence`` (T,) and the tracks'
+        ``time`` as timestamps in seconds.
     path : str or Path
         Output ``.nwb`` file.
     engine_name : str
@@ -43,12 +50,22 @@ def write_nwb(
     session_start_time : datetime, optional
         When the recording started (timezone-aware). ppmtrack cannot know it; by default the video file's
         modification time is used, or the current time when there is no video file. Set it for DANDI.
+    subject_id : str, optional
+        The animal's ID, written as the NWB ``Subject.subject_id`` and as the file's ``identifier``, which
+        movement uses as the individual's name (as movement's own NWB export does). Default
+        ``"individual_0"``, the name movement gives the animal of a single-animal DeepLabCut file.
+    species : str, optional
+        ``Subject.species``, e.g. "Mus musculus" (DANDI asks for the Latin binomial or an NCBI taxonomy link).
+    raw : bool
+        Write the engine's raw measurements (``Tracks.raw_xy``, before smoothing) instead of the smoothed
+        positions; the series descriptions say which.
 
     Returns
     -------
     Path
-        The file written: an NWBFile with a "behavior" processing module holding a ``Skeletons`` container
-        (one ``Skeleton`` named "subject") and a ``PoseEstimation`` named "PoseEstimation".
+        The file written: an NWBFile with a ``Subject`` and a "behavior" processing module holding a
+        ``Skeletons`` container (one ``Skeleton`` named "subject", linked to the Subject) and a
+        ``PoseEstimation`` named "PoseEstimation".
     """
     path = Path(path)
     try:
@@ -74,10 +91,15 @@ def write_nwb(
             else datetime.datetime.now(datetime.timezone.utc)
         )
     what = f"video {video.name}" if video is not None else "a video"
+    positions = "raw measurements (not smoothed)" if raw else "smoothed positions"
+    individual = subject_id or DEFAULT_SUBJECT_ID
+    subject = pynwb.file.Subject(subject_id=individual, species=species,
+                                 description="The animal tracked by ppmtrack.")
     nwbfile = pynwb.NWBFile(
-        session_description=f"Keypoint tracks of {what}, estimated by ppmtrack ({scorer}).",
-        identifier=str(uuid.uuid4()),
+        session_description=f"Keypoint tracks ({positions}) of {what}, estimated by ppmtrack ({scorer}).",
+        identifier=individual,
         session_start_time=session_start_time,
+        subject=subject,
     )
     source_video = None
     if video is not None and fps:
@@ -97,14 +119,17 @@ def write_nwb(
         name="subject",
         nodes=list(tracks.names),
         edges=np.array([(index[a], index[b]) for a, b in tracks.skeleton], dtype=np.uint8).reshape(-1, 2),
+        subject=subject,
     )
+    data = tracks.raw_xy if raw else tracks.xy
     series = [
         ndx_pose.PoseEstimationSeries(
             name=name,
-            description=f"Position of {name} (smoothed; NaN where ppmtrack lost it).",
-            data=tracks.xy[:, k, :],
+            description=(f"Position of {name} (the engine's raw measurement, before smoothing)." if raw else
+                         f"Position of {name} (smoothed; NaN where ppmtrack lost it)."),
+            data=data[:, k, :],
             unit="pixels",
-            reference_frame="(0, 0) is the top-left corner of the video frame; x to the right, y down.",
+            reference_frame=REFERENCE_FRAME,
             timestamps=tracks.time,
             confidence=tracks.confidence[:, k],
             confidence_definition="ppmtrack engine confidence in [0, 1].",
@@ -114,7 +139,7 @@ def write_nwb(
     pose = ndx_pose.PoseEstimation(
         name="PoseEstimation",
         pose_estimation_series=series,
-        description=f"Keypoints {', '.join(tracks.names)} tracked in {what} by ppmtrack.",
+        description=f"Keypoints {', '.join(tracks.names)} tracked in {what} by ppmtrack ({positions}).",
         scorer=scorer,
         source_software="ppmtrack",
         source_software_version=ppmtrack_version,

@@ -37,7 +37,10 @@ def _frame_ref(path: Path, lf) -> FrameRef:
             ) from None
         if image.ndim == 2 or image.shape[-1] == 1:
             image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
-        return FrameRef(pixels=image.astype(np.uint8))
+        source = getattr(video, "source_video", None)  # the video the embedded frames were taken from
+        name = getattr(source, "filename", None)
+        return FrameRef(pixels=image.astype(np.uint8), frame=int(lf.frame_idx),
+                        video=Path(str(name)) if isinstance(name, str) else None)
     if isinstance(video.filename, list):
         if not 0 <= lf.frame_idx < len(video.filename):
             raise LabelsError(
@@ -146,6 +149,7 @@ def write_sleap_analysis(
     engine_name: str,
     video_path: str | Path | None = None,
     fps: float | None = None,
+    raw: bool = False,
 ) -> Path:
     """Write tracks as a SLEAP analysis HDF5 file, laid out as SLEAP's own export (the "matlab" ordering).
 
@@ -161,6 +165,9 @@ def write_sleap_analysis(
         The tracked video, stored as ``video_path``.
     fps : float, optional
         Frame rate, stored in ``provenance``.
+    raw : bool
+        Write the engine's raw measurements (``raw_xy``, before smoothing) instead of the smoothed ``xy``
+        (conventionally to ``<video stem>.raw.analysis.h5``); ``provenance`` says which.
 
     Returns
     -------
@@ -179,7 +186,7 @@ def write_sleap_analysis(
     n_frames = int(tracks.frame.max()) + 1 if len(tracks) else 0
     names = list(tracks.names)
     xy = np.full((n_frames, len(names), 2), np.nan)
-    xy[tracks.frame] = tracks.xy
+    xy[tracks.frame] = tracks.raw_xy if raw else tracks.xy
     scores = np.full((n_frames, len(names)), np.nan)
     scores[tracks.frame] = tracks.confidence
     present = np.isfinite(xy).all(axis=2)
@@ -188,7 +195,8 @@ def write_sleap_analysis(
     instance_scores[occupied] = [scores[f][present[f]].mean() for f in np.flatnonzero(occupied)]
     index = {n: k for k, n in enumerate(names)}
     edges = [(a, b) for a, b in tracks.skeleton]
-    provenance = {"software": "ppmtrack", "engine": engine_name, "fps": fps}
+    provenance = {"software": "ppmtrack", "engine": engine_name, "fps": fps,
+                  "positions": "raw" if raw else "smoothed"}
     datasets = {
         "tracks": (xy.transpose(2, 1, 0)[np.newaxis], '["track", "xy", "node", "frame"]'),
         "track_occupancy": (occupied.astype(np.uint8)[:, np.newaxis], '["frame", "track"]'),

@@ -8,6 +8,7 @@ the drawing legend.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from fractions import Fraction
@@ -16,6 +17,10 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+
+from ppmtrack.tracker import SmoothingParams
+
+logger = logging.getLogger("ppmtrack")
 
 # Distinct colours (RGB), one per keypoint in name order; repeats after 20 keypoints.
 PALETTE = (
@@ -26,6 +31,10 @@ PALETTE = (
 )
 SKELETON_COLOUR = (200, 200, 200)
 DIM = 0.6  # colour factor of a low-confidence or not-visible keypoint and of its edges
+DEFAULT_MIN_CONFIDENCE = SmoothingParams().min_confidence  # the one default of the tracker and the video
+LEGEND_BACKGROUND = (0, 0, 0)
+LEGEND_OPACITY = 0.6
+TEXT_COLOUR = (255, 255, 255)
 # Fragmented MP4, a fragment at each keyframe and at least every 0.5 s, handed to the OS after each packet.
 MUXER_OPTIONS = {
     "movflags": "frag_keyframe+empty_moov+default_base_moof",
@@ -64,17 +73,27 @@ class AnnotatedVideoWriter:
     fps : float or Fraction
         Frame rate; frames without an explicit time are spaced 1/fps apart.
     names : list of str
-        Keypoint names (K); keypoint k gets colour ``PALETTE[k % len(PALETTE)]``.
+        Keypoint names (K); keypoint k gets colour ``PALETTE[k % len(PALETTE)]`` unless ``colormap`` is set.
     skeleton : sequence of (str, str)
         Edges drawn as lines between the named keypoints.
     trail : int
         Number of past positions drawn as a fading trail behind each keypoint (0: no trail).
-    min_confidence : float
-        Keypoints with lower confidence, or not visible, are drawn as dimmer hollow circles.
+    min_confidence : float, optional
+        Keypoints with lower confidence, or not visible, are drawn as dimmer hollow circles. Default: the
+        tracker's ``SmoothingParams().min_confidence`` (0.2).
+    dot_radius : int, optional
+        Circle radius in pixels (DeepLabCut's ``dotsize``). Default: ``max(4, round(min(width, height) / 80))``.
+    colormap : str, optional
+        A colormap name (DeepLabCut's ``colormap``, e.g. "jet", "rainbow", "viridis"): keypoint k of K gets the
+        colour at k / (K - 1). Matplotlib's colormaps when matplotlib is installed, else OpenCV's of that name;
+        an unknown name falls back to the palette with a warning.
+    legend : bool
+        Draw the legend (keypoint name → colour, top left) and the frame index and time (bottom left).
     """
 
     def __init__(self, path, width: int, height: int, fps, names, skeleton=(), trail: int = 8,
-                 min_confidence: float = 0.5):
+                 min_confidence: float | None = None, dot_radius: int | None = None, colormap: str | None = None,
+                 legend: bool = True):
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
         self.names = list(names)
@@ -83,9 +102,14 @@ class AnnotatedVideoWriter:
         if unknown:
             raise ValueError(f"{self.path}: skeleton names unknown keypoint {unknown[0]!r}")
         self.edges = [(index[a], index[b]) for a, b in skeleton]
-        self.min_confidence = float(min_confidence)
-        self.colours = np.array([PALETTE[k % len(PALETTE)] for k in range(len(self.names))], dtype=np.float64)
-        self.radius = max(4, round(min(self.width, self.height) / 150))
+        self.min_confidence = DEFAULT_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
+        self.colours = keypoint_colours(len(self.names), colormap)
+        short_side = min(self.width, self.height)
+        self.radius = max(2, int(dot_radius)) if dot_radius else max(4, round(short_side / 80))
+        self.thickness = max(1, round(self.radius / 3))  # skeleton and trail lines
+        self.font_scale = max(0.35, short_side / 900)
+        self.font_thickness = max(1, round(self.font_scale * 1.5))
+        self.legend = bool(legend)
         self.history: deque[np.ndarray] = deque(maxlen=max(int(trail), 0) + 1)
 
         rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
@@ -107,12 +131,13 @@ class AnnotatedVideoWriter:
         self.last_pts = -1
 
     def write(self, image: np.ndarray, xy: np.ndarray, confidence: np.ndarray, visible: np.ndarray,
-              time: float | None = None) -> None:
+              time: float | None = None, index: int | None = None, source_time: float | None = None) -> None:
         """Draw one frame's keypoints on a copy of ``image`` (RGB uint8, H×W×3) and encode it.
 
         ``xy`` is (K, 2) with NaN for a lost keypoint (not drawn); ``confidence`` and ``visible`` are (K,).
         ``time`` (seconds) sets the frame's presentation time so the output follows the input's timing;
-        without it frame n is shown at n/fps.
+        without it frame n is shown at n/fps. ``index`` and ``source_time`` (the frame's index and time in
+        the input) are printed on the frame; by default the count of frames written and the output time.
         """
         if image.shape != (self.height, self.width, 3) or image.dtype != np.uint8:
             raise ValueError(
@@ -130,6 +155,11 @@ class AnnotatedVideoWriter:
 
         pts = self.count * self.ticks_per_frame if time is None else round(time / self.time_base)
         pts = max(pts, self.last_pts + 1)
+        if self.legend:
+            self._draw_legend(canvas)
+            seconds = float(source_time) if source_time is not None else float(pts * self.time_base)
+            self._draw_label(canvas, f"frame {self.count if index is None else int(index)}   "
+                                     f"{format_clock(seconds)}")
         frame = av.VideoFrame.from_ndarray(canvas, format="rgb24")
         frame.pts, frame.time_base = pts, self.time_base
         self.container.mux(self.stream.encode(frame))
@@ -139,7 +169,7 @@ class AnnotatedVideoWriter:
     def _draw_trails(self, canvas: np.ndarray) -> None:
         past = list(self.history)
         n = len(past) - 1
-        thickness = max(1, self.radius // 2)
+        thickness = self.thickness
         for age in range(n, 0, -1):  # oldest first, so newer segments lie on top
             alpha = 0.8 * (1 - (age - 1) / n)
             a, b = past[-age - 1], past[-age]
@@ -151,7 +181,7 @@ class AnnotatedVideoWriter:
         for i, j in self.edges:
             if np.isfinite(xy[i]).all() and np.isfinite(xy[j]).all():
                 colour = np.array(SKELETON_COLOUR) * (1.0 if strong[i] and strong[j] else DIM)
-                cv2.line(canvas, _pt(xy[i]), _pt(xy[j]), _rgb(colour), max(1, self.radius // 2), cv2.LINE_AA)
+                cv2.line(canvas, _pt(xy[i]), _pt(xy[j]), _rgb(colour), self.thickness, cv2.LINE_AA)
 
     def _draw_points(self, canvas: np.ndarray, xy: np.ndarray, strong: np.ndarray) -> None:
         for k in range(len(self.names)):
@@ -161,7 +191,49 @@ class AnnotatedVideoWriter:
                 cv2.circle(canvas, _pt(xy[k]), self.radius, (0, 0, 0), -1, cv2.LINE_AA)
                 cv2.circle(canvas, _pt(xy[k]), self.radius - 1, _rgb(self.colours[k]), -1, cv2.LINE_AA)
             else:
-                cv2.circle(canvas, _pt(xy[k]), self.radius, _rgb(self.colours[k] * DIM), 1, cv2.LINE_AA)
+                cv2.circle(canvas, _pt(xy[k]), self.radius, _rgb(self.colours[k] * DIM), self.thickness,
+                           cv2.LINE_AA)
+
+    def legend_layout(self) -> list[tuple[int, int, int]]:
+        """Where the legend draws each keypoint's swatch: (k, x, y) of its centre, in keypoint order.
+
+        Rows of swatch + name from the top-left corner, in as many columns as the frame's height needs.
+        """
+        line = self._text_height() + max(4, self.radius)
+        rows = max(1, (self.height - 3 * line) // line)
+        column_width = 2 * self.radius + 12 + max(
+            (cv2.getTextSize(n, cv2.FONT_HERSHEY_SIMPLEX, self.font_scale, self.font_thickness)[0][0]
+             for n in self.names), default=0)
+        pad = max(4, self.radius)
+        return [(k, pad + (k // rows) * (column_width + pad) + self.radius,
+                 pad + (k % rows) * line + line // 2) for k in range(len(self.names))]
+
+    def _text_height(self) -> int:
+        (_, h), baseline = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, self.font_scale, self.font_thickness)
+        return max(h + baseline, 2 * self.radius)
+
+    def _draw_legend(self, canvas: np.ndarray) -> None:
+        layout = self.legend_layout()
+        if not layout:
+            return
+        pad = max(4, self.radius)
+        line = self._text_height() + max(4, self.radius)
+        right = max(x + self.radius + 8 + cv2.getTextSize(self.names[k], cv2.FONT_HERSHEY_SIMPLEX,
+                                                           self.font_scale, self.font_thickness)[0][0]
+                    for k, x, _ in layout)
+        bottom = max(y for _, _, y in layout) + line // 2
+        _shade(canvas, 0, 0, min(self.width, right + pad), min(self.height, bottom + pad // 2))
+        for k, x, y in layout:
+            cv2.circle(canvas, (x, y), self.radius, _rgb(self.colours[k]), -1, cv2.LINE_AA)
+            _put_text(canvas, self.names[k], (x + self.radius + 8, y), self.font_scale, self.font_thickness)
+
+    def _draw_label(self, canvas: np.ndarray, text: str) -> None:
+        (w, h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, self.font_scale, self.font_thickness)
+        pad = max(4, self.radius)
+        top = self.height - h - baseline - 2 * pad
+        _shade(canvas, 0, max(0, top), min(self.width, w + 2 * pad), self.height)
+        _put_text(canvas, text, (pad, self.height - pad - baseline - h // 2), self.font_scale,
+                  self.font_thickness)
 
     def close(self) -> None:
         """Flush the encoder and finish the file; the writer cannot be used afterwards."""
@@ -178,6 +250,54 @@ class AnnotatedVideoWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def keypoint_colours(n: int, colormap: str | None = None) -> np.ndarray:
+    """(n, 3) RGB colours, one per keypoint: the fixed palette, or ``colormap`` sampled at k / (n - 1).
+
+    Matplotlib's colormaps are used when matplotlib is installed, else OpenCV's of the same name
+    (``cv2.COLORMAP_JET`` for "jet"); an unknown name gives the palette and a warning.
+    """
+    palette = np.array([PALETTE[k % len(PALETTE)] for k in range(n)], dtype=np.float64).reshape(n, 3)
+    if not colormap or n == 0:
+        return palette
+    where = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
+    try:
+        import matplotlib
+
+        cmap = matplotlib.colormaps.get(str(colormap))
+        if cmap is not None:
+            return np.asarray(cmap(where))[:, :3] * 255.0
+    except ImportError:
+        pass
+    code = getattr(cv2, f"COLORMAP_{str(colormap).upper()}", None)
+    if code is None:
+        logger.warning("unknown colormap %r for the annotated video; using ppmtrack's palette", colormap)
+        return palette
+    bgr = cv2.applyColorMap(np.round(where * 255).astype(np.uint8).reshape(1, n), code)[0]
+    return bgr[:, ::-1].astype(np.float64)
+
+
+def format_clock(seconds: float) -> str:
+    """``M:SS.mmm`` (``H:MM:SS.mmm`` from an hour on) for the frame label."""
+    millis = int(round(max(seconds, 0.0) * 1000))
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    clock = f"{minutes:02d}:{rest / 1000:06.3f}" if hours else f"{minutes}:{rest / 1000:06.3f}"
+    return f"{hours}:{clock}" if hours else clock
+
+
+def _shade(canvas: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> None:
+    """Darken a rectangle so text on it stays readable over any video."""
+    roi = canvas[y0:y1, x0:x1]
+    roi[:] = (roi * (1 - LEGEND_OPACITY) + np.array(LEGEND_BACKGROUND) * LEGEND_OPACITY).astype(np.uint8)
+
+
+def _put_text(canvas: np.ndarray, text: str, left_middle: tuple[int, int], scale: float, thickness: int) -> None:
+    (_, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    x, y = left_middle
+    cv2.putText(canvas, text, (x, y + h // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT_COLOUR, thickness,
+                cv2.LINE_AA)
 
 
 def _pt(xy: np.ndarray) -> tuple[int, int]:
