@@ -23,7 +23,7 @@ from ppmtrack.engine.fgar import fuse_layers_fgar
 from ppmtrack.engine.geometry import InputMapping, engine_input, grid_to_input
 from ppmtrack.engine.infer import MapExtractor
 from ppmtrack.engine.localize import soft_argmax_peak
-from ppmtrack.engine.models import DiffusionModel, load_model, same_model
+from ppmtrack.engine.models import DEFAULT_MODEL, DiffusionModel, load_model, same_model
 from ppmtrack.engine.support import SupportSet
 
 TOKENS = 77
@@ -92,7 +92,8 @@ class Engine:
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
-    def adapt(cls, support: SupportSet, model: str | DiffusionModel = "tiny", config: AdaptConfig | None = None,
+    def adapt(cls, support: SupportSet, model: str | DiffusionModel = DEFAULT_MODEL,
+              config: AdaptConfig | None = None,
               device: str | None = None, dtype: str | None = None, progress: Progress | None = None,
               foreground: str | Path | torch.Tensor | None = None) -> Engine:
         """Adapt keypoint prompts to a support set (FARA → foreground prompt → keypoint prompts).

@@ -32,6 +32,9 @@ def write_engine_file(path: str | Path, tensors: dict[str, torch.Tensor], meta: 
     tmp = path.with_name(path.name + ".partial")
     save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}, str(tmp),
               metadata=header)
+    umask = os.umask(0)  # safetensors creates the file 0600; give it the mode every other output gets
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
