@@ -99,11 +99,11 @@ def test_nwb_individual_is_stable_and_has_a_subject(tmp_path):
 def test_nwb_reference_frame_matches_the_code_and_the_csv_docs(tmp_path):
     from pathlib import Path
 
-    from ppmtrack.engine.localize import map_to_input
+    from ppmtrack.engine.geometry import grid_to_input
 
     # the code: map cell 0 of a stride-8 map covers input pixels 0..7, whose centre is pixel 3.5 when pixel
     # centres sit at integers, i.e. (0, 0) is the centre of the top-left pixel
-    assert map_to_input(np.array([0.0]), 8)[0] == pytest.approx(3.5)
+    assert grid_to_input(np.array([0.0]), 8)[0] == pytest.approx(3.5)
     path = write_nwb(make_tracks(), tmp_path / "c.nwb", engine_name="e")
     with pynwb.NWBHDF5IO(str(path), "r") as io:
         text = io.read().processing["behavior"]["PoseEstimation"].pose_estimation_series["paw"].reference_frame
