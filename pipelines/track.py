@@ -7,6 +7,7 @@ between them are bounded, so memory does not grow with the length of the run. Se
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import importlib.util
 import logging
@@ -26,6 +27,7 @@ from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
 from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
+from ppmtrack.pipelines.outputs import engine_identity, input_identity, prepare_output_set
 from ppmtrack.pipelines.sources import Source, VideoFrame, is_live_spec, open_source
 from ppmtrack.pipelines.summary import RunSummary
 from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks, smooth_keypoints
@@ -37,6 +39,7 @@ FORMAT_PACKAGES = {"dlc": ("pandas", "tables"), "sleap": ("h5py",), "nwb": ("pyn
 SMOOTH_MODES = ("auto", "rts", "causal")
 STATUS_INTERVAL_S = 5.0
 WRITER_QUEUE_BATCHES = 2
+LATENCY_WINDOW = 100_000  # live: latency percentiles over the last this many frames
 DEFAULT_VIDEO_FPS = 30.0  # for the annotated video of a stream that declares no rate (frame times are kept)
 
 
@@ -112,7 +115,7 @@ class _TrackWriter:
     """
 
     def __init__(self, engine, csv_path: Path, video: AnnotatedVideoWriter | None, params: SmoothingParams,
-                 summary: RunSummary, keep: bool):
+                 summary: RunSummary, keep: bool, clock_origin: float | None = None):
         self.k = len(engine.names)
         self.smoother = OnlineSmoother(self.k, params)
         self.csv = TracksCsvWriter(csv_path, engine.names)
@@ -130,6 +133,8 @@ class _TrackWriter:
         self.error: BaseException | None = None
         self.last_time: float | None = None
         self.first_time: float | None = None
+        self.clock_origin = clock_origin  # live: the monotonic time frame times count from (for latency)
+        self.latencies: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
         self.thread = threading.Thread(target=self._run, daemon=True, name="ppmtrack-writer")
         self.thread.start()
 
@@ -180,6 +185,8 @@ class _TrackWriter:
                                    frame.image.shape[0], self.video.width, self.video.height)
                 self.summary.video_frames_skipped += 1
         stages["writing"].add(time.perf_counter() - t1, 1)
+        if self.clock_origin is not None:
+            self.latencies.append(time.monotonic() - self.clock_origin - frame.time)
         self.summary.frames_processed += 1
         if self.summary.first_frame is None:
             self.summary.first_frame = frame.index
@@ -253,6 +260,9 @@ def track_video(
     engine_name: str | None = None,
     ffmpeg_options: dict | None = None,
     max_reconnect_s: float = 60.0,
+    stem: str | None = None,
+    overwrite: bool = False,
+    source: Source | None = None,
 ) -> RunSummary:
     """Track keypoints through a video file or live stream and write the outputs to ``out_dir``.
 
@@ -294,6 +304,11 @@ def track_video(
         Recorded in the summary (the name defaults to the engine file's stem).
     ffmpeg_options, max_reconnect_s
         Passed to :func:`pipelines.sources.open_source` (e.g. ``{"rtsp_transport": "udp"}``).
+    stem, overwrite
+        The output set (:mod:`pipelines.outputs`): ``stem`` (default: a unique stem for this input), and
+        whether earlier complete results of it may be replaced (else :class:`OutputExistsError`).
+    source
+        The source already opened with these selection arguments (a batch opens the next video early).
 
     Returns
     -------
@@ -317,10 +332,9 @@ def track_video(
     params = smoothing if smoothing is not None else SmoothingParams()
     extra_formats = check_output_formats(output_formats)
     out_dir = prepare_output_dir(out_dir)
-    stem = output_stem(source_spec)
     halt = stop_event if stop_event is not None else threading.Event()
 
-    source = open_source(source_spec, start=start, stop=stop, stride=stride, live=live,
+    source = source or open_source(source_spec, start=start, stop=stop, stride=stride, live=live,
                          queue_size=max(8, batch_size), drop_policy=drop_policy, stop_event=halt,
                          ffmpeg_options=ffmpeg_options, max_reconnect_s=max_reconnect_s)
     info = source.info
@@ -328,14 +342,21 @@ def track_video(
     if is_live and smooth == "rts":
         logger.warning("a live stream is smoothed causally; --smooth rts applies to files only")
     final_rts = not is_live and smooth in ("auto", "rts")
-    paths = {"csv": out_dir / f"{stem}.csv", "video": out_dir / f"{stem}.mp4" if write_video else None,
-             "summary": out_dir / f"{stem}.summary.json"}
+    try:
+        output_set = prepare_output_set(source_spec, out_dir, stem=stem, write_video=write_video,
+                                        identity=engine_identity(engine, engine_path), overwrite=overwrite)
+    except BaseException:
+        source.close()
+        raise
+    stem, paths = output_set.stem, output_set.paths()
     name = engine_name or (Path(engine_path).stem if engine_path else "engine")
     summary = RunSummary(
-        input={"source": redact_url(source_spec), "live": is_live, "width": info.width, "height": info.height,
-               "fps": info.fps, "codec": info.codec, "n_frames_estimate": info.n_frames,
+        input={"source": redact_url(source_spec), "path": input_identity(source_spec), "live": is_live,
+               "width": info.width, "height": info.height, "fps": info.fps, "codec": info.codec,
+               "n_frames_estimate": info.n_frames,
                "start": start, "stop": stop, "stride": stride},
-        engine={"path": str(engine_path) if engine_path else None, "name": name, "model": engine.model.name,
+        engine={"path": str(Path(engine_path).resolve()) if engine_path else None, "name": name,
+                "model": engine.model.name,
                 "keypoints": list(engine.names), "resolution": engine.resolution,
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "smooth": "rts" if final_rts else "causal",
@@ -351,7 +372,8 @@ def track_video(
             video = AnnotatedVideoWriter(paths["video"], info.width, info.height,
                                          info.fps_fraction or info.fps or DEFAULT_VIDEO_FPS, engine.names,
                                          engine.skeleton, min_confidence=params.min_confidence)
-        writer = _TrackWriter(engine, paths["csv"], video, params, summary, keep=not is_live)
+        writer = _TrackWriter(engine, paths["csv"], video, params, summary, keep=not is_live,
+                              clock_origin=source.started_at if is_live else None)
         summary.write(paths["summary"])
     except BaseException:
         source.close()
@@ -418,6 +440,10 @@ def track_video(
     summary.decode_errors = stats.decode_errors
     summary.reconnects = stats.reconnects
     summary.waiting_for_frames_s = batch_stats.waiting_s
+    if writer.latencies:
+        latency = np.array(writer.latencies)
+        summary.latency_s = {"p50": float(np.percentile(latency, 50)), "p95": float(np.percentile(latency, 95)),
+                             "max": float(latency.max()), "frames": len(latency)}
     if decode_cpu:
         summary.stages["decode"].add(decode_cpu, stats.frames_read)
     if failure is None:
