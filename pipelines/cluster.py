@@ -199,7 +199,9 @@ def run_batch_ray(
         CPUs of a ``local`` cluster (default: all).
     """
     from ppmtrack.pipelines.outputs import engine_file_identity, prepare_output_set
+    from ppmtrack.pipelines.track import prepare_output_dir
 
+    out_dir = prepare_output_dir(out_dir).resolve()
     identity = engine_file_identity(engine_path, (load_kwargs or {}).get("model"))
     todo = []
     for item in items:  # refuse here what a local run would refuse; clear the sets that are redone
@@ -215,7 +217,6 @@ def run_batch_ray(
     if not todo:
         return items
     ray = connect(address, num_cpus=num_cpus)
-    out_dir = Path(out_dir).resolve()
     batch_id = uuid.uuid4().hex[:12]
     marker = out_dir / f".ppmtrack-cluster-{batch_id}"
     marker.write_text("output folder of a ppmtrack Ray batch; removed when it ends\n")
