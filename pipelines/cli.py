@@ -343,9 +343,11 @@ def _run_ray(args, out_dir, inputs, formats) -> int:
 
     items = plan_batch(inputs, out_dir, engine_file_identity(args.engine, args.model), args.overwrite)
     load_kwargs = {"model": args.model, "device": args.device, "dtype": args.dtype}
-    run_batch_ray(items, out_dir, args.engine, args.ray, track_kwargs=_track_kwargs(args, formats),
-                  load_kwargs=load_kwargs, workers=args.ray_workers, overwrite=args.overwrite,
-                  progress=not args.quiet)
+    stop_event = threading.Event()
+    with _StopOnSignal(stop_event):
+        run_batch_ray(items, out_dir, args.engine, args.ray, track_kwargs=_track_kwargs(args, formats),
+                      load_kwargs=load_kwargs, workers=args.ray_workers, overwrite=args.overwrite,
+                      progress=not args.quiet, stop_event=stop_event)
     return _batch_exit(BatchResult(items), out_dir, {"engine": str(Path(args.engine).resolve()),
                                                      "ray": args.ray})
 

@@ -175,6 +175,7 @@ def run_batch_ray(
     overwrite: bool = False,
     progress: bool = True,
     num_cpus: int | None = None,
+    stop_event=None,
 ) -> list[BatchItem]:
     """Track the items not ``skipped`` on Ray actors; update the items in place and return them.
 
@@ -197,6 +198,9 @@ def run_batch_ray(
         Number of actors (default: one per GPU of the cluster, else one per CPU), at most one per video.
     num_cpus
         CPUs of a ``local`` cluster (default: all).
+    stop_event
+        When set (Ctrl-C), the running tasks are cancelled and their videos recorded as ``interrupted``; no new
+        video starts.
     """
     from ppmtrack.pipelines.outputs import engine_file_identity, prepare_output_set
     from ppmtrack.pipelines.track import prepare_output_dir
@@ -238,12 +242,16 @@ def run_batch_ray(
     engine_path = str(Path(engine_path).resolve())
     try:
         while queue or pending:
+            if stop_event is not None and stop_event.is_set():
+                raise KeyboardInterrupt
             while queue and idle:
                 item, actor = queue.pop(0), idle.pop(0)
                 ref = actor.track.remote(str(item.spec), item.stem, str(out_dir), str(marker), batch_id,
                                          engine_path, track_kwargs)
                 pending[ref] = (item, actor)
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            if not done:
+                continue
             item, actor = pending.pop(done[0])
             idle.append(actor)
             _collect(ray, done[0], item, out_dir, track_kwargs)
@@ -254,7 +262,8 @@ def run_batch_ray(
         for ref, (item, _) in pending.items():
             ray.cancel(ref, force=True)
             item.status = "interrupted"
-        raise
+        if stop_event is None:
+            raise
     finally:
         if bar is not None:
             bar.close()
