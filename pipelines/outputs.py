@@ -11,6 +11,8 @@ with it: ``STEM.csv``, ``STEM.mp4`` (the annotated video), ``STEM.summary.json``
   plain stem is taken by another input (in the same batch or by earlier results in the folder) gets
   ``PARENT_STEM`` (another folder) or ``STEM_EXT`` (same folder, another extension), then ``STEM_2``, ...
   A rerun finds the stem the input had before.
+- **A camera's sessions are all kept.** A live stream whose stem has results already gets
+  ``STEM_YYYYmmdd-HHMMSS`` (its start time).
 - **Results are never overwritten silently.** Complete outputs of the same input and engine are skipped
   (batch runs) or refused (single runs) unless ``overwrite``; results of another engine, or files this
   input's summary does not explain, are refused unless ``overwrite``. A previous run of the same input that
@@ -26,6 +28,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,8 +136,8 @@ def _existing_summaries(out_dir: Path) -> dict[str, str | None]:
 def _candidate_stems(spec: str | Path, owner: str | None) -> list[str]:
     """Stems to try for ``spec`` in order, given the input (``owner``) that holds its plain stem."""
     stem = base_stem(spec)
-    if is_live_spec(spec):
-        return [stem]
+    if is_live_spec(spec):  # a new session of a camera never replaces an earlier one
+        return [stem, f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}"]
     path = Path(input_identity(spec))
     ext = path.suffix.lstrip(".").lower()
     parent = re.sub(r"[^A-Za-z0-9._-]+", "_", path.parent.name) or "root"
@@ -150,8 +153,9 @@ def assign_stems(specs: list, out_dir: str | Path) -> dict[str, str]:
 
     An input whose earlier summary is in ``out_dir`` keeps that summary's stem. Otherwise it takes the first
     free stem among its plain stem, ``PARENT_STEM`` / ``STEM_EXT`` (see the module's docstring), then
-    ``STEM_2``, ``STEM_3``, ... A stem is taken when another input of ``specs`` has it, when a summary of
-    another input has it, or when files of that stem without a summary are in the folder.
+    ``STEM_2``, ``STEM_3``, ... A live stream gets its plain stem if free, else the stem followed by the start
+    time (``_YYYYmmdd-HHMMSS``): each session of a camera is kept. A stem is taken when another input of
+    ``specs`` has it, when a summary has it, or when files of that stem are in the folder.
     """
     out_dir = Path(out_dir)
     existing = _existing_summaries(out_dir) if out_dir.is_dir() else {}
@@ -163,7 +167,7 @@ def assign_stems(specs: list, out_dir: str | Path) -> dict[str, str]:
         ident = input_identity(spec)
         if ident in stems:
             continue
-        if ident in by_input:
+        if ident in by_input and not is_live_spec(spec):
             stems[ident] = by_input[ident]
             owners[by_input[ident]] = ident
         else:

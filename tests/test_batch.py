@@ -125,7 +125,9 @@ def test_batch_with_a_corrupt_video_records_it_and_a_rerun_retries_only_it(quick
     assert "b.mp4" in rows["b.mp4"]["error"] and rows["a.mp4"]["frames"] == "6"
     doc = json.loads((out / "batch_summary.json").read_text())
     assert doc["counts"]["failed"] == 1 and len(doc["videos"]) == 3
-    assert "1 of 3 videos failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "1 of 3 videos failed" in err
+    assert "video/s" not in err and "frame/s" not in err  # -q: neither progress bar
     done = {n: (out / f"{n}.csv").stat().st_mtime_ns for n in ("a", "c")}
 
     assert main(args) == 2  # still broken: retried, the two others skipped
@@ -164,3 +166,33 @@ def test_devices_all_tracks_on_every_gpu(quick_engine_file, tmp_path):
     assert main(["track", str(videos), "--engine", str(quick_engine_file), "-o", str(out), "--no-video", "-q",
                  "--devices", "all"]) == 0
     assert all(row["status"] == "complete" for row in read_batch(out).values())
+
+
+def test_a_new_session_of_a_camera_never_replaces_the_last_one(tmp_path):
+    url = "rtsp://user:secret@10.0.0.5:554/live/cam1"
+    assert assign_stems([url], tmp_path)[input_identity(url)] == "10.0.0.5_554_live_cam1"
+    earlier = {"status": "interrupted", "input": {"source": input_identity(url), "path": input_identity(url)}}
+    (tmp_path / "10.0.0.5_554_live_cam1.summary.json").write_text(json.dumps(earlier))
+    stem = assign_stems([url], tmp_path)[input_identity(url)]
+    assert stem.startswith("10.0.0.5_554_live_cam1_2") and len(stem) == len("10.0.0.5_554_live_cam1_") + 15
+    assert "secret" not in input_identity(url)
+
+
+def test_the_next_video_is_opened_before_the_current_one_ends(engine, quick_engine_file, tmp_path, monkeypatch):
+    from ppmtrack.pipelines import batch
+
+    videos = [str(write_index_video(tmp_path / f"v{i}.mp4", 6).path) for i in range(3)]
+    opened, ended = {}, {}
+    real_open = batch.open_source
+
+    def spy(spec, **kwargs):
+        opened[Path(spec).name] = len(ended)  # how many videos had ended when this one was opened
+        return real_open(spec, **kwargs)
+
+    monkeypatch.setattr(batch, "open_source", spy)
+    items = plan_batch(videos, tmp_path / "out", None, overwrite=False)
+    run_batch(items, tmp_path / "out", [("cpu", lambda: engine)], progress=False,
+              track_kwargs={"write_video": False, "engine_path": quick_engine_file},
+              on_done=lambda item: ended.setdefault(item.stem, len(ended)))
+    assert [i.status for i in items] == ["complete"] * 3
+    assert opened == {"v0.mp4": 0, "v1.mp4": 0, "v2.mp4": 1}  # v1 opened while v0 ran, v2 while v1 ran
