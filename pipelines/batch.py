@@ -5,7 +5,7 @@ queue, a video that fails is recorded with its reason and the others go on, and 
 opened (its first frames decoded) before the current one starts, so decoding the next file overlaps the end
 of the current one. ``batch_summary.csv`` and ``batch_summary.json`` in the output folder list every input:
 video, stem, status (``complete``, ``skipped``, ``failed``, ``interrupted``, ``not run``), frames, frames/s,
-warnings and error. See docs/cli.md ("Many videos").
+warnings and error (and for live streams: frames dropped, p50/p95 latency). See docs/cli.md ("Many videos").
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ logger = logging.getLogger("ppmtrack")
 DEFAULT_VIDEOTYPES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".h264")
 LIST_SUFFIXES = (".txt", ".list", ".lst")
 BATCH_SUMMARY = "batch_summary"
-BATCH_FIELDS = ("video", "stem", "status", "frames", "fps", "warnings", "error", "summary", "worker")
+BATCH_FIELDS = ("video", "stem", "status", "frames", "fps", "warnings", "error", "summary", "worker", "dropped",
+                "latency_p50_s", "latency_p95_s")
 
 
 class InputListError(PpmtrackError, ValueError):
@@ -52,6 +53,9 @@ class BatchItem:
     error: str = ""
     summary: str = ""
     worker: str = ""
+    dropped: int | None = None
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
     spec: str | Path = field(default="", repr=False)
 
 
@@ -166,6 +170,10 @@ def fill_from_summary(item: BatchItem, doc: dict | None) -> None:
     item.fps = doc.get("fps")
     item.warnings = warnings_of(doc)
     item.summary = (doc.get("outputs") or {}).get("summary") or item.summary
+    if (doc.get("input") or {}).get("live"):
+        item.dropped = doc.get("frames_dropped")
+        latency = doc.get("latency_s") or {}
+        item.latency_p50_s, item.latency_p95_s = latency.get("p50"), latency.get("p95")
 
 
 def write_batch_summary(items: list[BatchItem], out_dir: str | Path, extra: dict | None = None

@@ -367,12 +367,7 @@ def _run_streams(args, urls, items, engine, engine_path, out_dir, kwargs, stop_e
             item.status, item.error = "failed", " ".join(str(outcome).split()) or type(outcome).__name__
         else:
             item.status = outcome.status
-            doc = outcome.to_dict()
-            fill_from_summary(item, doc)
-            latency = doc.get("latency_s") or {}
-            if latency:
-                item.warnings = "; ".join(filter(None, [item.warnings, f"latency p50 {latency['p50']} s, "
-                                                                         f"p95 {latency['p95']} s"]))
+            fill_from_summary(item, outcome.to_dict())
     return _batch_exit(BatchResult(items), out_dir, {"engine": str(Path(engine_path).resolve()),
                                                      "streams": len(urls)})
 

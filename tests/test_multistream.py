@@ -133,3 +133,38 @@ def test_two_streams_at_once_and_one_camera_drops(relay, engine, tmp_path, monke
         latency = doc["latency_s"]
         assert 0 < latency["p50"] <= latency["p95"] <= latency["max"] and latency["frames"] > 0
         assert doc["frames_dropped"] >= 0
+
+
+def test_cli_tracks_several_urls_at_once_with_latency_in_the_batch_summary(relay, quick_engine_file, tmp_path):
+    import csv
+    import os
+    import signal
+
+    from ppmtrack.pipelines.cli import main
+
+    other = RtspRelay(fps=25, mount="cam2")
+    other.start()
+    try:
+        wait_until_served(relay.url)
+        wait_until_served(other.url)
+        out = tmp_path / "live"
+        csvs = [out / f"{output_stem(url)}.csv" for url in (relay.url, other.url)]
+
+        def operator():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not all(
+                    p.exists() and p.read_text().count("\n") > 10 for p in csvs):
+                time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+
+        threading.Thread(target=operator, daemon=True).start()
+        status = main(["track", relay.url, other.url, "--engine", str(quick_engine_file), "-o", str(out),
+                       "--no-video", "-q", "--rtsp-transport", "udp", "--batch-size", "4"])
+    finally:
+        other.stop()
+    assert status == 130
+    with open(out / "batch_summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["interrupted", "interrupted"]
+    for row in rows:
+        assert int(row["frames"]) > 0 and float(row["latency_p50_s"]) > 0 and row["dropped"] != ""
