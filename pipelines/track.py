@@ -268,7 +268,9 @@ def track_video(
 
     Writes ``<stem>.csv`` (tracks, see docs/outputs.md), ``<stem>.mp4`` (annotated video, unless
     ``write_video`` is False), the files of the other ``output_formats`` and ``<stem>.summary.json``.
-    ``<stem>`` is :func:`output_stem` of the source.
+    ``<stem>`` is :func:`output_stem` of the source, made unique among the inputs whose results are in
+    ``out_dir`` (:func:`pipelines.outputs.assign_stems`); the video is ``<stem>.ppmtrack.mp4`` where
+    ``<stem>.mp4`` would be the input itself. Inputs and complete results are never overwritten.
 
     Parameters
     ----------
@@ -320,6 +322,8 @@ def track_video(
     ------
     OutputError
         ``out_dir`` cannot be written (before anything else happens).
+    pipelines.outputs.OutputExistsError
+        Results of this input are in ``out_dir`` and ``overwrite`` is False (see :mod:`pipelines.outputs`).
     pipelines.sources.SourceError
         The file is missing or not a video, or the stream cannot be reached.
     ValueError
@@ -335,8 +339,8 @@ def track_video(
     halt = stop_event if stop_event is not None else threading.Event()
 
     source = source or open_source(source_spec, start=start, stop=stop, stride=stride, live=live,
-                         queue_size=max(8, batch_size), drop_policy=drop_policy, stop_event=halt,
-                         ffmpeg_options=ffmpeg_options, max_reconnect_s=max_reconnect_s)
+                                   queue_size=max(8, batch_size), drop_policy=drop_policy, stop_event=halt,
+                                   ffmpeg_options=ffmpeg_options, max_reconnect_s=max_reconnect_s)
     info = source.info
     is_live = info.is_live
     if is_live and smooth == "rts":
