@@ -3,16 +3,19 @@ exactly once when a worker process is killed mid-video."""
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from videogen import write_index_video
 
 from ppmtrack.engine import Engine
 from ppmtrack.pipelines.batch import plan_batch, run_batch
+from ppmtrack.pipelines.cli import main
 from ppmtrack.pipelines.io.csv import read_tracks_csv
 from ppmtrack.pipelines.outputs import engine_file_identity
 
@@ -38,6 +41,11 @@ def videos(tmp_path):
     return [str(write_index_video(folder / f"v{i}.mp4", 16 + 4 * i).path) for i in range(3)]
 
 
+def read_batch(out: Path) -> list[dict]:
+    with open(out / "batch_summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def ray_batch(videos, out, engine_file, **kwargs):
     from ppmtrack.pipelines.cluster import run_batch_ray
 
@@ -46,9 +54,13 @@ def ray_batch(videos, out, engine_file, **kwargs):
 
 
 def test_ray_batch_writes_what_a_local_batch_writes(local_ray, videos, quick_engine_file, tmp_path):
-    items = ray_batch(videos, tmp_path / "ray", quick_engine_file, workers=2)
-    assert [i.status for i in items] == ["complete"] * 3, [i.error for i in items]
-    assert {i.worker for i in items} <= {w for w in (i.worker for i in items) if w.startswith("ray pid")}
+    command = ["track", str(Path(videos[0]).parent), "--engine", str(quick_engine_file), "-o",
+               str(tmp_path / "ray"), "--no-video", "-q", "--batch-size", "4", "--ray", "local",
+               "--ray-workers", "2"]
+    assert main(command) == 0  # joins the cluster this test started
+    rows = read_batch(tmp_path / "ray")
+    assert [r["status"] for r in rows] == ["complete"] * 3
+    assert all(r["worker"].startswith("ray pid") for r in rows)
 
     engine = Engine.load(quick_engine_file)
     local = plan_batch(videos, tmp_path / "local", engine_file_identity(quick_engine_file), overwrite=False)
@@ -56,11 +68,11 @@ def test_ray_batch_writes_what_a_local_batch_writes(local_ray, videos, quick_eng
               track_kwargs={**TRACK, "engine_path": quick_engine_file}, progress=False)
     for i in range(3):
         assert (tmp_path / "ray" / f"v{i}.csv").read_text() == (tmp_path / "local" / f"v{i}.csv").read_text()
-    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == sorted(
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir() if not p.name.startswith("batch_")) == sorted(
         p.name for p in (tmp_path / "local").iterdir())
     # resume as locally: everything complete is skipped
-    again = ray_batch(videos, tmp_path / "ray", quick_engine_file)
-    assert [i.status for i in again] == ["skipped"] * 3
+    assert main(command) == 0
+    assert [r["status"] for r in read_batch(tmp_path / "ray")] == ["skipped"] * 3
 
 
 def test_killed_ray_worker_still_ends_with_every_video_complete_once(local_ray, videos, quick_engine_file,
