@@ -2,8 +2,8 @@
 
 ``ppmtrack track VIDEOS --engine E -o DIR --ray ADDRESS`` (``auto``, ``ray://host:10001`` or ``local``)
 plans the batch on the driver exactly as a local batch does (unique stems, complete videos skipped), then
-hands each remaining video to the next free :class:`TrackActor`. The engine file travels through Ray's
-object store, so only the videos must be readable by the workers (a shared file system or URLs).
+hands each remaining video to the next free :class:`TrackActor`. The engine file travels with the actors'
+creation, so only the videos must be readable by the workers (a shared file system or URLs).
 
 Outputs: each video is tracked into a private folder and then *installed* into the output folder: the
 earlier set of that stem removed, each file moved in with ``os.replace`` and the summary last, so a video's
@@ -227,8 +227,8 @@ def run_batch_ray(
     count, resources = default_workers(ray)
     count = min(workers or count, len(todo))
     actor_class = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS, **resources)(TrackActor)
-    engine_ref = ray.put(Path(engine_path).read_bytes())
-    actors = [actor_class.remote(engine_ref, Path(engine_path).name, dict(load_kwargs or {}))
+    engine_bytes = Path(engine_path).read_bytes()  # prompts and metadata only: small
+    actors = [actor_class.remote(engine_bytes, Path(engine_path).name, dict(load_kwargs or {}))
               for _ in range(count)]
     bar = None
     if progress:
