@@ -82,6 +82,21 @@ def bench_ray(engine_file: Path, videos: list[Path], tmp: Path, batch_size: int)
     return rows
 
 
+def wait_until_served(url: str, options: dict, timeout: float = 20.0) -> None:
+    """On a loaded machine the publisher's ANNOUNCE may reach the relay seconds after it starts."""
+    from ppmtrack.pipelines.sources import SourceError, open_source
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            open_source(url, ffmpeg_options=options).close()
+            return
+        except SourceError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def bench_live(engine, tmp: Path, seconds: float, batch_size: int) -> list[list]:
     from rtsp_server import UDP_OPTIONS, RtspRelay, server_installed
 
@@ -96,7 +111,7 @@ def bench_live(engine, tmp: Path, seconds: float, batch_size: int) -> list[list]
         try:
             for relay in relays:
                 relay.start()
-            time.sleep(1.0)
+                wait_until_served(relay.url, UDP_OPTIONS)
             stop = threading.Event()
             threading.Timer(seconds, stop.set).start()
             before = load()

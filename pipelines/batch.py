@@ -24,7 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ppmtrack.engine.errors import PpmtrackError
-from ppmtrack.pipelines.outputs import assign_stems, complete_run, input_identity
+from ppmtrack.pipelines.outputs import (
+    ALIAS_VIDEO_SUFFIX,
+    SUMMARY_SUFFIX,
+    assign_stems,
+    complete_run,
+    input_identity,
+)
 from ppmtrack.pipelines.sources import Source, is_live_spec, open_source
 
 logger = logging.getLogger("ppmtrack")
@@ -95,10 +101,11 @@ def parse_videotypes(text: str | Iterable[str] | None) -> tuple[str, ...]:
 def expand_inputs(specs: Iterable[str | Path], videotypes=None, recursive: bool = False) -> list[str]:
     """The videos named by ``specs``, in order, each once (by resolved path).
 
-    Each spec is a stream URL, a video file, a folder (its files with one of ``videotypes``, sorted; with
-    ``recursive`` also those in sub-folders), a glob (``"sessions/*/cam1.mp4"``, quoted so the shell leaves
-    it) or a text file (``.txt``, ``.list``, ``.lst``) listing one video, folder, glob or URL per line (blank
-    lines and lines starting with ``#`` ignored; relative paths are relative to the list file).
+    Each spec is a stream URL, a video file, a folder (its files with one of ``videotypes``, sorted, except the
+    annotated videos ppmtrack wrote there; with ``recursive`` also those in sub-folders), a glob
+    (``"sessions/*/cam1.mp4"``, quoted so the shell leaves it) or a text file (``.txt``, ``.list``, ``.lst``)
+    listing one video, folder, glob or URL per line (blank lines and lines starting with ``#`` ignored;
+    relative paths are relative to the list file).
 
     Raises
     ------
@@ -125,7 +132,7 @@ def expand_inputs(specs: Iterable[str | Path], videotypes=None, recursive: bool 
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
             videos = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in types
-                            and not p.name.startswith("."))
+                            and not p.name.startswith(".") and not is_annotated_video(p))
             if not videos:
                 raise InputListError(f"{path}: no videos ({', '.join(types)}) in this folder"
                                      f"{'' if recursive else ' (add --recursive to look in sub-folders)'}; "
@@ -152,6 +159,23 @@ def expand_inputs(specs: Iterable[str | Path], videotypes=None, recursive: bool 
     for spec in specs:
         expand(str(spec), None)
     return found
+
+
+def is_annotated_video(path: Path) -> bool:
+    """True if ``path`` is an annotated video ppmtrack wrote (so a folder of inputs and outputs is not re-tracked).
+
+    Recognised by its name (``STEM.ppmtrack.mp4``) or by the summary beside it that lists it as its video.
+    """
+    if path.name.endswith(ALIAS_VIDEO_SUFFIX):
+        return True
+    summary = path.with_name(path.stem + SUMMARY_SUFFIX)
+    if not summary.is_file():
+        return False
+    try:
+        video = (json.loads(summary.read_text(encoding="utf-8")).get("outputs") or {}).get("video")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(video) and Path(video).resolve() == path.resolve()
 
 
 def warnings_of(doc: dict) -> str:

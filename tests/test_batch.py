@@ -53,6 +53,12 @@ def test_output_folder_of_the_input_never_replaces_the_input(engine, tmp_path):
     assert len(read_tracks_csv(folder / "clip.csv")) == 12
     doc = json.loads((folder / "clip.summary.json").read_text())
     assert doc["input"]["path"] == str(video.resolve())
+    # the folder now holds the input and its outputs: as an input folder it still means the one recording
+    out = tmp_path / "elsewhere"
+    track_video(video, engine, out, progress=False, batch_size=4)
+    assert expand_inputs([folder]) == [str(video)]
+    with pytest.raises(ValueError, match="no videos"):  # only an annotated video there
+        expand_inputs([out])
 
 
 def test_rerun_refuses_complete_results_and_overwrite_removes_the_whole_old_set(engine, tmp_path):
