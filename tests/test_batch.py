@@ -202,3 +202,25 @@ def test_the_next_video_is_opened_before_the_current_one_ends(engine, quick_engi
               on_done=lambda item: ended.setdefault(item.stem, len(ended)))
     assert [i.status for i in items] == ["complete"] * 3
     assert opened == {"v0.mp4": 0, "v1.mp4": 0, "v2.mp4": 1}  # v1 opened while v0 ran, v2 while v1 ran
+
+
+def test_outputs_returned_by_a_worker_are_installed_with_their_paths_rewritten(engine, tmp_path):
+    """What the driver does for a Ray worker that cannot see the output folder: files come back as bytes."""
+    from ppmtrack.pipelines.cluster import install_outputs
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    video = write_index_video(folder / "clip.mp4", 6).path
+    before = digest(video)
+    work = tmp_path / "worker"
+    summary = track_video(video, engine, work, stem="clip", progress=False, output_formats=["csv", "sleap"])
+    files = {p.name: p.read_bytes() for p in work.iterdir()}
+    doc = install_outputs(files, summary.to_dict(), video, folder, "clip", write_video=True)
+    # installed beside the input: the annotated video must not replace it
+    assert doc["outputs"]["video"] == str(folder / "clip.ppmtrack.mp4") and digest(video) == before
+    assert (folder / "clip.ppmtrack.mp4").read_bytes() == files["clip.mp4"]
+    assert doc["outputs"]["csv"] == str(folder / "clip.csv") and doc["outputs"]["formats"] == [
+        str(folder / "clip.analysis.h5")]
+    assert json.loads((folder / "clip.summary.json").read_text())["outputs"] == doc["outputs"]
+    assert sorted(p.name for p in folder.iterdir()) == ["clip.analysis.h5", "clip.csv", "clip.mp4",
+                                                         "clip.ppmtrack.mp4", "clip.summary.json"]

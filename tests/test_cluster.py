@@ -54,13 +54,16 @@ def ray_batch(videos, out, engine_file, **kwargs):
 
 
 def test_ray_batch_writes_what_a_local_batch_writes(local_ray, videos, quick_engine_file, tmp_path):
-    command = ["track", str(Path(videos[0]).parent), "--engine", str(quick_engine_file), "-o",
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 500)
+    command = ["track", str(Path(videos[0]).parent), str(broken), "--engine", str(quick_engine_file), "-o",
                str(tmp_path / "ray"), "--no-video", "-q", "--batch-size", "4", "--ray", "local",
                "--ray-workers", "2"]
-    assert main(command) == 0  # joins the cluster this test started
+    assert main(command) == 2  # joins the cluster this test started; one video failed
     rows = read_batch(tmp_path / "ray")
-    assert [r["status"] for r in rows] == ["complete"] * 3
-    assert all(r["worker"].startswith("ray pid") for r in rows)
+    assert [r["status"] for r in rows] == ["complete"] * 3 + ["failed"]
+    assert "broken.mp4" in rows[3]["error"]
+    assert all(r["worker"].startswith("ray pid") for r in rows[:3])
 
     engine = Engine.load(quick_engine_file)
     local = plan_batch(videos, tmp_path / "local", engine_file_identity(quick_engine_file), overwrite=False)
@@ -71,8 +74,8 @@ def test_ray_batch_writes_what_a_local_batch_writes(local_ray, videos, quick_eng
     assert sorted(p.name for p in (tmp_path / "ray").iterdir() if not p.name.startswith("batch_")) == sorted(
         p.name for p in (tmp_path / "local").iterdir())
     # resume as locally: everything complete is skipped
-    assert main(command) == 0
-    assert [r["status"] for r in read_batch(tmp_path / "ray")] == ["skipped"] * 3
+    assert main(command) == 2
+    assert [r["status"] for r in read_batch(tmp_path / "ray")] == ["skipped"] * 3 + ["failed"]
 
 
 def test_killed_ray_worker_still_ends_with_every_video_complete_once(local_ray, videos, quick_engine_file,
