@@ -132,7 +132,8 @@ def expand_inputs(specs: Iterable[str | Path], videotypes=None, recursive: bool 
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
             videos = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in types
-                            and not p.name.startswith(".") and not is_annotated_video(p))
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                            and not is_annotated_video(p))
             if not videos:
                 raise InputListError(f"{path}: no videos ({', '.join(types)}) in this folder"
                                      f"{'' if recursive else ' (add --recursive to look in sub-folders)'}; "
