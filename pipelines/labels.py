@@ -49,6 +49,11 @@ class Labels:
         Edges for drawing; left/right pairs for flip augmentation.
     source : Path
         The file the labels came from, for error messages.
+    individuals : list of str
+        Names of the N animals of a multi-animal file (empty for one animal).
+    instances : np.ndarray, optional
+        (F, N, K, 2) every individual's keypoints, NaN where an individual is absent; ``keypoints`` is then
+        the first individual's. Adaptation trains on all instances.
     """
 
     names: list[str]
@@ -57,12 +62,19 @@ class Labels:
     skeleton: list[tuple[str, str]] = field(default_factory=list)
     flip_pairs: list[tuple[str, str]] = field(default_factory=list)
     source: Path = Path("<memory>")
+    individuals: list[str] = field(default_factory=list)
+    instances: np.ndarray | None = None
 
     def __post_init__(self):
         self.keypoints = np.asarray(self.keypoints, dtype=np.float64)
         expected = (len(self.frames), len(self.names), 2)
         if self.keypoints.shape != expected:
             raise LabelsError(f"{self.source}: keypoints have shape {self.keypoints.shape}, expected {expected}")
+        if self.instances is not None:
+            self.instances = np.asarray(self.instances, dtype=np.float64)
+            shape = (len(self.frames), len(self.individuals), len(self.names), 2)
+            if self.instances.shape != shape:
+                raise LabelsError(f"{self.source}: instances have shape {self.instances.shape}, expected {shape}")
         for a, b in list(self.skeleton) + list(self.flip_pairs):
             for n in (a, b):
                 if n not in self.names:
@@ -99,7 +111,7 @@ class Labels:
                 images[i] = got[f]
         for i, img in enumerate(images):
             h, w = img.shape[:2]
-            kp = self.keypoints[i]
+            kp = self.keypoints[i] if self.instances is None else self.instances[i].reshape(-1, 2)
             ok = np.isnan(kp[:, 0]) | ((kp[:, 0] >= -0.5) & (kp[:, 0] <= w - 0.5) & (kp[:, 1] >= -0.5)
                                        & (kp[:, 1] <= h - 0.5))
             if not ok.all():
@@ -111,14 +123,16 @@ class Labels:
         return images
 
     def to_support(self) -> SupportSet:
-        """Load the images and return the engine's support set."""
+        """Load the images and return the engine's support set (with every individual's instances)."""
         images = self.load_images()
-        if not np.isfinite(self.keypoints).any():
+        every = self.keypoints if self.instances is None else self.instances
+        if not np.isfinite(every).any():
             raise LabelsError(f"{self.source}: no keypoint is labelled in any frame")
         return SupportSet(
             names=list(self.names),
             images=images,
             keypoints=self.keypoints,
+            other_instances=None if self.instances is None else self.instances[:, 1:],
             skeleton=list(self.skeleton),
             flip_pairs=list(self.flip_pairs),
             labels=[f"{self.source} frame {i} ({r.describe()})" for i, r in enumerate(self.frames)],

@@ -141,7 +141,8 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
         there when pandas and PyTables are installed, else the ``.csv``).
     individual : str, optional
         For multi-animal projects (header rows scorer/individuals/bodyparts/coords): the individual to read.
-        May be left out when the file has a single individual.
+        Left out, every individual is read (``Labels.individuals`` / ``Labels.instances``; adaptation then
+        trains on all of them).
 
     Returns
     -------
@@ -167,25 +168,26 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
     by_level = dict(zip(levels, header, strict=True))
     coords, bodyparts = by_level["coords"], by_level["bodyparts"]
     keep = list(range(len(coords)))
-    if "individuals" in by_level:
-        individuals = list(dict.fromkeys(by_level["individuals"]))
-        if individual is None and len(individuals) == 1:
-            individual = individuals[0]
+    owner = by_level.get("individuals", [""] * len(coords))
+    individuals = list(dict.fromkeys(owner))
+    if "individuals" in by_level and individual is not None:
         if individual not in individuals:
-            what = "is a multi-animal file" if individual is None else f"has no individual {individual!r}"
-            raise LabelsError(f"{path}: {what}; choose one with individual= among: {', '.join(individuals)}")
-        keep = [j for j in keep if by_level["individuals"][j] == individual]
+            raise LabelsError(f"{path}: has no individual {individual!r}; choose one with individual= among: "
+                              f"{', '.join(individuals)}")
+        individuals = [individual]
+    keep = [j for j in keep if owner[j] in individuals]
     names = list(dict.fromkeys(bodyparts[j] for j in keep))
     column = {}
     for j in keep:
         if coords[j] in ("x", "y"):
-            column[(bodyparts[j], coords[j])] = j
+            column[(owner[j], bodyparts[j], coords[j])] = j
         elif coords[j] != "likelihood":
             raise LabelsError(f"{path}: column {j + 1} has coords {coords[j]!r}, expected x, y or likelihood")
-    for name in names:
-        for c in ("x", "y"):
-            if (name, c) not in column:
-                raise LabelsError(f"{path}: bodypart {name!r} has no {c!r} column")
+    for animal in individuals:
+        for name in dict.fromkeys(bodyparts[j] for j in keep if owner[j] == animal):
+            for c in ("x", "y"):
+                if (animal, name, c) not in column:
+                    raise LabelsError(f"{path}: bodypart {name!r} has no {c!r} column")
     config = _config_for(path)
     known = [
         str(b)
@@ -202,19 +204,23 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
             )
     if not index:
         raise LabelsError(f"{path}: no labelled rows under the header")
-    keypoints = np.full((len(index), len(names), 2), np.nan)
+    keypoints = np.full((len(index), len(individuals), len(names), 2), np.nan)
     for i, row in enumerate(values):
-        for k, name in enumerate(names):
-            for d, c in enumerate(("x", "y")):
-                cell = row[column[(name, c)]]
-                try:
-                    keypoints[i, k, d] = _number(cell)
-                except ValueError:
-                    raise LabelsError(
-                        f"{path}: row {'/'.join(index[i])!r}, bodypart {name!r}: {c} = {cell!r} "
-                        "is not a number"
-                    ) from None
-    keypoints[np.isnan(keypoints).any(axis=2)] = np.nan
+        for a, animal in enumerate(individuals):
+            for k, name in enumerate(names):
+                for d, c in enumerate(("x", "y")):
+                    if (animal, name, c) not in column:
+                        continue
+                    cell = row[column[(animal, name, c)]]
+                    try:
+                        keypoints[i, a, k, d] = _number(cell)
+                    except ValueError:
+                        raise LabelsError(
+                            f"{path}: row {'/'.join(index[i])!r}, bodypart {name!r}: {c} = {cell!r} "
+                            "is not a number"
+                        ) from None
+    keypoints[np.isnan(keypoints).any(axis=-1)] = np.nan
+    several = len(individuals) > 1
     skeleton = []
     for edge in config.get("skeleton") or []:
         if isinstance(edge, list) and len(edge) == 2 and all(n in names for n in edge):
@@ -222,9 +228,11 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
     return Labels(
         names=names,
         frames=[_image_ref(path, ix) for ix in index],
-        keypoints=keypoints,
+        keypoints=keypoints[:, 0],
         skeleton=skeleton,
         source=path,
+        individuals=individuals if several else [],
+        instances=keypoints if several else None,
     )
 
 

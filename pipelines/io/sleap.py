@@ -55,7 +55,9 @@ def read_sleap(path: str | Path, track: str | None = None) -> Labels:
     path : str or Path
         The labels file.
     track : str, optional
-        Name of the track (animal) to read. By default the first user-labelled instance of each frame is used.
+        Name of the track (animal) to read. By default every user-labelled instance of each frame is read:
+        with several in some frame, ``Labels.instances`` holds them all (adaptation trains on all of them)
+        and ``Labels.individuals`` names them by track (``instance_<i>`` for untracked instances).
 
     Returns
     -------
@@ -101,6 +103,7 @@ def read_sleap(path: str | Path, track: str | None = None) -> Labels:
         raise LabelsError(f"{path}: the labelled instances use more than one skeleton; ppmtrack needs one")
     names = list(skeleton.node_names)
     keypoints = np.stack([inst.numpy(invisible_as_nan=True) for _, inst in chosen]).astype(np.float64)
+    individuals, instances = _all_user_instances(sl, chosen) if track is None else ([], None)
     flip_pairs = []
     for sym in getattr(skeleton, "symmetries", []):
         a, b = sorted(n.name for n in sym.nodes)
@@ -113,7 +116,34 @@ def read_sleap(path: str | Path, track: str | None = None) -> Labels:
         skeleton=[(e.source.name, e.destination.name) for e in skeleton.edges],
         flip_pairs=flip_pairs,
         source=path,
+        individuals=individuals,
+        instances=instances,
     )
+
+
+def _all_user_instances(sl, chosen) -> tuple[list[str], np.ndarray | None]:
+    """Every user instance of the chosen frames, by track name (else by position): (names, (F, N, K, 2))."""
+    per_frame = [[i for i in lf.user_instances] for lf, _ in chosen]
+    if max(len(users) for users in per_frame) < 2:
+        return [], None
+    names: list[str] = []
+    placed = []
+    for users in per_frame:
+        row = {}
+        for j, inst in enumerate(users):
+            name = inst.track.name if inst.track is not None else f"instance_{j}"
+            while name in row:  # two untracked or same-track instances in one frame
+                name += "_"
+            row[name] = inst.numpy(invisible_as_nan=True)
+            if name not in names:
+                names.append(name)
+        placed.append(row)
+    k = len(chosen[0][1].skeleton.node_names)
+    instances = np.full((len(chosen), len(names), k, 2), np.nan)
+    for f, row in enumerate(placed):
+        for name, xy in row.items():
+            instances[f, names.index(name)] = xy
+    return names, instances
 
 
 def write_sleap_analysis(
