@@ -80,14 +80,17 @@ def region_appearance(features: torch.Tensor, masks: np.ndarray) -> np.ndarray:
 
 
 def foreground_regions(foreground: np.ndarray, threshold: float = 0.5, min_area: int = 4) -> list[np.ndarray]:
-    """Connected regions of the foreground map above ``threshold`` times its maximum, largest mass first.
+    """Connected regions of the foreground map above a threshold between its minimum and maximum.
+
+    The maps of a diffusion model are low in contrast and their level varies from frame to frame, so the
+    threshold is relative: a cell is foreground when ``M_f >= min + threshold * (max - min)``.
 
     Parameters
     ----------
     foreground : np.ndarray
         (R, R) foreground map M_f.
     threshold : float, default 0.5
-        Cells at or above ``threshold * max(M_f)`` are foreground.
+        Fraction of the way from the map's minimum to its maximum.
     min_area : int, default 4
         Regions with fewer cells are dropped.
 
@@ -96,10 +99,10 @@ def foreground_regions(foreground: np.ndarray, threshold: float = 0.5, min_area:
     list of np.ndarray
         (R, R) bool masks.
     """
-    peak = float(foreground.max())
-    if not np.isfinite(peak) or peak <= 0:
+    low, peak = float(foreground.min()), float(foreground.max())
+    if not np.isfinite(peak) or peak <= 0 or peak - low <= 1e-6 * peak:
         return []
-    labels, n = ndimage.label(foreground >= threshold * peak, structure=np.ones((3, 3)))
+    labels, n = ndimage.label(foreground >= low + threshold * (peak - low), structure=np.ones((3, 3)))
     masks = [labels == i for i in range(1, n + 1)]
     masks = [m for m in masks if m.sum() >= min_area]
     return sorted(masks, key=lambda m: -float(foreground[m].sum()))

@@ -288,3 +288,38 @@ def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: st
             tmp.unlink(missing_ok=True)
         written.append(path)
     return written
+
+
+def write_dlc_multi(tracks: dict[str, Tracks], out_dir: str | Path, stem: str, *, engine_name: str) -> list[Path]:
+    """Write several animals' tracks as a DeepLabCut multi-animal table (``<stem><scorer>.h5`` and ``.csv``).
+
+    ``tracks`` maps each individual's name to its Tracks (all on one frame axis). The columns have DeepLabCut's
+    four levels scorer/individuals/bodyparts/coords; rows are video frame numbers as in :func:`write_dlc`.
+    """
+    pd = _import_pandas(Path(out_dir) / stem)
+    scorer = "ppmtrack_" + re.sub(r"[^A-Za-z0-9._-]", "_", engine_name)
+    first = next(iter(tracks.values()))
+    n_rows = int(first.frame.max()) + 1 if len(first) else 0
+    data = np.full((n_rows, len(tracks), len(first.names), 3), np.nan)
+    for a, animal in enumerate(tracks.values()):
+        data[animal.frame, a, :, :2] = animal.xy
+        data[animal.frame, a, :, 2] = animal.confidence
+    columns = pd.MultiIndex.from_product([[scorer], list(tracks), list(first.names), ["x", "y", "likelihood"]],
+                                         names=list(LEVELS_MULTI))
+    df = pd.DataFrame(data.reshape(n_rows, -1), index=np.arange(n_rows, dtype=np.int64), columns=columns)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix in (".h5", ".csv"):
+        path = out_dir / f"{stem}{scorer}{suffix}"
+        tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        try:
+            if suffix == ".h5":
+                df.to_hdf(tmp, key="df_with_missing", format="table", mode="w")
+            else:
+                df.to_csv(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        written.append(path)
+    return written

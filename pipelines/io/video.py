@@ -71,10 +71,12 @@ class AnnotatedVideoWriter:
         Number of past positions drawn as a fading trail behind each keypoint (0: no trail).
     min_confidence : float
         Keypoints with lower confidence, or not visible, are drawn as dimmer hollow circles.
+    colours : array-like, optional
+        (K, 3) RGB colour of each keypoint instead of the palette (several animals: one colour per animal).
     """
 
     def __init__(self, path, width: int, height: int, fps, names, skeleton=(), trail: int = 8,
-                 min_confidence: float = 0.5):
+                 min_confidence: float = 0.5, colours=None):
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
         self.names = list(names)
@@ -84,7 +86,8 @@ class AnnotatedVideoWriter:
             raise ValueError(f"{self.path}: skeleton names unknown keypoint {unknown[0]!r}")
         self.edges = [(index[a], index[b]) for a, b in skeleton]
         self.min_confidence = float(min_confidence)
-        self.colours = np.array([PALETTE[k % len(PALETTE)] for k in range(len(self.names))], dtype=np.float64)
+        self.colours = np.array([PALETTE[k % len(PALETTE)] for k in range(len(self.names))] if colours is None
+                                else colours, dtype=np.float64).reshape(len(self.names), 3)
         self.radius = max(4, round(min(self.width, self.height) / 150))
         self.history: deque[np.ndarray] = deque(maxlen=max(int(trail), 0) + 1)
 
@@ -107,8 +110,10 @@ class AnnotatedVideoWriter:
         self.last_pts = -1
 
     def write(self, image: np.ndarray, xy: np.ndarray, confidence: np.ndarray, visible: np.ndarray,
-              time: float | None = None) -> None:
+              time: float | None = None, labels=()) -> None:
         """Draw one frame's keypoints on a copy of ``image`` (RGB uint8, H×W×3) and encode it.
+
+        ``labels``: (text, (x, y), rgb) tuples written on the frame, e.g. each animal's identity.
 
         ``xy`` is (K, 2) with NaN for a lost keypoint (not drawn); ``confidence`` and ``visible`` are (K,).
         ``time`` (seconds) sets the frame's presentation time so the output follows the input's timing;
@@ -127,6 +132,10 @@ class AnnotatedVideoWriter:
         self._draw_trails(canvas)
         self._draw_skeleton(canvas, xy, strong)
         self._draw_points(canvas, xy, strong)
+        for text, (x, y), colour in labels:
+            cv2.putText(canvas, str(text), (int(x), int(y)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(canvas, str(text), (int(x), int(y)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, _rgb(colour), 1,
+                        cv2.LINE_AA)
 
         pts = self.count * self.ticks_per_frame if time is None else round(time / self.time_base)
         pts = max(pts, self.last_pts + 1)
