@@ -206,7 +206,8 @@ class MultiEvalResult:
         Ground-truth animal → mean keypoint distance of its matches.
     identity_switches : dict of str to int
         Ground-truth animal → how often the predicted identity matched to it changed from one matched frame
-        to the next.
+        to the next; only matches whose mean keypoint error is within ``switch_alpha`` · bbox size count
+        (a far-off match says nothing about identity).
     matched_to : dict of str to str
         Ground-truth animal → the predicted identity matched to it most often.
     n_frames : int
@@ -245,13 +246,13 @@ def match_animals(predicted: np.ndarray, truth: np.ndarray) -> list[tuple[int, i
 
 
 def evaluate_multi(tracks: dict[str, Tracks], truth: Labels, thresholds=(0.05, 0.1, 0.2), use: str = "xy",
-                   min_bbox_size: float = MIN_BBOX_SIZE_PX) -> MultiEvalResult:
+                   min_bbox_size: float = MIN_BBOX_SIZE_PX, switch_alpha: float = 0.2) -> MultiEvalResult:
     """Score several animals' tracks (individual → Tracks on one frame axis) against truth with individuals.
 
     In each truth frame the predicted animals are matched to the ground-truth animals by
     :func:`match_animals`; PCK is computed per ground-truth animal as in :func:`evaluate`, with the bbox of
     that animal's labelled keypoints; an identity switch is counted when the predicted identity matched to a
-    ground-truth animal differs from the one matched to it in its previous matched frame.
+    ground-truth animal differs from the one matched to it in its previous frame with a close match.
     """
     if use not in ("xy", "raw"):
         raise ValueError(f"use must be 'xy' or 'raw', got {use!r}")
@@ -292,12 +293,13 @@ def evaluate_multi(tracks: dict[str, Tracks], truth: Labels, thresholds=(0.05, 0
                 continue
             m = matched[a]
             votes[a][m] = votes[a].get(m, 0) + 1
-            if previous[a] is not None and previous[a] != m:
-                switches[a] += 1
-            previous[a] = m
             error = np.linalg.norm(predicted[m] - gt[i, a], axis=1)[seen]
             errors[a].extend(error[np.isfinite(error)].tolist())
             size = _bbox_sizes(gt[i, a][None], float(min_bbox_size))[0]
+            if np.nanmean(error) <= switch_alpha * size:
+                if previous[a] is not None and previous[a] != m:
+                    switches[a] += 1
+                previous[a] = m
             for alpha in thresholds:
                 correct[alpha][a] += np.sum(np.nan_to_num(error, nan=np.inf) <= alpha * size)
     if not n_frames:
@@ -322,7 +324,8 @@ def format_multi_report(result: MultiEvalResult) -> str:
              f"(predicted animals matched per frame by mean keypoint distance)"]
     for a in result.thresholds:
         lines.append(f"PCK@{a:g}: {result.pck_all[a]:.3f} (all animals)")
-    lines.append(f"identity switches: {sum(result.identity_switches.values())} "
+    lines.append(f"identity switches (among matches within 0.2 of the animal's size): "
+                 f"{sum(result.identity_switches.values())} "
                  f"({result.switches_per_1000_frames:.1f} per 1000 frames)")
     width = max([len("animal"), *(len(n) for n in result.individuals)])
     header = f"{'animal':<{width}}  {'matched to':>10}" + "".join(
