@@ -39,7 +39,7 @@ from ppmtrack.tracker.identity import UNASSIGNED, IdentityParams, IdentityTracke
 
 logger = logging.getLogger("ppmtrack")
 
-MULTI_FORMATS = ("dlc",)
+MULTI_FORMATS = ("dlc", "sleap")
 MAX_LISTED_UNCERTAIN = 200
 
 
@@ -129,7 +129,8 @@ def track_video_multi(
     max_animals
         With ``animals="auto"``: most animals at once.
     output_formats
-        "csv" (always written) and "dlc" (DeepLabCut multi-animal table).
+        "csv" (always written), "dlc" (DeepLabCut multi-animal table), "sleap" (SLEAP analysis HDF5 with one
+        track per animal).
     smoothing
         Each identity's keypoint filter (``min_confidence`` also decides which keypoints count for identity).
     identity
@@ -263,7 +264,8 @@ def track_video_multi(
         if summary.frames_processed and identities.smoothers:
             try:
                 _finish(summary, identities, engine, paths, extra, stem, name, frames_seen, times_seen,
-                        rts=not info.is_live and summary.status == "complete")
+                        rts=not info.is_live and summary.status == "complete",
+                        video_path=None if info.is_live else source_spec)
             except BaseException as exc:
                 failure = exc
     if failure is not None:
@@ -277,7 +279,7 @@ def track_video_multi(
 
 
 def _finish(summary, identities: _Identities, engine, paths, extra, stem, engine_name, frames, times,
-            rts: bool) -> None:
+            rts: bool, video_path=None) -> None:
     """RTS-smooth each identity and rewrite the CSV atomically (complete file runs); the extra formats."""
     tracks = identities.tracks(engine.names, engine.skeleton, frames, times)
     if rts:
@@ -288,11 +290,18 @@ def _finish(summary, identities: _Identities, engine, paths, extra, stem, engine
             tracks[name] = dataclasses.replace(animal, xy=xy, visible=visible)
         write_multi_tracks_csv(tracks, paths["csv"])
         summary.csv_positions = "rts"
+    written = []
     if "dlc" in extra:
         from ppmtrack.pipelines.io.dlc import write_dlc_multi
 
-        summary.outputs["formats"] = [str(p) for p in write_dlc_multi(tracks, paths["csv"].parent, stem,
-                                                                      engine_name=engine_name)]
+        written += write_dlc_multi(tracks, paths["csv"].parent, stem, engine_name=engine_name)
+    if "sleap" in extra:
+        from ppmtrack.pipelines.io.sleap import write_sleap_analysis_multi
+
+        written.append(write_sleap_analysis_multi(tracks, paths["csv"].parent / f"{stem}.analysis.h5",
+                                                  engine_name=engine_name, video_path=video_path,
+                                                  fps=summary.input["fps"]))
+    summary.outputs["formats"] = [str(p) for p in written]
 
 
 class _AnimalVideo:

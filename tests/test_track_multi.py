@@ -8,6 +8,7 @@ pipeline, identities and writers, not the model (tests/test_multi_engine.py chec
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,8 +21,7 @@ from ppmtrack.pipelines.io.csv import read_multi_tracks_csv
 from ppmtrack.pipelines.track_multi import parse_animals, track_video_multi
 from ppmtrack.tracker.identity import IdentityParams
 
-from conftest import SAMPLES
-
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 N_FRAMES = 130  # through the touching pass around frame 99
 
 
@@ -62,7 +62,7 @@ def truth():
 def run(tmp_path_factory, truth):
     out = tmp_path_factory.mktemp("multi")
     summary = track_video_multi(SAMPLES / "pair.mp4", TruthEngine(truth), out, animals=2, stop=N_FRAMES,
-                                output_formats=["csv", "dlc"], progress=False, batch_size=4)
+                                output_formats=["csv", "dlc", "sleap"], progress=False, batch_size=4)
     return out, summary
 
 
@@ -95,6 +95,17 @@ def test_dlc_multi_animal_table_loads_in_movement_with_the_csv_coordinates(run):
     out, summary = run
     h5 = [p for p in summary.outputs["formats"] if p.endswith(".h5")][0]
     ds = load_poses.from_dlc_file(h5)
+    assert list(ds.individuals.values) == ["animal1", "animal2"]
+    tracks = read_multi_tracks_csv(out / "pair.csv")
+    for name, animal in tracks.items():
+        position = ds.position.sel(individuals=name).transpose("time", "keypoints", "space").values
+        np.testing.assert_allclose(position[animal.frame], animal.xy, atol=1e-3)
+
+
+def test_sleap_analysis_file_has_one_track_per_animal_and_loads_in_movement(run):
+    load_poses = pytest.importorskip("movement.io.load_poses")
+    out, summary = run
+    ds = load_poses.from_sleap_file(out / "pair.analysis.h5")
     assert list(ds.individuals.values) == ["animal1", "animal2"]
     tracks = read_multi_tracks_csv(out / "pair.csv")
     for name, animal in tracks.items():

@@ -231,3 +231,44 @@ def write_sleap_analysis(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_sleap_analysis_multi(tracks: dict[str, Tracks], path: str | Path, *, engine_name: str,
+                               video_path: str | Path | None = None, fps: float | None = None) -> Path:
+    """Write several animals' tracks (individual name → Tracks, one frame axis) as one SLEAP analysis HDF5.
+
+    The file is :func:`write_sleap_analysis`'s with one track per animal: ``tracks`` (n_tracks, 2, n_nodes,
+    n_frames), ``track_occupancy`` (n_frames, n_tracks), ``point_scores``, ``instance_scores``,
+    ``tracking_scores`` and ``track_names`` (the individuals' names).
+    """
+    import h5py
+
+    path = Path(path)
+    names = list(tracks)
+    first = tracks[names[0]]
+    tmp = path.with_name(f".{path.stem}.multi{path.suffix}")
+    try:
+        write_sleap_analysis(first, tmp, engine_name=engine_name, video_path=video_path, fps=fps)
+        n_frames = int(first.frame.max()) + 1 if len(first) else 0
+        xy = np.full((len(names), n_frames, len(first.names), 2), np.nan)
+        scores = np.full((len(names), n_frames, len(first.names)), np.nan)
+        for a, animal in enumerate(tracks.values()):
+            xy[a, animal.frame], scores[a, animal.frame] = animal.xy, animal.confidence
+        present = np.isfinite(xy).all(axis=3)
+        with np.errstate(invalid="ignore"):
+            instance = np.where(present.any(axis=2), np.nansum(np.where(present, scores, 0), axis=2)
+                                / present.sum(axis=2), np.nan)
+        data = {"tracks": xy.transpose(0, 3, 2, 1), "track_occupancy": present.any(axis=2).T.astype(np.uint8),
+                "point_scores": scores.transpose(0, 2, 1), "instance_scores": instance,
+                "tracking_scores": np.full((len(names), n_frames), np.nan)}
+        with h5py.File(tmp, "r+") as f:
+            for key, values in data.items():
+                dims = f[key].attrs["dims"]
+                del f[key]
+                f.create_dataset(key, data=values, compression="gzip", compression_opts=9).attrs["dims"] = dims
+            del f["track_names"]
+            f.create_dataset("track_names", data=np.array([n.encode() for n in names]))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
