@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import cv2
@@ -96,3 +97,25 @@ def test_sleap_labels_with_two_instances_adapt_one_engine(tmp_path, pair_truth, 
     assert labels.individuals == ["lizard1", "lizard2"]
     engine = Engine.adapt(labels.to_support(), tiny_model, QUICK)
     assert engine.names == pair_truth.names
+
+
+def test_cli_adapt_track_animals_and_eval_on_the_pair_sample(tmp_path, capsys):
+    from ppmtrack.pipelines.cli import main
+
+    engine = tmp_path / "pair.engine"
+    assert main(["adapt", str(SAMPLES / "pair_support.json"), "--model", "tiny", "--resolution", "128",
+                 "--steps", "2", "--fg-steps", "1", "--views-per-frame", "2", "-o", str(engine)]) == 0
+    out = tmp_path / "out"
+    assert main(["track", str(SAMPLES / "pair.mp4"), "--engine", str(engine), "--animals", "2", "--stop", "6",
+                 "-o", str(out), "-q", "--output-format", "dlc"]) == 0
+    printed = capsys.readouterr().out
+    assert "identities (animal1, animal2)" in printed and "uncertain identity decisions" in printed
+    header = (out / "pair.csv").read_text().split("\n", 1)[0]
+    assert header == "frame,time,individual,keypoint,x,y,confidence,visible,raw_x,raw_y"
+    assert main(["eval", str(out / "pair.csv"), str(SAMPLES / "pair_truth.json")]) == 0
+    report = capsys.readouterr().out
+    assert "lizard1" in report and "identity switches" in report and "PCK@0.2" in report
+    if all(importlib.util.find_spec(m) for m in ("pynwb", "ndx_pose")):  # NWB of several animals: refused
+        assert main(["track", str(SAMPLES / "pair.mp4"), "--engine", str(engine), "--animals", "2", "--stop", "2",
+                     "-o", str(tmp_path / "nwb"), "-q", "--output-format", "nwb"]) == 2
+        assert "not written for several animals" in capsys.readouterr().err
