@@ -184,7 +184,8 @@ def track_video_multi(
     tracker = IdentityTracker(k, id_params, params)
     identities = _Identities(k, params)
     frames_seen: list[int] = []
-    times_seen: list[float] = []
+    times_seen: list[float] = []  # the frames' own times, as in the CSV
+    filter_times: list[float] = []  # strictly increasing, as the filters saw them
     video = None
     try:
         csv_writer = TracksCsvWriter(paths["csv"], engine.names, individuals=True)
@@ -207,6 +208,9 @@ def track_video_multi(
     try:
         for batch in batches:
             if batch.gap is not None:
+                gap = batch.gap
+                summary.gaps.append({"start_time": round(gap.start_time, 3), "end_time": round(gap.end_time, 3),
+                                     "duration_s": round(gap.duration, 3), "reason": gap.reason})
                 continue
             t0 = time.perf_counter()
             found = engine.predict_animals(np.stack([f.image for f in batch.frames]), n_max, exact=exact,
@@ -223,6 +227,7 @@ def track_video_multi(
                 identities.add_frame(t, measured)
                 frames_seen.append(frame.index)
                 times_seen.append(frame.time)
+                filter_times.append(t)
                 for i in range(len(identities.smoothers)):
                     csv_writer.write_frame(frame.index, frame.time, identities.xy[i][-1], identities.conf[i][-1],
                                            identities.visible[i][-1], identities.raw[i][-1],
@@ -263,7 +268,7 @@ def track_video_multi(
         summary.status = "interrupted" if halt.is_set() else "complete"
         if summary.frames_processed and identities.smoothers:
             try:
-                _finish(summary, identities, engine, paths, extra, stem, name, frames_seen, times_seen,
+                _finish(summary, identities, engine, paths, extra, stem, name, frames_seen, times_seen, filter_times,
                         rts=not info.is_live and summary.status == "complete",
                         video_path=None if info.is_live else source_spec)
             except BaseException as exc:
@@ -279,14 +284,13 @@ def track_video_multi(
 
 
 def _finish(summary, identities: _Identities, engine, paths, extra, stem, engine_name, frames, times,
-            rts: bool, video_path=None) -> None:
+            filter_times, rts: bool, video_path=None) -> None:
     """RTS-smooth each identity and rewrite the CSV atomically (complete file runs); the extra formats."""
     tracks = identities.tracks(engine.names, engine.skeleton, frames, times)
     if rts:
-        filter_times = np.maximum.accumulate(np.array(times, dtype=np.float64))
-        filter_times = filter_times + np.arange(len(filter_times)) * 1e-9  # strictly increasing
         for name, animal in tracks.items():
-            xy, visible = smooth_keypoints(animal.raw_xy, animal.confidence, filter_times, identities.params)
+            xy, visible = smooth_keypoints(animal.raw_xy, animal.confidence, np.array(filter_times),
+                                           identities.params)
             tracks[name] = dataclasses.replace(animal, xy=xy, visible=visible)
         write_multi_tracks_csv(tracks, paths["csv"])
         summary.csv_positions = "rts"
