@@ -69,16 +69,7 @@ def read_sleap(path: str | Path, track: str | None = None) -> Labels:
         to the ``.slp``).
     """
     path = Path(path)
-    try:
-        import sleap_io
-    except ImportError:
-        raise ImportError(f"{path}: reading SLEAP files needs sleap-io; {FORMATS_EXTRA_HINT}") from None
-    if not path.is_file():
-        raise LabelsError(f"{path}: no such SLEAP labels file")
-    try:
-        sl = sleap_io.load_slp(str(path), open_videos=True)
-    except Exception as e:  # sleap-io and h5py raise many types for malformed files
-        raise LabelsError(f"{path}: not a readable SLEAP .slp file ({type(e).__name__}: {e})") from None
+    sl = _load_slp(path, open_videos=True, what="SLEAP labels file")
     if track is not None and track not in [t.name for t in sl.tracks]:
         raise LabelsError(
             f"{path}: has no track {track!r}; tracks: {', '.join(t.name for t in sl.tracks) or 'none'}"
@@ -124,19 +115,24 @@ def _skeleton_parts(skeleton) -> tuple[list[str], list[tuple[str, str]], list[tu
     return list(skeleton.node_names), [(e.source.name, e.destination.name) for e in skeleton.edges], flip_pairs
 
 
-def read_sleap_skeleton(path: str | Path) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
-    """Node names, edges and flip pairs of the first skeleton of a SLEAP file, labelled or not (e.g. predictions)."""
-    path = Path(path)
+def _load_slp(path: Path, open_videos: bool, what: str):
+    """``sleap_io.load_slp`` with the errors a user can act on (missing package, missing or malformed file)."""
     try:
         import sleap_io
     except ImportError:
         raise ImportError(f"{path}: reading SLEAP files needs sleap-io; {FORMATS_EXTRA_HINT}") from None
     if not path.is_file():
-        raise LabelsError(f"{path}: no such SLEAP file")
+        raise LabelsError(f"{path}: no such {what}")
     try:
-        sl = sleap_io.load_slp(str(path), open_videos=False)
+        return sleap_io.load_slp(str(path), open_videos=open_videos)
     except Exception as e:  # sleap-io and h5py raise many types for malformed files
         raise LabelsError(f"{path}: not a readable SLEAP .slp file ({type(e).__name__}: {e})") from None
+
+
+def read_sleap_skeleton(path: str | Path) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Node names, edges and flip pairs of the first skeleton of a SLEAP file, labelled or not (e.g. predictions)."""
+    path = Path(path)
+    sl = _load_slp(path, open_videos=False, what="SLEAP file")
     if not sl.skeletons:
         raise LabelsError(f"{path}: defines no skeleton")
     return _skeleton_parts(sl.skeletons[0])
