@@ -222,23 +222,15 @@ def _speed_config(args):
                        encoder=args.encoder, reuse_every=args.reuse_every)
 
 
-def run_track(args) -> int:
-    """``ppmtrack track``: track a video file or stream with an engine file or a support set."""
+def _load_engine(args, out_dir: Path, inputs: list[str], device: str | None = None):
+    """The engine of ``track``: --engine (torch or ONNX) or adapted on --support; returns (engine, path)."""
     from ppmtrack.engine import Engine
-    from ppmtrack.pipelines.sources import is_live_spec, probe_source
-    from ppmtrack.pipelines.track import check_output_formats, check_selection, prepare_output_dir, track_video
-    from ppmtrack.tracker import SmoothingParams
+    from ppmtrack.pipelines.sources import is_live_spec, open_source
 
-    formats = check_output_formats(args.output_format.split(","))
-    # a bad file or an empty selection fails now, not after loading a model or a long adaptation
-    check_selection(args.start, args.stop, args.stride,
-                    None if is_live_spec(args.video) else probe_source(args.video).n_frames)
-    if args.plots:  # fail now, not after the run, when matplotlib is missing
-        from ppmtrack.pipelines.plots import pyplot
-
-        pyplot()
-    out_dir = prepare_output_dir(args.output)
-    smoothing = None if args.min_confidence is None else SmoothingParams(min_confidence=args.min_confidence)
+    if args.support:  # a bad file fails now, not after a long adaptation
+        for spec in inputs:
+            if not is_live_spec(spec):
+                open_source(spec).close()
     backend = args.backend
     if backend == "auto":
         backend = "onnx" if args.engine and args.engine.endswith(".onnx") else "torch"
@@ -247,42 +239,177 @@ def run_track(args) -> int:
             raise ValueError("--backend onnx needs --engine FILE.onnx (make one with 'ppmtrack export-onnx')")
         from ppmtrack.engine.onnx_runtime import OnnxEngine
 
-        engine = OnnxEngine.load(args.engine)
+        return OnnxEngine.load(args.engine), Path(args.engine)
+    if args.engine:
         engine_path = Path(args.engine)
     else:
-        if args.engine:
-            engine_path = Path(args.engine)
-        else:
-            from ppmtrack.engine import DEFAULT_MODEL
+        from ppmtrack.engine import DEFAULT_MODEL
 
-            engine_path = out_dir / f"{Path(args.support).stem}.engine"
-            key = support_key(args, args.model or DEFAULT_MODEL)
-            if _engine_support_key(engine_path) == key:
-                print(f"reusing {engine_path}: adapted on the same support file and settings")
-            else:
-                adapted = _adapt_engine(args, args.model or DEFAULT_MODEL)
-                adapted.info["support_key"] = key
-                adapted.save(engine_path)
-                print(f"wrote {engine_path} (reuse it with --engine)")
-        # one way to build the tracking engine, adapted just now or not: from its file, with the speed switches
-        engine = Engine.load(engine_path, model=args.model, device=args.device, dtype=args.dtype,
-                             speed=_speed_config(args))
+        engine_path = out_dir / f"{Path(args.support).stem}.engine"
+        key = support_key(args, args.model or DEFAULT_MODEL)
+        if _engine_support_key(engine_path) == key:
+            print(f"reusing {engine_path}: adapted on the same support file and settings")
+        else:
+            adapted = _adapt_engine(args, args.model or DEFAULT_MODEL)
+            adapted.info["support_key"] = key
+            adapted.save(engine_path)
+            print(f"wrote {engine_path} (reuse it with --engine)")
+    # one way to build the tracking engine, adapted just now or not: from its file, with the speed switches
+    return Engine.load(engine_path, model=args.model, device=device or args.device, dtype=args.dtype,
+                       speed=_speed_config(args)), engine_path
+
+
+def _track_kwargs(args, formats: list[str]) -> dict:
+    from ppmtrack.tracker import SmoothingParams
+
+    smoothing = None if args.min_confidence is None else SmoothingParams(min_confidence=args.min_confidence)
+    return dict(batch_size=args.batch_size, start=args.start, stop=args.stop, stride=args.stride,
+                write_video=not args.no_video, output_formats=["csv", *formats], smoothing=smoothing,
+                smooth=args.smooth, flow=args.flow, drop_policy=args.drop_policy,
+                ffmpeg_options={"rtsp_transport": args.rtsp_transport} if args.rtsp_transport else None,
+                max_reconnect_s=args.max_reconnect_s, resume=args.resume, plots=args.plots,
+                with_raw=args.with_raw, subject_id=args.subject_id, species=args.species)
+
+
+def _is_batch(args, inputs: list[str]) -> bool:
+    """Several inputs, or one named by a folder, glob or list: a batch (with its batch summary)."""
+    return len(inputs) > 1 or bool(args.devices or args.ray) or any(
+        Path(spec).is_dir() or Path(spec).suffix.lower() in (".txt", ".list", ".lst") or "*" in spec
+        or "?" in spec for spec in args.videos)
+
+
+def run_track(args) -> int:
+    """``ppmtrack track``: track video files or streams with an engine file or a support set."""
+    from ppmtrack.pipelines.batch import expand_inputs, plan_batch
+    from ppmtrack.pipelines.outputs import engine_identity
+    from ppmtrack.pipelines.sources import is_live_spec, probe_source
+    from ppmtrack.pipelines.track import (
+        check_output_formats,
+        check_selection,
+        file_sha256,
+        prepare_output_dir,
+        track_video,
+    )
+
+    formats = check_output_formats(args.output_format.split(","))
+    check_selection(args.start, args.stop, args.stride)
+    if args.plots:  # fail now, not after the run, when matplotlib is missing
+        from ppmtrack.pipelines.plots import pyplot
+
+        pyplot()
+    inputs = expand_inputs(args.videos, args.videotype, args.recursive)
+    live = [spec for spec in inputs if is_live_spec(spec)]
+    if live and len(live) != len(inputs):
+        raise ValueError("live streams and video files cannot be tracked in one command; run them separately")
+    if len(inputs) == 1 and not live:  # a bad file or an empty selection fails now, before loading a model
+        check_selection(args.start, args.stop, args.stride, probe_source(inputs[0]).n_frames)
+    out_dir = prepare_output_dir(args.output)
+    if args.ray:
+        if live or not args.engine:
+            raise ValueError("--ray tracks video files with an engine file (--engine)")
+        return _run_ray(args, out_dir, inputs, formats)
+    engine, engine_path = _load_engine(args, out_dir, inputs, (_devices(args) or [None])[0])
+    sha = file_sha256(engine_path) if Path(engine_path).is_file() else None
+    items = plan_batch(inputs, out_dir, engine_identity(engine, engine_path, sha), args.overwrite)
+    kwargs = _track_kwargs(args, formats)
     stop_event = threading.Event()
+    if len(live) > 1:
+        return _run_streams(args, live, items, engine, engine_path, out_dir, kwargs, stop_event)
+    if _is_batch(args, inputs):
+        return _run_batch(args, items, engine, engine_path, out_dir, kwargs, stop_event)
+    item = items[0]
+    if item.status == "skipped":
+        print(f"skipped {item.video}: complete results of this engine are in {item.summary} "
+              "(--overwrite redoes them)")
+        return 0
     with _StopOnSignal(stop_event):
-        summary = track_video(
-            args.video, engine, out_dir, batch_size=args.batch_size, start=args.start, stop=args.stop,
-            stride=args.stride, write_video=not args.no_video, output_formats=["csv", *formats],
-            smoothing=smoothing, smooth=args.smooth, flow=args.flow, drop_policy=args.drop_policy,
-            progress=not args.quiet, stop_event=stop_event, engine_path=engine_path,
-            ffmpeg_options={"rtsp_transport": args.rtsp_transport} if args.rtsp_transport else None,
-            max_reconnect_s=args.max_reconnect_s, resume=args.resume, plots=args.plots, with_raw=args.with_raw,
-            subject_id=args.subject_id, species=args.species,
-        )
+        summary = track_video(item.spec, engine, out_dir, stem=item.stem, overwrite=args.overwrite,
+                              progress=not args.quiet, stop_event=stop_event, engine_path=engine_path, **kwargs)
     print(summary.describe())
     outputs = [summary.outputs["csv"], summary.outputs["video"], *summary.outputs["formats"],
                *summary.outputs.get("plots", []), summary.outputs["summary"]]
     print("wrote " + ", ".join(str(p) for p in outputs if p))
     return EXIT_INTERRUPTED if summary.status == "interrupted" else 0
+
+
+def _devices(args) -> list[str]:
+    from ppmtrack.pipelines.batch import parse_devices
+
+    return parse_devices(args.devices)
+
+
+def _batch_exit(result, out_dir: Path, extra: dict) -> int:
+    """Write the batch summary, print its line; exit status 2 if a video failed, 130 if interrupted."""
+    from ppmtrack.pipelines.batch import write_batch_summary
+
+    result.csv_path, result.json_path = write_batch_summary(result.items, out_dir, extra)
+    print(result.describe())
+    for item in result.failed:
+        print(f"  failed: {item.video}: {item.error}")
+    print(f"wrote {result.csv_path}, {result.json_path}")
+    if result.failed:
+        print(f"ppmtrack: error: {len(result.failed)} of {len(result.items)} videos failed (see "
+              f"{result.csv_path})", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_INTERRUPTED if any(i.status in ("interrupted", "not run") for i in result.items) else 0
+
+
+def _run_batch(args, items, engine, engine_path, out_dir, kwargs, stop_event) -> int:
+    from ppmtrack.engine import Engine
+    from ppmtrack.pipelines.batch import BatchResult, run_batch
+
+    devices = _devices(args) or [str(getattr(getattr(engine, "model", None), "device", "cpu"))]
+
+    def loader(device: str, first: bool):
+        if first or not isinstance(engine, Engine):  # an ONNX session is shared by the workers
+            return lambda: engine
+        return lambda: Engine.load(engine_path, model=args.model, device=device, dtype=args.dtype,
+                                   speed=_speed_config(args))
+
+    loaders = [(f"{device}#{i}", loader(device, i == 0)) for i, device in enumerate(devices)]
+    with _StopOnSignal(stop_event):
+        run_batch(items, out_dir, loaders, track_kwargs={**kwargs, "engine_path": engine_path},
+                  overwrite=args.overwrite, progress=not args.quiet, stop_event=stop_event)
+    return _batch_exit(BatchResult(items), out_dir, {"engine": str(Path(engine_path).resolve()),
+                                                     "workers": devices})
+
+
+def _run_ray(args, out_dir, inputs, formats) -> int:
+    from ppmtrack.pipelines.batch import BatchResult, plan_batch
+    from ppmtrack.pipelines.cluster import run_batch_ray
+    from ppmtrack.pipelines.outputs import engine_file_identity
+
+    items = plan_batch(inputs, out_dir, engine_file_identity(args.engine, args.model), args.overwrite)
+    load_kwargs = {"model": args.model, "device": args.device, "dtype": args.dtype}
+    stop_event = threading.Event()
+    with _StopOnSignal(stop_event):
+        # on Ray, --resume is not needed: complete videos are skipped and unfinished ones redone from the start
+        run_batch_ray(items, out_dir, args.engine, args.ray, track_kwargs={**_track_kwargs(args, formats),
+                                                                           "resume": False},
+                      load_kwargs=load_kwargs, workers=args.ray_workers, overwrite=args.overwrite,
+                      progress=not args.quiet, stop_event=stop_event)
+    return _batch_exit(BatchResult(items), out_dir, {"engine": str(Path(args.engine).resolve()),
+                                                     "ray": args.ray})
+
+
+def _run_streams(args, urls, items, engine, engine_path, out_dir, kwargs, stop_event) -> int:
+    from ppmtrack.pipelines.batch import BatchResult, fill_from_summary
+    from ppmtrack.pipelines.multistream import track_streams
+
+    with _StopOnSignal(stop_event):
+        results = track_streams(urls, engine, out_dir, stems={i.video: i.stem for i in items},
+                                stop_event=stop_event, max_batch=args.batch_size * len(urls),
+                                progress=not args.quiet, engine_path=engine_path, overwrite=args.overwrite,
+                                **kwargs)
+    for item in items:
+        outcome = results.get(item.spec)
+        if isinstance(outcome, BaseException) or outcome is None:
+            item.status, item.error = "failed", " ".join(str(outcome).split()) or type(outcome).__name__
+        else:
+            item.status = outcome.status
+            fill_from_summary(item, outcome.to_dict())
+    return _batch_exit(BatchResult(items), out_dir, {"engine": str(Path(engine_path).resolve()),
+                                                     "streams": len(urls)})
 
 
 # ---- evaluation and conversion ----------------------------------------------------------------------------
@@ -510,11 +637,21 @@ examples:
   ppmtrack track session1.mp4 --engine lizard.engine -o results/ --start 300 --stop 1200 --stride 2
   ppmtrack track session1.mp4 --engine lizard.engine -o results/ --output-format csv,dlc,nwb
   ppmtrack track rtsp://user:pw@10.0.0.5:554/live --engine lizard.engine -o live/
+  ppmtrack track videos/ --videotype .mp4,.avi --recursive --engine lizard.engine -o results/
+  ppmtrack track 'day*/cam1.mp4' sessions.txt --engine lizard.engine -o results/ --devices cuda:0,cuda:1
+  ppmtrack track videos/ --engine lizard.engine -o /shared/results/ --ray auto
+  ppmtrack track rtsp://cam1/live rtsp://cam2/live --engine lizard.engine -o live/ --no-video
 
 Writes DIR/STEM.csv (tracks), DIR/STEM.mp4 (annotated video) and DIR/STEM.summary.json, where STEM is the
 video's file name without extension, or for a URL its host, port and path joined by '_'
 (rtsp://user:pw@10.0.0.5:554/live/cam1 -> 10.0.0.5_554_live_cam1). Ctrl-C stops cleanly: every output is
 closed and valid and the summary says "interrupted" (exit status 130).
+
+Never overwritten: inputs (if STEM.mp4 would be the input video, the annotated video is STEM.ppmtrack.mp4)
+and complete results (a video with complete results of the same engine is skipped; --overwrite redoes it).
+Two inputs with one file name get distinct stems (day2_cam1, cam1_mkv). Several inputs make a batch: a
+failing video is recorded and the others go on; DIR/batch_summary.csv and .json list every video, and the
+exit status is 2 if any failed.
 """
 
 
@@ -610,7 +747,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="track a video file or live stream", epilog=TRACK_EXAMPLES,
         description="Track keypoints through a video file or a live stream (rtsp, http(s), udp, tcp, srt).",
     )
-    track.add_argument("video", metavar="VIDEO_OR_URL", help="video file or stream URL")
+    track.add_argument("videos", nargs="+", metavar="VIDEO_OR_URL",
+                       help="video files, folders of videos, quoted globs ('sessions/*/cam1.mp4'), text files "
+                            "listing videos (.txt), or stream URLs (several URLs: tracked at once)")
     which = track.add_mutually_exclusive_group(required=True)
     which.add_argument("--engine", metavar="ENGINE",
                        help="adapted engine file (from 'ppmtrack adapt'), or an .onnx export of one")
@@ -670,10 +809,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="recompute the deep UNet features every K frames only (DeepCache-style; 1 = off)")
     track.add_argument("--resume", action="store_true",
                        help="continue an interrupted, failed or killed run of this file in DIR after the last "
-                            "complete frame of its CSV (same engine and frame selection)")
+                            "complete frame of its CSV (same engine and frame selection); with several videos, "
+                            "each unfinished one is resumed and the others are tracked")
     track.add_argument("--plots", action="store_true",
                        help="at the end, write PNG plots (trajectories, confidence, speed; see 'ppmtrack plot')")
-    track.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status lines")
+    many = track.add_argument_group("many videos and clusters (docs/cli.md, docs/cluster.md)")
+    many.add_argument("--videotype", metavar="EXTS",
+                      help="extensions of the videos taken from folders, e.g. .mp4,.avi (default: common "
+                           "video extensions)")
+    many.add_argument("--recursive", action="store_true", help="also take videos from sub-folders")
+    many.add_argument("--overwrite", action="store_true",
+                      help="redo videos whose complete results exist (the whole earlier set of files of each is "
+                           "removed); default: skip them")
+    many.add_argument("--devices", metavar="LIST",
+                      help="one worker per device, videos from one queue: e.g. cuda:0,cuda:1, or 'all'")
+    many.add_argument("--ray", metavar="ADDRESS",
+                      help="track the videos on a Ray cluster: auto, ray://HOST:10001 or local "
+                           "(pip install 'ppmtrack[cluster]')")
+    many.add_argument("--ray-workers", type=int, dest="ray_workers", metavar="N",
+                      help="Ray actors (default: one per GPU of the cluster, else one per CPU)")
+    track.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
     track.set_defaults(run=run_track)
 
     evaluation = commands.add_parser(

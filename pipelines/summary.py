@@ -69,6 +69,7 @@ class RunSummary:
     finished_at: str | None = None
     wall_time_s: float = 0.0
     waiting_for_frames_s: float = 0.0
+    latency_s: dict = field(default_factory=dict)
     finalize_s: dict = field(default_factory=dict)
     stages: dict = field(default_factory=lambda: {name: StageTime() for name in STAGES})
 
@@ -84,6 +85,7 @@ class RunSummary:
         doc["wall_time_s"] = _round(self.wall_time_s)
         doc["waiting_for_frames_s"] = _round(self.waiting_for_frames_s)
         doc["finalize_s"] = {k: _round(v) for k, v in self.finalize_s.items()}
+        doc["latency_s"] = {k: _round(v) if k != "frames" else v for k, v in self.latency_s.items()}
         doc["stages"] = {name: {"busy_s": _round(s.busy_s), "frames": s.frames, "fps": _round(s.fps)}
                          for name, s in self.stages.items()}
         return doc

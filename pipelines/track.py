@@ -7,6 +7,7 @@ between them are bounded, so memory does not grow with the length of the run. Se
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import importlib.util
@@ -27,8 +28,9 @@ from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
 from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
+from ppmtrack.pipelines.outputs import assign_stems, engine_identity, input_identity, prepare_output_set
 from ppmtrack.pipelines.progress import progress_bar
-from ppmtrack.pipelines.sources import VideoFrame, is_live_spec, open_source, redact, redact_url
+from ppmtrack.pipelines.sources import Source, VideoFrame, is_live_spec, open_source, redact, redact_url
 from ppmtrack.pipelines.summary import RunSummary
 from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks
 from ppmtrack.tracker.flow import FlowParams
@@ -42,6 +44,7 @@ SMOOTH_MODES = ("auto", "rts", "causal")
 FLOW_MODES = ("auto", "off")
 STATUS_INTERVAL_S = 5.0
 WRITER_QUEUE_BATCHES = 2
+LATENCY_WINDOW = 100_000  # live: latency percentiles over the last this many frames
 DEFAULT_VIDEO_FPS = 30.0  # for the annotated video of a stream that declares no rate (frame times are kept)
 
 
@@ -145,7 +148,7 @@ class _TrackWriter:
 
     def __init__(self, engine, csv_path: Path, video: AnnotatedVideoWriter | None, params: SmoothingParams,
                  summary: RunSummary, keep: bool, previous: Tracks | None = None, flow: FlowParams | None = None,
-                 anchors: dict | None = None):
+                 anchors: dict | None = None, clock_origin: float | None = None):
         self.k = len(engine.names)
         self.smoother = OnlineSmoother(self.k, params, flow=flow)
         self.anchors = anchors or {}
@@ -167,6 +170,8 @@ class _TrackWriter:
         self.error: BaseException | None = None
         self.last_time: float | None = None
         self.first_time: float | None = None
+        self.clock_origin = clock_origin  # live: the monotonic time frame times count from (for latency)
+        self.latencies: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
         if previous is not None:
             self._continue_after(previous)
         self.thread = threading.Thread(target=self._run, daemon=True, name="ppmtrack-writer")
@@ -247,6 +252,8 @@ class _TrackWriter:
                                    frame.image.shape[0], self.video.width, self.video.height)
                 self.summary.video_frames_skipped += 1
         stages["writing"].add(time.perf_counter() - t1, 1)
+        if self.clock_origin is not None:
+            self.latencies.append(time.monotonic() - self.clock_origin - frame.time)
         self.summary.frames_processed += 1
         if self.summary.first_frame is None:
             self.summary.first_frame = frame.index
@@ -365,6 +372,18 @@ def _resume_point(paths: dict, source, engine, start: int, stop: int | None, str
     return tracks, previous
 
 
+def resumable(out_dir: Path, stem: str) -> bool:
+    """True if ``out_dir`` holds an unfinished run (summary not ``complete``, and its CSV) of the stem ``stem``."""
+    import json
+
+    summary_path, csv_path = Path(out_dir) / f"{stem}.summary.json", Path(out_dir) / f"{stem}.csv"
+    try:
+        earlier = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return earlier.get("status") != "complete" and csv_path.is_file()
+
+
 def _offer_resume(summary_path: Path) -> None:
     """Warn when an unfinished earlier run of this input is about to be started over: --resume continues it."""
     import json
@@ -413,12 +432,17 @@ def track_video(
     with_raw: bool = False,
     subject_id: str | None = None,
     species: str | None = None,
+    stem: str | None = None,
+    overwrite: bool = False,
+    source: Source | None = None,
 ) -> RunSummary:
     """Track keypoints through a video file or live stream and write the outputs to ``out_dir``.
 
     Writes ``<stem>.csv`` (tracks, see docs/outputs.md), ``<stem>.mp4`` (annotated video, unless
     ``write_video`` is False), the files of the other ``output_formats`` and ``<stem>.summary.json``.
-    ``<stem>`` is :func:`output_stem` of the source.
+    ``<stem>`` is :func:`output_stem` of the source, made unique among the inputs whose results are in
+    ``out_dir`` (:func:`pipelines.outputs.assign_stems`); the video is ``<stem>.ppmtrack.mp4`` where
+    ``<stem>.mp4`` would be the input itself. Inputs and complete results are never overwritten.
 
     Parameters
     ----------
@@ -475,6 +499,11 @@ def track_video(
     with_raw, subject_id, species
         Passed to :func:`pipelines.io.formats.write_tracks`: also write the raw measurements in the extra
         formats (``<stem>….raw.h5``, ``<stem>.raw.analysis.h5``, ``<stem>.raw.nwb``); the NWB ``Subject``.
+    stem, overwrite
+        The output set (:mod:`pipelines.outputs`): ``stem`` (default: a unique stem for this input), and
+        whether earlier complete results of it may be replaced (else :class:`OutputExistsError`).
+    source
+        The source already opened with these selection arguments (a batch opens the next video early).
 
     Returns
     -------
@@ -486,6 +515,8 @@ def track_video(
     ------
     OutputError
         ``out_dir`` cannot be written (before anything else happens).
+    pipelines.outputs.OutputExistsError
+        Results of this input are in ``out_dir`` and ``overwrite`` is False (see :mod:`pipelines.outputs`).
     pipelines.sources.SourceError
         The file is missing or not a video, or the stream cannot be reached.
     SelectionError
@@ -506,12 +537,14 @@ def track_video(
     video_style = annotation_style(engine, None if smoothing is None else smoothing.min_confidence)
     extra_formats = check_output_formats(output_formats)
     out_dir = prepare_output_dir(out_dir)
-    stem = output_stem(source_spec)
     halt = stop_event if stop_event is not None else threading.Event()
+    if stem is None:  # unique in out_dir, and the stem of this input's earlier results there (pipelines.outputs)
+        stem = assign_stems([source_spec], out_dir)[input_identity(source_spec)]
     paths = {"csv": out_dir / f"{stem}.csv", "video": out_dir / f"{stem}.mp4" if write_video else None,
              "summary": out_dir / f"{stem}.summary.json"}
     engine_path = engine_path or getattr(engine, "path", None)
     engine_sha256 = file_sha256(engine_path) if engine_path and Path(engine_path).is_file() else None
+    identity = engine_identity(engine, engine_path, engine_sha256)
     previous = previous_summary = summary_resumed = None
     first = start
     if resume:
@@ -529,9 +562,13 @@ def track_video(
     elif not (is_live_spec(source_spec) if live is None else live):
         _offer_resume(paths["summary"])
 
-    source = open_source(source_spec, start=first, stop=stop, stride=stride, live=live,
-                         queue_size=max(8, batch_size), drop_policy=drop_policy, stop_event=halt,
-                         ffmpeg_options=ffmpeg_options, max_reconnect_s=max_reconnect_s)
+    if source is not None and first != start:  # resuming: the batch opened it from --start
+        source.close()
+        source = None
+    if source is None:
+        source = open_source(source_spec, start=first, stop=stop, stride=stride, live=live,
+                             queue_size=max(8, batch_size), drop_policy=drop_policy, stop_event=halt,
+                             ffmpeg_options=ffmpeg_options, max_reconnect_s=max_reconnect_s)
     info = source.info
     is_live = info.is_live
     if not resume:
@@ -543,13 +580,21 @@ def track_video(
     if is_live and smooth == "rts":
         logger.warning("a live stream is smoothed causally; --smooth rts applies to files only")
     final_rts = not is_live and smooth in ("auto", "rts")
+    try:
+        if not resume:
+            output_set = prepare_output_set(source_spec, out_dir, stem=stem, write_video=write_video,
+                                            identity=identity, overwrite=overwrite)
+            paths = output_set.paths()
+    except BaseException:
+        source.close()
+        raise
     name = engine_name or (Path(engine_path).stem if engine_path else "engine")
     summary = RunSummary(
-        input={"source": redact_url(source_spec), "live": is_live, "width": info.width, "height": info.height,
-               "fps": info.fps, "codec": info.codec, "n_frames_estimate": info.n_frames,
-               "rotation": info.rotation, "start": start, "stop": stop, "stride": stride},
-        engine={"path": redact_url(engine_path) if engine_path else None, "name": name,
-                "sha256": engine_sha256, "model": engine.model.name,
+        input={"source": redact_url(source_spec), "path": input_identity(source_spec), "live": is_live,
+               "width": info.width, "height": info.height, "fps": info.fps, "codec": info.codec,
+               "n_frames_estimate": info.n_frames, "rotation": info.rotation,
+               "start": start, "stop": stop, "stride": stride},
+        engine={"path": identity["path"], "name": name, "sha256": engine_sha256, "model": engine.model.name,
                 "keypoints": list(engine.names), "resolution": engine.resolution,
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "smooth": "rts" if final_rts else "causal",
@@ -581,7 +626,8 @@ def track_video(
         anchors = {} if flow == "off" else anchors_for_source(getattr(engine, "info", {}), str(source_spec),
                                                              len(engine.names))
         writer = _TrackWriter(engine, paths["csv"], video, params, summary, keep=not is_live, previous=previous,
-                              flow=None if flow == "off" else FlowParams(), anchors=anchors)
+                              flow=None if flow == "off" else FlowParams(), anchors=anchors,
+                              clock_origin=source.started_at if is_live else None)
         with _naming_the_file(paths["summary"]):
             summary.write(paths["summary"])
     except BaseException:
@@ -647,6 +693,10 @@ def track_video(
 
     stats = source.stats
     _update_counts(summary, stats, batch_stats)
+    if writer.latencies:
+        latency = np.array(writer.latencies)
+        summary.latency_s = {"p50": float(np.percentile(latency, 50)), "p95": float(np.percentile(latency, 95)),
+                             "max": float(latency.max()), "frames": len(latency)}
     if decode_cpu:
         summary.stages["decode"].add(decode_cpu, stats.frames_read)
     if failure is None:

@@ -73,3 +73,18 @@ def relay():
     with RtspRelay(fps=25) as running:
         running.start()
         yield running
+
+
+@pytest.fixture(scope="session")
+def quick_engine_file(tiny_model, tmp_path_factory):
+    """An engine file of the tiny model with seeded random prompts (no adaptation: seconds, not minutes), at
+    64 px, for tests of the run's plumbing (batches, clusters, streams), not of accuracy."""
+    from ppmtrack.engine import AdaptConfig, Engine
+
+    generator = torch.Generator().manual_seed(0)
+    dim = tiny_model.unet.config.cross_attention_dim
+    engine = Engine(tiny_model, ["nose", "tail"], torch.randn(2, dim, generator=generator),
+                    torch.randn(dim, generator=generator), AdaptConfig(resolution=64))
+    path = tmp_path_factory.mktemp("engine") / "quick.engine"
+    engine.save(path)
+    return path
