@@ -178,12 +178,16 @@ def test_track_support_reuses_its_engine_when_nothing_changed(tmp_path, capsys):
     first = engine.read_bytes()
     assert "wrote" in capsys.readouterr().out
     assert main(args) == 0
-    assert "reusing" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "reusing" in printed and "skipped" in printed  # same engine: the complete results are kept
     assert engine.read_bytes() == first
     doc = json.loads((out / "sample.summary.json").read_text())
     assert doc["engine"]["sha256"] == hashlib.sha256(first).hexdigest()
-    assert main([*args, "--steps", "4"]) == 0  # another setting: adapted again
+    assert main([*args, "--steps", "4"]) == 2  # another setting: adapted again, results of the old engine kept
     assert "wrote" in capsys.readouterr().out and engine.read_bytes() != first
+    assert main([*args, "--steps", "4", "--overwrite"]) == 0
+    doc = json.loads((out / "sample.summary.json").read_text())
+    assert doc["engine"]["sha256"] == hashlib.sha256(engine.read_bytes()).hexdigest()
 
 
 class _Records(logging.Handler):
@@ -242,7 +246,8 @@ def test_rotated_video_is_tracked_and_drawn_in_its_display_orientation(engine, t
 def test_starting_over_an_unfinished_run_points_at_resume(engine, tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(logging.getLogger("ppmtrack"), "propagate", True)
     (tmp_path / "sample.summary.json").write_text(json.dumps({"status": "interrupted", "frames_processed": 5,
-                                                              "last_frame": 4}))
+                                                              "last_frame": 4,
+                                                              "input": {"path": str(Path(SAMPLE).resolve())}}))
     with caplog.at_level(logging.WARNING, logger="ppmtrack"):
         track_video(SAMPLE, engine, tmp_path, stop=2, write_video=False, progress=False)
     assert "stopped (interrupted) after frame 4" in caplog.text and "--resume" in caplog.text
