@@ -9,3 +9,12 @@ engine is the package every other one may import.
 
 class PpmtrackError(Exception):
     """An error meant for the user: its message says what went wrong and what to do."""
+
+
+class UsageError(PpmtrackError, ValueError):
+    """An option or argument that cannot work (an empty selection, an unknown format, options that exclude each
+    other). A ``ValueError`` too, so Python callers that catch those keep working."""
+
+
+class MissingExtraError(PpmtrackError, ImportError):
+    """An optional dependency is not installed; the message names the ``pip install 'ppmtrack[...]'`` to run."""

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ppmtrack.engine.errors import PpmtrackError
+from ppmtrack.engine.errors import PpmtrackError, UsageError
 from ppmtrack.pipelines.outputs import (
     ALIAS_VIDEO_SUFFIX,
     SUMMARY_SUFFIX,
@@ -402,5 +402,5 @@ def parse_devices(text: str | None) -> list[str]:
         return [f"cuda:{i}" for i in range(count)] or ["cpu"]
     devices = [d.strip() for d in text.split(",") if d.strip()]
     if not devices:
-        raise ValueError("--devices needs a comma-separated list, e.g. cuda:0,cuda:1, or 'all'")
+        raise UsageError("--devices needs a comma-separated list, e.g. cuda:0,cuda:1, or 'all'")
     return devices

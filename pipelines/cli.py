@@ -17,6 +17,8 @@ import time
 import traceback
 from pathlib import Path
 
+from ppmtrack.engine.errors import PpmtrackError, UsageError
+
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 LABEL_FORMAT_CHOICES = ("auto", "ppmtrack", "dlc", "sleap", "coco")
@@ -236,7 +238,7 @@ def _load_engine(args, out_dir: Path, inputs: list[str], device: str | None = No
         backend = "onnx" if args.engine and args.engine.endswith(".onnx") else "torch"
     if backend == "onnx":
         if not args.engine:
-            raise ValueError("--backend onnx needs --engine FILE.onnx (make one with 'ppmtrack export-onnx')")
+            raise UsageError("--backend onnx needs --engine FILE.onnx (make one with 'ppmtrack export-onnx')")
         from ppmtrack.engine.onnx_runtime import OnnxEngine
 
         return OnnxEngine.load(args.engine), Path(args.engine)
@@ -300,13 +302,13 @@ def run_track(args) -> int:
     inputs = expand_inputs(args.videos, args.videotype, args.recursive)
     live = [spec for spec in inputs if is_live_spec(spec)]
     if live and len(live) != len(inputs):
-        raise ValueError("live streams and video files cannot be tracked in one command; run them separately")
+        raise UsageError("live streams and video files cannot be tracked in one command; run them separately")
     if len(inputs) == 1 and not live:  # a bad file or an empty selection fails now, before loading a model
         check_selection(args.start, args.stop, args.stride, probe_source(inputs[0]).n_frames)
     out_dir = prepare_output_dir(args.output)
     if args.ray:
         if live or not args.engine:
-            raise ValueError("--ray tracks video files with an engine file (--engine)")
+            raise UsageError("--ray tracks video files with an engine file (--engine)")
         return _run_ray(args, out_dir, inputs, formats)
     engine, engine_path = _load_engine(args, out_dir, inputs, (_devices(args) or [None])[0])
     sha = file_sha256(engine_path) if Path(engine_path).is_file() else None
@@ -490,14 +492,14 @@ def _keypoint_options(args) -> tuple[list[str] | None, list, list]:
 
     if args.keypoints_from:
         if args.keypoints:
-            raise ValueError("give --from or --keypoints, not both")
+            raise UsageError("give --from or --keypoints, not both")
         return keypoints_from(args.keypoints_from)
     names = [n.strip() for n in args.keypoints.split(",") if n.strip()] if args.keypoints else None
     skeleton = []
     for edge in (args.skeleton.split(",") if args.skeleton else []):
         pair = [n.strip() for n in edge.split("-")]
         if len(pair) != 2 or not names or not all(n in names for n in pair):
-            raise ValueError(f"--skeleton edge {edge!r} must be NAME-NAME of two --keypoints")
+            raise UsageError(f"--skeleton edge {edge!r} must be NAME-NAME of two --keypoints")
         skeleton.append(tuple(pair))
     return names, skeleton, []
 
@@ -775,7 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--subject-id", dest="subject_id", metavar="ID",
                        help="the animal's ID for the NWB Subject and individual name (default: individual_0)")
     track.add_argument("--species", help="the NWB Subject's species, e.g. 'Mus musculus'")
-    track.add_argument("--min-confidence", type=float, dest="min_confidence",
+    track.add_argument("--min-confidence", type=_fraction, dest="min_confidence",
                        help="measurements below this confidence are ignored by the smoother and drawn hollow "
                             f"(default: {SmoothingParams().min_confidence:g}; the video's hollow cut-off then "
                             "is a DeepLabCut project's pcutoff when the support came from one)")
@@ -907,11 +909,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from ppmtrack.engine import EngineFileError, ModelLoadError
-    from ppmtrack.pipelines.labels import LabelsError
-    from ppmtrack.pipelines.sources import SourceError
+    """Errors the command line prints as one line (exit 2): exactly those meant for users (PpmtrackError).
 
-    return (ModelLoadError, EngineFileError, LabelsError, SourceError, OSError, ValueError, ImportError)
+    Anything else is a bug in ppmtrack or a library and shows its traceback."""
+    return (PpmtrackError,)
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must lie between 0 and 1")
+    return value
 
 
 def _set_threads(threads: int | None) -> None:
@@ -919,7 +931,7 @@ def _set_threads(threads: int | None) -> None:
     if threads is None:
         return
     if threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {threads}")
+        raise UsageError(f"--threads must be at least 1, got {threads}")
     import torch
 
     torch.set_num_threads(threads)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.engine.errors import UsageError
 from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 from ppmtrack.tracker.track import Tracks
 
@@ -176,14 +177,14 @@ def evaluate(tracks: Tracks, truth: Labels, thresholds=(0.05, 0.1, 0.2), use: st
         inside = [i for i, ref in enumerate(truth.frames) if first <= ref.frame <= last]
         n_outside = len(truth.frames) - len(inside)
         if not inside:
-            raise ValueError(f"{truth.source}: no truth frame lies within the tracked frames {first}–{last}")
+            raise UsageError(f"{truth.source}: no truth frame lies within the tracked frames {first}–{last}")
         truth = dataclasses.replace(truth, frames=[truth.frames[i] for i in inside],
                                     keypoints=truth.keypoints[inside])
     frames = [int(ref.frame) for ref in truth.frames]
     row_of = {int(f): t for t, f in enumerate(tracks.frame)}
     tracked = np.array([f in row_of for f in frames])
     if not tracked.any():
-        raise ValueError(
+        raise UsageError(
             f"{truth.source}: no truth frame is in the tracks (truth frames {_span(frames)}, tracked frames "
             f"{_span(tracks.frame.tolist())}); check that the truth belongs to the tracked video"
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.engine.errors import MissingExtraError, UsageError
 from ppmtrack.tracker.track import Tracks
 
 PLOTS_EXTRA_HINT = "plots need matplotlib: pip install 'ppmtrack[plots]'"
@@ -19,7 +20,7 @@ def pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ImportError(PLOTS_EXTRA_HINT) from None
+        raise MissingExtraError(PLOTS_EXTRA_HINT) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -143,7 +144,7 @@ def write_plots(csv_path: str | Path, out_dir: str | Path | None = None, video: 
     csv_path = Path(csv_path)
     tracks = tracks if tracks is not None else read_tracks_csv(csv_path)
     if not len(tracks):
-        raise ValueError(f"{csv_path}: holds no tracked frame to plot")
+        raise UsageError(f"{csv_path}: holds no tracked frame to plot")
     out_dir = Path(out_dir) if out_dir is not None else csv_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     video = Path(video) if video is not None else _video_of(csv_path)

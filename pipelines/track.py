@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ppmtrack.engine.errors import PpmtrackError
+from ppmtrack.engine.errors import MissingExtraError, PpmtrackError, UsageError
 from ppmtrack.pipelines.anchors import anchors_for_source, matching_anchor
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
@@ -127,12 +127,12 @@ def check_output_formats(formats) -> list[str]:
     formats = [f.strip().lower() for f in formats if f.strip()]
     unknown = [f for f in formats if f not in OUTPUT_FORMATS]
     if unknown:
-        raise ValueError(f"unknown output format {unknown[0]!r}; choose among {', '.join(OUTPUT_FORMATS)}")
+        raise UsageError(f"unknown output format {unknown[0]!r}; choose among {', '.join(OUTPUT_FORMATS)}")
     extra = [f for f in dict.fromkeys(formats) if f != "csv"]
     for fmt in extra:
         missing = [m for m in FORMAT_PACKAGES[fmt] if importlib.util.find_spec(m) is None]
         if missing:
-            raise ValueError(f"output format {fmt!r} needs the Python package(s) {', '.join(missing)}; "
+            raise MissingExtraError(f"output format {fmt!r} needs the Python package(s) {', '.join(missing)}; "
                              "install them with: pip install 'ppmtrack[formats]'")
     return extra
 
@@ -527,11 +527,11 @@ def track_video(
         Bad arguments (unknown smoothing mode or output format, a format's package missing).
     """
     if smooth not in SMOOTH_MODES:
-        raise ValueError(f"smooth must be one of {', '.join(SMOOTH_MODES)}, got {smooth!r}")
+        raise UsageError(f"smooth must be one of {', '.join(SMOOTH_MODES)}, got {smooth!r}")
     if flow not in FLOW_MODES:
-        raise ValueError(f"flow must be one of {', '.join(FLOW_MODES)}, got {flow!r}")
+        raise UsageError(f"flow must be one of {', '.join(FLOW_MODES)}, got {flow!r}")
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
     params = smoothing if smoothing is not None else SmoothingParams()
     check_selection(start, stop, stride)
     video_style = annotation_style(engine, None if smoothing is None else smoothing.min_confidence)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.engine.errors import PpmtrackError
 from ppmtrack.tracker.track import Tracks
 
 COLUMNS = ("frame", "time", "keypoint", "x", "y", "confidence", "visible", "raw_x", "raw_y")
@@ -25,6 +26,10 @@ FSYNC_INTERVAL_S = 1.0
 
 def _number(value: float, decimals: int) -> str:
     return "" if math.isnan(value) else f"{value:.{decimals}f}"
+
+
+class TracksFileError(PpmtrackError, ValueError):
+    """A tracks CSV that is missing or not in ppmtrack's format."""
 
 
 class TracksCsvWriter:
@@ -126,7 +131,7 @@ def _field(value: str, path: Path, line: int, column: str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise ValueError(f"{path}: line {line}: {column} must be a number or empty, got {value!r}") from None
+        raise TracksFileError(f"{path}: line {line}: {column} must be a number or empty, got {value!r}") from None
 
 
 def read_tracks_csv(path) -> Tracks:
@@ -140,13 +145,13 @@ def read_tracks_csv(path) -> Tracks:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such tracks CSV file") from None
+        raise TracksFileError(f"{path}: no such tracks CSV file") from None
     lines = text.split("\n")
     truncated = lines[-1] != ""
     lines = lines[:-1]
     header = lines[0].rstrip("\r") if lines else ""
     if header != HEADER:
-        raise ValueError(f"{path}: not a tracks CSV: the header is {header!r}, expected {HEADER!r}")
+        raise TracksFileError(f"{path}: not a tracks CSV: the header is {header!r}, expected {HEADER!r}")
 
     frame_index: dict[int, int] = {}
     name_index: dict[str, int] = {}
@@ -155,22 +160,22 @@ def read_tracks_csv(path) -> Tracks:
     seen: set[tuple[int, int]] = set()
     for line, fields in enumerate(csv.reader(lines[1:]), start=2):
         if len(fields) != len(COLUMNS):
-            raise ValueError(
+            raise TracksFileError(
                 f"{path}: line {line}: expected {len(COLUMNS)} fields ({HEADER}), got {len(fields)}"
             )
         try:
             frame = int(fields[0])
         except ValueError:
-            raise ValueError(f"{path}: line {line}: frame must be an integer, got {fields[0]!r}") from None
+            raise TracksFileError(f"{path}: line {line}: frame must be an integer, got {fields[0]!r}") from None
         if fields[6] not in ("0", "1"):
-            raise ValueError(f"{path}: line {line}: visible must be 0 or 1, got {fields[6]!r}")
+            raise TracksFileError(f"{path}: line {line}: visible must be 0 or 1, got {fields[6]!r}")
         values = [_field(fields[c], path, line, COLUMNS[c]) for c in (1, 3, 4, 5, 7, 8)]
         t = frame_index.setdefault(frame, len(frame_index))
         if t == len(times):
             times.append(values[0])
         k = name_index.setdefault(fields[2], len(name_index))
         if (t, k) in seen:
-            raise ValueError(f"{path}: line {line}: keypoint {fields[2]!r} appears twice in frame {frame}")
+            raise TracksFileError(f"{path}: line {line}: keypoint {fields[2]!r} appears twice in frame {frame}")
         seen.add((t, k))
         rows.append((t, k, values[1:], int(fields[6])))
 

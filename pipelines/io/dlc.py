@@ -10,6 +10,7 @@ from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
+from ppmtrack.engine.errors import MissingExtraError
 from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 from ppmtrack.tracker.track import Tracks
 
@@ -23,7 +24,7 @@ def _import_pandas(path: Path):
         import pandas as pd
         import tables  # noqa: F401  (pandas needs PyTables for DLC's HDF5 tables)
     except ImportError as e:
-        raise ImportError(
+        raise MissingExtraError(
             f"{path}: DeepLabCut .h5 files need pandas and PyTables ({e.name} is missing); "
             f"{FORMATS_EXTRA_HINT}, or use the CollectedData_*.csv file"
         ) from None
@@ -327,7 +328,8 @@ def read_dlc_config(path: str | Path) -> tuple[list[str], list[tuple[str, str]]]
     try:
         import yaml
     except ImportError:
-        raise ImportError(f"{path}: reading a DeepLabCut config.yaml needs PyYAML; {FORMATS_EXTRA_HINT}") from None
+        raise MissingExtraError(f"{path}: reading a DeepLabCut config.yaml needs PyYAML; "
+                                f"{FORMATS_EXTRA_HINT}") from None
     try:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:

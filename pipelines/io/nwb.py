@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.engine.errors import MissingExtraError
 from ppmtrack.tracker.track import Tracks
 
 FORMATS_EXTRA_HINT = "install the format extras: pip install 'ppmtrack[formats]'"
@@ -72,7 +73,7 @@ def write_nwb(
         import ndx_pose
         import pynwb
     except ImportError as e:
-        raise ImportError(
+        raise MissingExtraError(
             f"{path}: writing NWB needs pynwb and ndx-pose ({e.name} is missing); {FORMATS_EXTRA_HINT}"
         ) from None
     from importlib.metadata import PackageNotFoundError, version

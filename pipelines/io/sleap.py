@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.engine.errors import MissingExtraError
 from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 from ppmtrack.tracker.track import Tracks
 
@@ -120,7 +121,7 @@ def _load_slp(path: Path, open_videos: bool, what: str):
     try:
         import sleap_io
     except ImportError:
-        raise ImportError(f"{path}: reading SLEAP files needs sleap-io; {FORMATS_EXTRA_HINT}") from None
+        raise MissingExtraError(f"{path}: reading SLEAP files needs sleap-io; {FORMATS_EXTRA_HINT}") from None
     if not path.is_file():
         raise LabelsError(f"{path}: no such {what}")
     try:
@@ -178,7 +179,7 @@ def write_sleap_analysis(
     try:
         import h5py
     except ImportError:
-        raise ImportError(f"{path}: writing SLEAP analysis files needs h5py; {FORMATS_EXTRA_HINT}") from None
+        raise MissingExtraError(f"{path}: writing SLEAP analysis files needs h5py; {FORMATS_EXTRA_HINT}") from None
     n_frames = int(tracks.frame.max()) + 1 if len(tracks) else 0
     names = list(tracks.names)
     xy = np.full((n_frames, len(names), 2), np.nan)

@@ -18,10 +18,17 @@ import secrets
 import socket
 from pathlib import Path
 
+from ppmtrack.engine.errors import MissingExtraError, PpmtrackError
 from ppmtrack.pipelines.labels import LabelsError
 from ppmtrack.pipelines.web.sessions import LabelSession, ReviewSession, WebInputError
 
 STATIC = Path(__file__).parent / "static"
+
+
+class ServeError(PpmtrackError, OSError):
+    """The page cannot be served (the port is taken or not allowed)."""
+
+
 TOKEN_COOKIE = "ppmtrack_token"
 UI_EXTRA_HINT = "the browser app needs the ui extra: pip install 'ppmtrack[ui]'"
 logger = logging.getLogger("ppmtrack")
@@ -33,7 +40,7 @@ def require_ui() -> None:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"{UI_EXTRA_HINT} ({e.name} is missing)") from None
+        raise MissingExtraError(f"{UI_EXTRA_HINT} ({e.name} is missing)") from None
 
 
 def is_loopback(host: str) -> bool:
@@ -178,7 +185,7 @@ def serve(session: LabelSession | ReviewSession, host: str = "127.0.0.1", port: 
         sock.listen(128)  # connections made once the URL is printed wait for the server instead of failing
     except OSError as e:
         sock.close()
-        raise OSError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
+        raise ServeError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
     bound = sock.getsockname()[1]
     shown = socket.gethostname() if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
