@@ -652,9 +652,10 @@ def track_video(
             decode_cpu = source.decode_cpu_seconds() or decode_cpu
             if batch.gap is not None:
                 gap = batch.gap
-                summary.gaps.append({"start_time": round(gap.start_time, 3),
-                                     "end_time": round(gap.end_time, 3),
-                                     "duration_s": round(gap.duration, 3), "reason": gap.reason})
+                if all(g["start_time"] != round(gap.start_time, 3) for g in summary.gaps):
+                    summary.gaps.append({"start_time": round(gap.start_time, 3),
+                                         "end_time": round(gap.end_time, 3),
+                                         "duration_s": round(gap.duration, 3), "reason": gap.reason})
                 logger.warning("stream gap of %.1f s (%s)", gap.duration, gap.reason)
                 continue
             images = np.stack([f.image for f in batch.frames])
@@ -730,6 +731,11 @@ def _update_counts(summary: RunSummary, stats, batch_stats: BatchStats) -> None:
     summary.truncated = stats.truncated
     summary.reconnects = stats.reconnects
     summary.waiting_for_frames_s = batch_stats.waiting_s
+    seen = {round(g["start_time"], 3) for g in summary.gaps}
+    for gap in getattr(stats, "outages", []):  # outages the run ended in, or whose marker was never taken
+        if round(gap.start_time, 3) not in seen:
+            summary.gaps.append({"start_time": round(gap.start_time, 3), "end_time": round(gap.end_time, 3),
+                                 "duration_s": round(gap.duration, 3), "reason": gap.reason})
 
 
 def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: dict, extra_formats: list[str],

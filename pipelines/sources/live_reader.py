@@ -111,6 +111,7 @@ class LiveReader:
                         gap = Gap(start_time=outage[0], end_time=last_time, reason=outage[1])
                         stats.gaps += 1
                         stats.seconds_lost += gap.duration
+                        stats.outages.append(gap)
                         logger.info("%s: stream back after %.1f s (%s)", self.shown, gap.duration, gap.reason)
                         outage = None
                         if not feed.put(gap):
@@ -133,29 +134,48 @@ class LiveReader:
             container.close()
 
     def run(self, feed: Feed) -> None:
-        """Read, and after each outage reconnect, until stopped, ``stop`` or the reconnect budget is spent."""
+        """Read, and after each outage reconnect, until stopped, ``stop`` or the reconnect budget is spent.
+
+        An outage the run ends in (stopped, or the budget spent) is recorded in ``feed.stats.outages`` too, with
+        the time the reader stopped waiting as its end.
+        """
+        outage: tuple[float, str] | None = None
+        try:
+            outage = self._run(feed)
+        finally:
+            if outage is not None:
+                gap = Gap(start_time=outage[0], end_time=self._now(), reason=f"{outage[1]}; the run ended during "
+                                                                             "the outage")
+                feed.stats.gaps += 1
+                feed.stats.seconds_lost += gap.duration
+                feed.stats.outages.append(gap)
+
+    def _run(self, feed: Feed) -> tuple[float, str] | None:
+        """:meth:`run`'s loop; returns the outage it ended in, if any."""
         container = self.container
         outage: tuple[float, str] | None = None
         give_up_at = 0.0
         while True:
             got_frames, last_time, reason = self._read_until_outage(feed, container, outage)
+            if got_frames:
+                outage = None
             if feed.stopping() or self.done:
-                return
+                return outage
             if got_frames or outage is None:
                 outage = (last_time, reason)
                 give_up_at = time.monotonic() + self.max_reconnect_s
             elif time.monotonic() >= give_up_at:
                 logger.warning("%s: no frame for %.0f s although the stream reopened (%s); giving up",
                                self.shown, self.max_reconnect_s, reason)
-                return
+                return outage
             if not self.reconnect:
                 logger.warning("%s: stream ended (%s); not reconnecting", self.shown, reason)
-                return
+                return None
             if got_frames:
                 logger.warning("%s: stream lost (%s); reconnecting", self.shown, reason)
             container = self._reconnect(feed, give_up_at)
             if container is None:
-                return
+                return outage
             feed.stats.reconnects += 1
 
     def _reconnect(self, feed: Feed, give_up_at: float):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
 
@@ -95,6 +95,9 @@ class SourceStats:
     reconnects: int = 0
     seconds_lost: float = 0.0
     max_queue_depth: int = 0
+    outages: list = field(default_factory=list)
+    """Every outage as a :class:`Gap`, also one the run ended in (``end_time``: when the run stopped waiting) or
+    one whose gap marker the consumer never took from the queue."""
 
 
 class Feed:
