@@ -218,14 +218,12 @@ def stage_times(engine: Engine, frames: np.ndarray, batch: int, write_video: boo
     timer = Timer(dev)
     k = len(engine.names)
     smoother = OnlineSmoother(k)
-    reset = getattr(engine.map_runner, "reset", None)
-    if reset:
-        reset()
+    engine.reset_stream()
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         csv = TracksCsvWriter(Path(tmp) / "t.csv", engine.names)
         h, w = frames.shape[1:3]
         video = AnnotatedVideoWriter(Path(tmp) / "t.mp4", w, h, 30, engine.names) if write_video else None
-        engine._ensure_cache()
+        engine.cache_prompt()
         for s in range(0, len(frames), batch):
             chunk = frames[s:s + batch]
             with timer("preprocess"):
@@ -241,7 +239,7 @@ def stage_times(engine: Engine, frames: np.ndarray, batch: int, write_video: boo
                 fuse_layers_fgar(maps[:, :, :k].transpose(1, 2), fg[:, None, None], engine.fgar.reweight,
                                  engine.fgar.refine)
             with timer("readout"):
-                pred = engine._read_out(maps, box, False)
+                pred = engine.read_out(maps, box, False)
             for i in range(len(chunk)):
                 t = (s + i) / 30.0
                 with timer("smoothing"):
@@ -285,11 +283,9 @@ def predict_ms_per_frame(engine: Engine, frames: np.ndarray, batch: int, repeats
                          ) -> tuple[float, float, np.ndarray]:
     """(median ms/frame of preprocess → keypoints, warm-up seconds, keypoints of the last run)."""
     dev = engine.model.device
-    reset = getattr(engine.map_runner, "reset", None)
 
     def one_pass():
-        if reset:
-            reset()
+        engine.reset_stream()
         out = []
         for s in range(0, len(frames), batch):
             out.append(engine.predict(frames[s:s + batch]).keypoints)

@@ -37,12 +37,9 @@ from ppmtrack.engine.speed import SpeedConfig  # noqa: E402
 
 
 def pipeline_run(engine, video: Path, batch: int, write_video: bool, stop: int | None) -> dict:
-    """One `track_video` run; returns its summary as a dict."""
+    """One `track_video` run (it resets the engine's stream state itself); returns its summary as a dict."""
     from ppmtrack.pipelines.track import track_video
 
-    reset = getattr(engine.map_runner, "reset", None)
-    if reset:
-        reset()
     with tempfile.TemporaryDirectory() as tmp:
         summary = track_video(video, engine, tmp, batch_size=batch, write_video=write_video, progress=False,
                               stop=stop)
@@ -55,9 +52,7 @@ def live_latency_ms(engine, video: Path, frames: int) -> list[float]:
     from ppmtrack.tracker import OnlineSmoother
 
     smoother = OnlineSmoother(len(engine.names))
-    reset = getattr(engine.map_runner, "reset", None)
-    if reset:
-        reset()
+    engine.reset_stream()
     out = []
     with open_source(video, stop=frames) as source:
         for item in source:
