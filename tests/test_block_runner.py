@@ -33,19 +33,20 @@ def frames(sample_frames):
     return sample_frames[1][:3]
 
 
-def _unet_inputs(model, batch=2):
+@pytest.fixture(scope="module")
+def unet_inputs(tiny_model):
+    """Noisy latents (2, 4, 8, 8), the timestep, a random (2, 77, c) conditioning."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, 4, 8, 8, generator=g)
-    cond = torch.randn(1, 77, model.cross_attention_dim, generator=g).expand(batch, -1, -1)
-    return x, torch.tensor(10), cond
+    return (torch.randn(2, 4, 8, 8, generator=g), torch.tensor(10),
+            torch.randn(2, 77, tiny_model.cross_attention_dim, generator=g))
 
 
 # ---- the block runner -------------------------------------------------------------------------------------
-def test_a_run_stopped_and_resumed_equals_the_whole_forward(tiny_model):
+def test_a_run_stopped_and_resumed_equals_the_whole_forward(tiny_model, unet_inputs):
     from ppmtrack.engine.unet_blocks import block_positions, finish_unet, run_blocks, start_unet, unet_forward_until
 
     unet = tiny_model.unet
-    x, t, cond = _unet_inputs(tiny_model)
+    x, t, cond = unet_inputs
     positions = block_positions(unet)
     assert positions[0] == ("down_blocks", 0) and ("mid_block", 0) in positions and positions[-1][0] == "up_blocks"
     with torch.no_grad():
@@ -62,12 +63,12 @@ def test_a_run_stopped_and_resumed_equals_the_whole_forward(tiny_model):
         run_blocks(unet, run, cond, start=("up_blocks", 9))
 
 
-def test_the_up_path_can_resume_from_hidden_state_computed_elsewhere(tiny_model):
+def test_the_up_path_can_resume_from_hidden_state_computed_elsewhere(tiny_model, unet_inputs):
     """Feature reuse's shallow branch: only the first residuals, deep features from another run."""
     from ppmtrack.engine.unet_blocks import run_blocks, start_unet
 
     unet = tiny_model.unet
-    x, t, cond = _unet_inputs(tiny_model)
+    x, t, cond = unet_inputs
     last = len(unet.up_blocks) - 1
     need = len(unet.up_blocks[last].resnets)
     with torch.no_grad():
@@ -79,11 +80,11 @@ def test_the_up_path_can_resume_from_hidden_state_computed_elsewhere(tiny_model)
     assert torch.allclose(resumed.hidden, ref.hidden, atol=1e-6)
 
 
-def test_blocks_can_be_replaced_by_other_callables(tiny_model):
+def test_blocks_can_be_replaced_by_other_callables(tiny_model, unet_inputs):
     from ppmtrack.engine.unet_blocks import unet_blocks, unet_forward_until
 
     unet = tiny_model.unet
-    x, t, cond = _unet_inputs(tiny_model)
+    x, t, cond = unet_inputs
     calls = []
 
     def counting(block):
