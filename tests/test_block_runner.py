@@ -202,31 +202,54 @@ def test_compile_goes_through_public_torch_compile_and_falls_back_to_eager(frame
     assert engine.extractor.blocks is None  # eager blocks restored
 
 
-def test_feature_reuse_starts_each_video_afresh(tmp_path, monkeypatch):
-    """Two `track_video` calls with one reuse engine: the second video tracks as with a fresh engine."""
-    from ppmtrack.engine.speed import SpeedConfig
+def track_raw(engine, out: Path, start: int, stop: int) -> np.ndarray:
+    """Raw (detector) keypoints of sample frames [start, stop) tracked in batches of 2."""
     from ppmtrack.pipelines.io.csv import read_tracks_csv
     from ppmtrack.pipelines.track import track_video
 
+    track_video(SAMPLES / "sample.mp4", engine, out, start=start, stop=stop, batch_size=2, write_video=False,
+                progress=False, smooth="causal", flow="off")
+    return read_tracks_csv(out / "sample.csv").raw_xy
+
+
+def test_feature_reuse_starts_each_video_afresh(tmp_path, monkeypatch):
+    """Two `track_video` calls with one reuse engine: the second video tracks as with a fresh engine."""
+    from ppmtrack.engine.speed import SpeedConfig
+
     speed = SpeedConfig(reuse_every=4)
-    video = SAMPLES / "sample.mp4"
-
-    def run(engine, out, start):
-        track_video(video, engine, tmp_path / out, start=start, stop=start + 3, batch_size=2, write_video=False,
-                    progress=False, smooth="causal", flow="off")
-        return read_tracks_csv(tmp_path / out / "sample.csv").raw_xy
-
-    fresh = run(make_engine(speed), "fresh", 0)
+    fresh = track_raw(make_engine(speed), tmp_path / "fresh", 0, 3)
     engine = make_engine(speed)
-    run(engine, "first", 120)
-    second = run(engine, "second", 0)
+    track_raw(engine, tmp_path / "first", 120, 123)
+    second = track_raw(engine, tmp_path / "second", 0, 3)
     assert np.allclose(second, fresh, atol=1e-6, equal_nan=True)
 
     # without the reset the second video would start on the first one's deep features: the test can fail
     stale = make_engine(speed)
-    run(stale, "stale-first", 120)
+    track_raw(stale, tmp_path / "stale-first", 120, 123)
     monkeypatch.setattr(stale, "reset_stream", lambda: None)
-    assert not np.allclose(run(stale, "stale-second", 0), fresh, atol=1e-6, equal_nan=True)
+    assert not np.allclose(track_raw(stale, tmp_path / "stale-second", 0, 3), fresh, atol=1e-6, equal_nan=True)
+
+
+def test_feature_reuse_starts_afresh_after_a_stream_gap(tmp_path, monkeypatch):
+    """Frames after a gap track as if the source had started there (no deep features from before the gap)."""
+    import ppmtrack.pipelines.track as track
+    from ppmtrack.engine.speed import SpeedConfig
+    from ppmtrack.pipelines.batching import Batch
+    from ppmtrack.pipelines.sources import Gap
+
+    speed = SpeedConfig(reuse_every=4)
+    fresh = track_raw(make_engine(speed), tmp_path / "fresh", 2, 5)
+    real = track.iter_batches
+
+    def gap_after_first_batch(*args, **kwargs):
+        for i, batch in enumerate(real(*args, **kwargs)):
+            yield batch
+            if i == 0:
+                yield Batch(gap=Gap(1.0, 2.0, "test outage"))
+
+    monkeypatch.setattr(track, "iter_batches", gap_after_first_batch)
+    raw = track_raw(make_engine(speed), tmp_path / "gap", 0, 5)  # frames 0, 1 | gap | 2, 3, 4
+    assert np.allclose(raw[2:], fresh, atol=1e-6, equal_nan=True)
 
 
 def test_speed_config_is_kept_on_the_engine_unchanged():
