@@ -17,15 +17,20 @@ RES = 64
 K = 3
 
 
-def make_engine(speed=None, seed=5):
+def random_prompts(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, 768) keypoint prompts and a (768,) foreground prompt drawn from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(K, 768, generator=g), torch.randn(768, generator=g)
+
+
+def make_engine(speed=None, seed=5, model=None):
+    """A 64 px engine with random prompts; a fresh tiny model unless `model` is given (speed switches change
+    modules in place, so engines with switches get their own)."""
     from ppmtrack.engine import AdaptConfig, Engine
     from ppmtrack.engine.models import load_model
 
-    model = load_model("tiny")  # fresh: speed switches change modules in place
-    g = torch.Generator().manual_seed(seed)
-    prompts = torch.randn(K, 768, generator=g)
-    fg = torch.randn(768, generator=g)
-    return Engine(model, [f"k{i}" for i in range(K)], prompts, fg, AdaptConfig(resolution=RES), speed=speed)
+    return Engine(model or load_model("tiny"), [f"k{i}" for i in range(K)], *random_prompts(seed),
+                  AdaptConfig(resolution=RES), speed=speed)
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +118,11 @@ def test_stack_layer_maps_orders_layers_and_upsamples_to_the_finest():
     assert stack_layer_maps({"a": coarse}, ["a"], size=8).shape == (2, 1, 3, 8, 8)
 
 
-def test_engine_and_onnx_graph_read_out_through_one_function(frames):
+def test_engine_and_onnx_graph_read_out_through_one_function(frames, tiny_model):
     """`EngineGraph` (what ONNX export traces) run in torch gives `Engine.predict`'s keypoints."""
     from ppmtrack.engine.onnx_export import EngineGraph
 
-    engine = make_engine()
+    engine = make_engine(model=tiny_model)
     pred = engine.predict(frames, return_maps=True)
     x, box = engine.prepare(frames)
     with torch.no_grad():
@@ -128,7 +133,7 @@ def test_engine_and_onnx_graph_read_out_through_one_function(frames):
 
 
 # ---- one interface for both engines -----------------------------------------------------------------------
-def test_engine_and_onnx_engine_both_satisfy_engine_like(tmp_path):
+def test_engine_and_onnx_engine_both_satisfy_engine_like(tmp_path, tiny_model):
     from ppmtrack.engine import EngineLike
     from ppmtrack.engine.onnx_runtime import OnnxEngine, OnnxModelInfo
 
@@ -136,7 +141,7 @@ def test_engine_and_onnx_engine_both_satisfy_engine_like(tmp_path):
                              resolution=64, layers=[], model=OnnxModelInfo("tiny", None, torch.device("cpu")),
                              providers=["CPUExecutionProvider"], with_maps=False, batch_size=None)
     members = [n for n in EngineLike.__annotations__] + ["predict", "reset_stream"]
-    for engine in (make_engine(), onnx_engine):
+    for engine in (make_engine(model=tiny_model), onnx_engine):
         assert isinstance(engine, EngineLike)
         missing = [n for n in members if not hasattr(engine, n)]
         assert not missing, (type(engine).__name__, missing)
@@ -144,10 +149,10 @@ def test_engine_and_onnx_engine_both_satisfy_engine_like(tmp_path):
 
 
 # ---- hooks instead of reaching in -------------------------------------------------------------------------
-def test_reassigned_prompts_are_used_not_the_stale_cached_keys(frames):
-    other = make_engine(seed=11)
+def test_reassigned_prompts_are_used_not_the_stale_cached_keys(frames, tiny_model):
+    other = make_engine(seed=11, model=tiny_model)
     expected = other.predict(frames, return_maps=True)
-    engine = make_engine()
+    engine = make_engine(model=tiny_model)
     before = engine.predict(frames, return_maps=True)  # fills the prompt K/V cache
     assert np.abs(before.maps - expected.maps).max() > 1e-3  # the two prompt sets do differ
     engine.keypoint_prompts = other.keypoint_prompts.clone()
@@ -155,13 +160,14 @@ def test_reassigned_prompts_are_used_not_the_stale_cached_keys(frames):
     after = engine.predict(frames, return_maps=True)
     assert np.abs(after.maps - expected.maps).max() < 1e-5
     assert np.abs(after.keypoints - expected.keypoints).max() < 1e-3
-    engine.keypoint_prompts.copy_(make_engine().keypoint_prompts)  # edited in place: also picked up
-    engine.foreground_prompt.copy_(make_engine().foreground_prompt)
+    keypoints, foreground = random_prompts(5)
+    engine.keypoint_prompts.copy_(keypoints)  # edited in place: also picked up
+    engine.foreground_prompt.copy_(foreground)
     assert np.abs(engine.predict(frames, return_maps=True).maps - before.maps).max() < 1e-5
 
 
-def test_a_map_runner_is_handed_to_the_engine_and_reset_through_it(frames):
-    engine = make_engine()
+def test_a_map_runner_is_handed_to_the_engine_and_reset_through_it(frames, tiny_model):
+    engine = make_engine(model=tiny_model)
     ref = engine.predict(frames)
 
     class Recording:
