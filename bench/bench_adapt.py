@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from arguments import describe_model, model_arguments, use_threads  # noqa: E402
 from bench_inference import (  # noqa: E402
     SAMPLE,
     SAMPLE_TRUTH,
@@ -64,32 +64,27 @@ def support_set(n_keypoints: int, frames=SUPPORT_FRAMES) -> SupportSet:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="tiny", help="tiny | sd15 (random weights) | a model id or folder")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--keypoints", type=int, default=20)
+    p = model_arguments(argparse.ArgumentParser(description=__doc__,
+                                                formatter_class=argparse.RawDescriptionHelpFormatter),
+                        engine=False)
     p.add_argument("--support-frames", type=int, default=5)
     defaults = AdaptConfig()
     p.add_argument("--fg-steps", type=int, default=defaults.fg_steps)
     p.add_argument("--steps", type=int, default=defaults.steps)
     p.add_argument("--views-per-frame", type=int, default=defaults.views_per_frame)
     p.add_argument("--batch", type=int, default=defaults.batch_size)
-    p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args)
     model = build_model(args.arch, args.device, args.dtype)
     support = support_set(args.keypoints, SUPPORT_FRAMES[:args.support_frames])
     cfg = AdaptConfig(resolution=args.resolution, fg_steps=args.fg_steps, steps=args.steps,
                       views_per_frame=args.views_per_frame, batch_size=args.batch)
     print(machine_line(model.device))
-    print(f"model {args.arch}, device {model.device}, dtype {str(model.dtype).replace('torch.', '')}, "
+    print(f"{describe_model(args, model)}, "
           f"keypoints {args.keypoints}, support frames {len(support.images)}, "
           f"views/frame {cfg.views_per_frame}, "
           f"foreground steps {cfg.fg_steps}, keypoint steps {cfg.steps}, batch {cfg.batch_size}")

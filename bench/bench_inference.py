@@ -28,6 +28,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from arguments import describe_model, model_arguments, use_threads  # noqa: E402
 
 from ppmtrack.engine import AdaptConfig, Engine  # noqa: E402
 from ppmtrack.engine.fgar import fuse_layers_fgar  # noqa: E402
@@ -218,14 +221,12 @@ def stage_times(engine: Engine, frames: np.ndarray, batch: int, write_video: boo
     timer = Timer(dev)
     k = len(engine.names)
     smoother = OnlineSmoother(k)
-    reset = getattr(engine.map_runner, "reset", None)
-    if reset:
-        reset()
+    engine.reset_stream()
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         csv = TracksCsvWriter(Path(tmp) / "t.csv", engine.names)
         h, w = frames.shape[1:3]
         video = AnnotatedVideoWriter(Path(tmp) / "t.mp4", w, h, 30, engine.names) if write_video else None
-        engine._ensure_cache()
+        engine.cache_prompt()
         for s in range(0, len(frames), batch):
             chunk = frames[s:s + batch]
             with timer("preprocess"):
@@ -241,7 +242,7 @@ def stage_times(engine: Engine, frames: np.ndarray, batch: int, write_video: boo
                 fuse_layers_fgar(maps[:, :, :k].transpose(1, 2), fg[:, None, None], engine.fgar.reweight,
                                  engine.fgar.refine)
             with timer("readout"):
-                pred = engine._read_out(maps, box, False)
+                pred = engine.read_out(maps, box, False)
             for i in range(len(chunk)):
                 t = (s + i) / 30.0
                 with timer("smoothing"):
@@ -285,11 +286,9 @@ def predict_ms_per_frame(engine: Engine, frames: np.ndarray, batch: int, repeats
                          ) -> tuple[float, float, np.ndarray]:
     """(median ms/frame of preprocess → keypoints, warm-up seconds, keypoints of the last run)."""
     dev = engine.model.device
-    reset = getattr(engine.map_runner, "reset", None)
 
     def one_pass():
-        if reset:
-            reset()
+        engine.reset_stream()
         out = []
         for s in range(0, len(frames), batch):
             out.append(engine.predict(frames[s:s + batch]).keypoints)
@@ -374,13 +373,8 @@ def run_batch_sweep(master: DiffusionModel, args, frames: np.ndarray) -> list[li
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="tiny", help="tiny | sd15 (random weights) | a model id or folder")
-    p.add_argument("--engine", help="an engine file to use instead of random prompts (its model: --arch)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: fp16 on CUDA)")
-    p.add_argument("--resolution", type=int, default=None, help="engine input side (default: model's native)")
-    p.add_argument("--keypoints", type=int, default=20)
+    p = model_arguments(argparse.ArgumentParser(description=__doc__,
+                                                formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--frames", type=int, default=16, help="sample-video frames per timed pass")
     p.add_argument("--batch-size", type=int, default=8, help="batch for the stage and variant tables")
     p.add_argument("--batch-sizes", default="1,2,4,8", help="batch sweep, e.g. 1,2,4,8,16,32 ('' to skip)")
@@ -395,7 +389,6 @@ def parse_args(argv=None):
                    help="encoder of the tiny-vae variant: untrained | taesd | a folder")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-video", action="store_true", help="leave the annotated video out of 'writing'")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     args.reuse = [int(k) for k in args.reuse.split(",") if k.strip()]
@@ -404,13 +397,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args)
     master = build_model(args.arch, args.device, args.dtype)
     frames = sample_frames(max(args.frames, args.batch_size))
     engine = make_engine(model_copy(master), args.keypoints, args.resolution, SpeedConfig(), args.engine)
     print(machine_line(master.device))
-    print(f"model {args.arch}, device {master.device}, dtype {str(master.dtype).replace('torch.', '')}, "
+    print(f"{describe_model(args, master)}, "
           f"resolution {engine.resolution}², keypoints {len(engine.names)}, "
           f"frames {len(frames)} of {SAMPLE.name} "
           f"({frames.shape[2]}×{frames.shape[1]}), batch {args.batch_size}, repeats {args.repeats} (medians)")

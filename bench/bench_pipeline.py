@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from arguments import describe_model, model_arguments, use_threads  # noqa: E402
 from bench_inference import (  # noqa: E402
     SAMPLE,
     build_model,
@@ -37,12 +37,9 @@ from ppmtrack.engine.speed import SpeedConfig  # noqa: E402
 
 
 def pipeline_run(engine, video: Path, batch: int, write_video: bool, stop: int | None) -> dict:
-    """One `track_video` run; returns its summary as a dict."""
+    """One `track_video` run (it resets the engine's stream state itself); returns its summary as a dict."""
     from ppmtrack.pipelines.track import track_video
 
-    reset = getattr(engine.map_runner, "reset", None)
-    if reset:
-        reset()
     with tempfile.TemporaryDirectory() as tmp:
         summary = track_video(video, engine, tmp, batch_size=batch, write_video=write_video, progress=False,
                               stop=stop)
@@ -55,9 +52,7 @@ def live_latency_ms(engine, video: Path, frames: int) -> list[float]:
     from ppmtrack.tracker import OnlineSmoother
 
     smoother = OnlineSmoother(len(engine.names))
-    reset = getattr(engine.map_runner, "reset", None)
-    if reset:
-        reset()
+    engine.reset_stream()
     out = []
     with open_source(video, stop=frames) as source:
         for item in source:
@@ -73,14 +68,9 @@ def live_latency_ms(engine, video: Path, frames: int) -> list[float]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="tiny", help="tiny | sd15 (random weights) | a model id or folder")
-    p.add_argument("--engine", help="an engine file instead of random prompts")
+    p = model_arguments(argparse.ArgumentParser(description=__doc__,
+                                                formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--video", default=str(SAMPLE))
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--keypoints", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--stop", type=int, default=None, help="track frames [0, stop) only")
     p.add_argument("--repeats", type=int, default=3)
@@ -91,21 +81,19 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--encoder", default="vae", help="vae | taesd | untrained | a folder")
     p.add_argument("--reuse-every", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args)
     speed = SpeedConfig(compile=args.compile, cuda_graphs=args.cuda_graphs, channels_last=args.channels_last,
                         encoder=args.encoder, reuse_every=args.reuse_every)
     model = build_model(args.arch, args.device, args.dtype)
     engine = make_engine(model, args.keypoints, args.resolution, speed, args.engine)
     video = Path(args.video)
     print(machine_line(model.device))
-    print(f"model {args.arch}, device {model.device}, dtype {str(model.dtype).replace('torch.', '')}, "
+    print(f"{describe_model(args, model)}, "
           f"resolution {engine.resolution}², keypoints {len(engine.names)}, batch {args.batch_size}, "
           f"video {video.name}, annotated video {'off' if args.no_video else 'on'}, "
           f"switches {speed.changes()}, "

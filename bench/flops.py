@@ -3,7 +3,7 @@
 The SD 1.5 UNet and VAE (and TAESD, diffusers' ``AutoencoderTiny`` at full size) are built from their configs
 on PyTorch's ``meta`` device and run under ``torch.utils.flop_counter.FlopCounterMode``, which counts the
 floating-point operations of every matmul, convolution and attention (2 per multiply-add). The UNet runs the
-way the engine runs it (``engine.attention.unet_forward_until``): the default layers ``up`` stop after the
+way the engine runs it (``engine.unet_blocks.unet_forward_until``): the default layers ``up`` stop after the
 last up block (the 64² layers); "UNet to 32²" stops after ``up_blocks.2``, the last block with 32² cross-
 attention (at 512² input). Whole frame and crop differ in what the pixels show, not in cost: a crop
 resized to the same side costs the same.
@@ -35,8 +35,8 @@ def count(fn, *args) -> int:
 def main(argv=None) -> int:
     from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 
-    from ppmtrack.engine.attention import unet_forward_until
     from ppmtrack.engine.encoders import TAESD_CONFIG
+    from ppmtrack.engine.unet_blocks import unet_forward_until
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keypoints", type=int, default=20, help="(the cost does not depend on it: PEI)")

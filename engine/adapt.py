@@ -17,7 +17,7 @@ from ppmtrack.engine.infer import MapExtractor
 from ppmtrack.engine.support import SupportSet
 
 LOSSES = ("ce", "mse")
-TOKENS = 77
+from ppmtrack.engine.attention import TOKENS  # noqa: E402 (defined once, with the capture)
 
 
 @dataclass

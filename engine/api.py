@@ -17,16 +17,15 @@ from ppmtrack.engine.adapt import (
     train_foreground_prompt,
     train_keypoint_prompts,
 )
-from ppmtrack.engine.attention import cache_prompt_kv, select_layers
+from ppmtrack.engine.attention import TOKENS, cache_prompt_kv, select_layers
 from ppmtrack.engine.engine_file import EngineFileError, read_engine_file, write_engine_file
-from ppmtrack.engine.fgar import fuse_layers_fgar
-from ppmtrack.engine.geometry import InputMapping, engine_input, grid_to_input
+from ppmtrack.engine.fgar import FgarConfig
+from ppmtrack.engine.geometry import InputMapping, engine_input
 from ppmtrack.engine.infer import MapExtractor
-from ppmtrack.engine.localize import soft_argmax_peak
+from ppmtrack.engine.localize import read_out
 from ppmtrack.engine.models import DEFAULT_MODEL, DiffusionModel, load_model, same_model
+from ppmtrack.engine.speed import MapRunner, SpeedConfig, build_map_runner, speed_encoder
 from ppmtrack.engine.support import SupportSet
-
-TOKENS = 77
 
 
 def package_version() -> str:
@@ -53,22 +52,13 @@ class Prediction:
     foreground: np.ndarray | None = None
 
 
-@dataclass
-class FgarConfig:
-    """FGAR switches (for ablations) and the sub-pixel window."""
-
-    reweight: bool = True
-    refine: bool = True
-    window: int = 5
-
-
 class Engine:
     """An adapted PPM engine: a frozen diffusion model plus one learned prompt per keypoint."""
 
     def __init__(self, model: DiffusionModel, names: list[str], keypoint_prompts: torch.Tensor,
                  foreground_prompt: torch.Tensor, config: AdaptConfig, skeleton=(), flip_pairs=(),
                  fgar: FgarConfig | None = None, info: dict | None = None, truncate: bool = True,
-                 speed=None):
+                 speed: SpeedConfig | None = None):
         self.model = model
         self.names = list(names)
         self.skeleton = [tuple(e) for e in skeleton]
@@ -79,16 +69,47 @@ class Engine:
         self.path: Path | None = None  # the engine file it was loaded from or last saved to
         self.resolution = config.resolution or native_resolution(model)
         self.layers = select_layers(model.unet, config.layers)
-        self.extractor = MapExtractor(model, self.layers, config.timestep, config.noise_seed, truncate=truncate)
-        self.keypoint_prompts = keypoint_prompts.detach().float().to(model.device)
-        self.foreground_prompt = foreground_prompt.detach().float().reshape(-1).to(model.device)
-        self._cached = False
-        self.cache_kv = True  # project the constant prompt to keys/values once (engine.speed may turn it off)
-        self.map_runner = None  # engine.speed may replace `eager_maps` (compiled, CUDA graph, feature reuse)
-        if speed is not None:
-            from ppmtrack.engine.speed import apply_speed
+        self.speed = speed or SpeedConfig(truncate=truncate)  # `speed` given: its own `truncate` counts
+        self.extractor = MapExtractor(model, self.layers, config.timestep, config.noise_seed,
+                                      truncate=self.speed.truncate,
+                                      encoder=speed_encoder(model, self.speed))
+        self.keypoint_prompts = keypoint_prompts
+        self.foreground_prompt = foreground_prompt
+        self._kv_conditioning: torch.Tensor | None = None  # the conditioning the cached prompt K/V belong to
+        self.map_runner: MapRunner | None = None
+        self.set_map_runner(build_map_runner(self, self.speed))
 
-            apply_speed(self, speed)
+    @property
+    def keypoint_prompts(self) -> torch.Tensor:
+        """(K, c) learned keypoint prompts (assigning new ones is picked up by the next `predict`)."""
+        return self._keypoint_prompts
+
+    @keypoint_prompts.setter
+    def keypoint_prompts(self, value: torch.Tensor) -> None:
+        self._keypoint_prompts = value.detach().float().to(self.model.device)
+
+    @property
+    def foreground_prompt(self) -> torch.Tensor:
+        """(c,) foreground prompt P_f (assigning a new one is picked up by the next `predict`)."""
+        return self._foreground_prompt
+
+    @foreground_prompt.setter
+    def foreground_prompt(self, value: torch.Tensor) -> None:
+        self._foreground_prompt = value.detach().float().reshape(-1).to(self.model.device)
+
+    def set_map_runner(self, runner: MapRunner | None) -> None:
+        """Compute maps with `runner` (latents → (B, L, K+1, R, R), like `eager_maps`) from now on; None: the
+        plain forward. `engine.speed.build_map_runner` makes the compiled, CUDA-graph and feature-reuse ones."""
+        self.map_runner = runner
+
+    def reset_stream(self) -> None:
+        """Forget what the map runner carries from frame to frame (feature reuse's key frame).
+
+        Call it before frames that do not follow the previous ones: a new video or stream, a gap, a seek.
+        """
+        reset = getattr(self.map_runner, "reset", None)
+        if reset is not None:
+            reset()
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -202,10 +223,16 @@ class Engine:
         rest = self.foreground_prompt.reshape(1, -1).expand(TOKENS - k, -1)
         return torch.cat([self.keypoint_prompts, rest], dim=0)[None]
 
-    def _ensure_cache(self):
-        if not self._cached and self.cache_kv:
-            cache_prompt_kv(self.model.unet, self.extractor.state, None, self.conditioning().to(self.model.dtype))
-            self._cached = True
+    def cache_prompt(self) -> None:
+        """Project the prompt conditioning to every cross-attention layer's keys and values, once per
+        conditioning: when the prompts change (reassigned or edited in place), they are projected again."""
+        if not self.speed.prompt_kv_cache:
+            return
+        cond = self.conditioning()
+        if self._kv_conditioning is not None and torch.equal(self._kv_conditioning, cond):
+            return
+        cache_prompt_kv(self.model.unet, self.extractor.state, None, cond.to(self.model.dtype))
+        self._kv_conditioning = cond.clone()
 
     @torch.no_grad()
     def predict(self, frames, return_maps: bool = False) -> Prediction:
@@ -213,11 +240,11 @@ class Engine:
 
         `frames`: (B, H, W, 3) array or tensor, or a list of (H, W, 3) arrays of equal size.
         """
-        self._ensure_cache()
+        self.cache_prompt()
         x, box = self.prepare(frames)
         z = self.extractor.encode(x)
         maps = (self.map_runner or self.eager_maps)(z)
-        return self._read_out(maps, box, return_maps)
+        return self.read_out(maps, box, return_maps)
 
     def prepare(self, frames) -> tuple[torch.Tensor, InputMapping]:
         """Frames (as `predict` takes them) → the letterboxed input batch on the model's device, and its mapping.
@@ -233,7 +260,7 @@ class Engine:
     @torch.no_grad()
     def predict_per_keypoint(self, frames) -> Prediction:
         """Reference without PEI: one forward per keypoint, that keypoint's prompt in token 0 and P_f elsewhere."""
-        self._cached = False
+        self._kv_conditioning = None
         self.extractor.state.kv_cache.clear()
         x, box = self.prepare(frames)
         z = self.extractor.encode(x)
@@ -244,23 +271,17 @@ class Engine:
             m = self.extractor.layer_maps(z, cond, n_tokens=2)["maps"]
             per_kp.append(m[:, :, 0])
         maps = torch.stack(per_kp + [m[:, :, 1]], dim=2)
-        return self._read_out(maps, box, False)
+        return self.read_out(maps, box, False)
 
-    def _read_out(self, maps: torch.Tensor, box: InputMapping, return_maps: bool) -> Prediction:
-        k = len(self.names)
-        fg = maps[:, :, k].mean(dim=1)  # (B, R, R): layer-averaged foreground map M_f
-        kp_maps = maps[:, :, :k].transpose(1, 2)  # (B, K, L, R, R)
-        fused = fuse_layers_fgar(kp_maps, fg[:, None, None], self.fgar.reweight, self.fgar.refine)
-        xy_map, peak = soft_argmax_peak(fused, self.fgar.window)
-        stride = self.resolution / maps.shape[-1]
-        xy = box.to_frame(grid_to_input(xy_map, stride).cpu().numpy().astype(np.float64))
-        sharp = (peak / fused.mean(dim=(-2, -1)).clamp(min=1e-8)).cpu().numpy()
+    def read_out(self, maps: torch.Tensor, box: InputMapping, return_maps: bool = False) -> Prediction:
+        """(B, L, K+1, R, R) maps → keypoints in frame pixels (`engine.localize.read_out`, then `box`)."""
+        out = read_out(maps, len(self.names), self.fgar, self.resolution)
         return Prediction(
-            keypoints=xy,
-            confidence=peak.clamp(0, 1).cpu().numpy().astype(np.float64),
-            sharpness=sharp.astype(np.float64),
-            maps=fused.float().cpu().numpy() if return_maps else None,
-            foreground=fg.float().cpu().numpy() if return_maps else None,
+            keypoints=box.to_frame(out.keypoints.cpu().numpy().astype(np.float64)),
+            confidence=out.confidence.cpu().numpy().astype(np.float64),
+            sharpness=out.sharpness.cpu().numpy().astype(np.float64),
+            maps=out.maps.float().cpu().numpy() if return_maps else None,
+            foreground=out.foreground.float().cpu().numpy() if return_maps else None,
         )
 
 

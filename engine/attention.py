@@ -1,4 +1,4 @@
-"""Cross-attention map capture as a diffusers attention processor, and a UNet forward that stops early.
+"""Cross-attention map capture as a diffusers attention processor (the UNet itself runs in `engine.unet_blocks`).
 
 The capture processor computes the same attention output as diffusers' default processor (through the fused
 `scaled_dot_product_attention` kernel) and, beside it, the PPM map of the first `n_tokens` prompt tokens:
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 LAYER_SETS = ("up", "down", "mid", "all")
+TOKENS = 77  # tokens of a CLIP text conditioning: the keypoint prompts, then the foreground prompt in the rest
 
 
 def cross_attention_layers(unet) -> list[str]:
@@ -171,46 +172,3 @@ def last_block_needed(layers: list[str]) -> tuple[str, int]:
     order = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
     last = max(layers, key=lambda n: (order[n.split(".")[0]], _block_index(n)))
     return last.split(".")[0], _block_index(last)
-
-
-def unet_forward_until(unet, sample: torch.Tensor, timestep: torch.Tensor, conditioning: torch.Tensor,
-                       stop_after: tuple[str, int] | None = None) -> torch.Tensor:
-    """Run a diffusers UNet2DConditionModel block by block, stopping after `stop_after` (or running it whole).
-
-    Mirrors `UNet2DConditionModel.forward` for SD-style UNets (no class/added embeddings, no adapters);
-    the maps captured by the processors are identical to those of a full forward.
-    """
-    emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep))
-    if unet.time_embed_act is not None:
-        emb = unet.time_embed_act(emb)
-    h = unet.conv_in(sample)
-    residuals = (h,)
-    for i, block in enumerate(unet.down_blocks):
-        if getattr(block, "has_cross_attention", False):
-            h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=conditioning)
-        else:
-            h, res = block(hidden_states=h, temb=emb)
-        residuals += res
-        if stop_after == ("down_blocks", i):
-            return h
-    if unet.mid_block is not None:
-        if getattr(unet.mid_block, "has_cross_attention", False):
-            h = unet.mid_block(h, emb, encoder_hidden_states=conditioning)
-        else:
-            h = unet.mid_block(h, emb)
-    if stop_after == ("mid_block", 0):
-        return h
-    for i, block in enumerate(unet.up_blocks):
-        res = residuals[-len(block.resnets):]
-        residuals = residuals[: -len(block.resnets)]
-        upsample_size = residuals[-1].shape[2:] if residuals else None
-        if getattr(block, "has_cross_attention", False):
-            h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, encoder_hidden_states=conditioning,
-                      upsample_size=upsample_size)
-        else:
-            h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size)
-        if stop_after == ("up_blocks", i):
-            return h
-    if unet.conv_norm_out is not None:
-        h = unet.conv_act(unet.conv_norm_out(h))
-    return unet.conv_out(h)

@@ -7,13 +7,13 @@ factor, at ~1/20 of the VAE encoder's cost. `TinyEncoder` wraps it with the cont
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ppmtrack.engine.errors import PpmtrackError
+from ppmtrack.engine.models import _offline  # the one reading of HF_HUB_OFFLINE
 
 TAESD_HUB_ID = "madebyollin/taesd"
 UNTRAINED = "untrained"
@@ -125,8 +125,7 @@ def _load_pretrained(source: str):
             from huggingface_hub import constants
 
             where = f"the Hugging Face cache {constants.HF_HUB_CACHE}"
-            offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-            where += " (HF_HUB_OFFLINE is set, so the hub was not contacted)" if offline else \
+            where += " (HF_HUB_OFFLINE is set, so the hub was not contacted)" if _offline() else \
                 " and on the hub (no network, or the id is wrong)"
         raise EncoderLoadError(
             f"cannot load the tiny autoencoder {source!r}: looked in {where}. Download it once on a machine "
@@ -148,7 +147,7 @@ def encoder_effect(engine, frames: np.ndarray, encoder: TinyEncoder, batch_size:
     latents = {}
     try:
         for label, enc in (("vae", None), ("tiny", encoder)):
-            engine.extractor.encoder = enc
+            engine.extractor.use_encoder(enc)
             preds, zs = [], []
             for s in range(0, len(frames), batch_size):
                 preds.append(engine.predict(frames[s:s + batch_size], return_maps=True))
@@ -157,7 +156,7 @@ def encoder_effect(engine, frames: np.ndarray, encoder: TinyEncoder, batch_size:
             runs[label] = preds
             latents[label] = torch.cat(zs)
     finally:
-        engine.extractor.encoder = saved
+        engine.extractor.use_encoder(saved)
     maps_a = np.concatenate([p.maps for p in runs["vae"]])
     maps_b = np.concatenate([p.maps for p in runs["tiny"]])
     kp_a = np.concatenate([p.keypoints for p in runs["vae"]])

@@ -11,16 +11,15 @@ speed, and both are measured by `bench/bench_inference.py --reuse` on the sample
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ppmtrack.engine.attention import capture_installed, install_capture
+from ppmtrack.engine.infer import stack_layer_maps
 
 
 class FeatureReuse:
-    """Drop-in for `Engine.eager_maps` that recomputes the deep UNet features only every `every` frames.
+    """A map runner (`engine.speed.MapRunner`) that recomputes the deep UNet features only every `every` frames.
 
     Frames are counted across calls, in the order given (batches of a video in order); `reset` starts over
-    (a new video). The first frame after a reset is always a key frame.
+    (`Engine.reset_stream`: a new video, a gap in a stream). The first frame after a reset is always a key frame.
 
     Parameters
     ----------
@@ -107,62 +106,28 @@ class FeatureReuse:
 
     def _full(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole forward of key frames; returns their maps and the input of up_blocks[branch]."""
-        seen = []
-        hook = self.engine.model.unet.up_blocks[self.branch - 1].register_forward_hook(
-            lambda module, args, output: seen.append(output))
-        try:
-            maps = self.engine.eager_maps(latents)
-        finally:
-            hook.remove()
-        return maps, seen[0]
+        eng, ext = self.engine, self.engine.extractor
+        cond = ext.batch_conditioning(eng.conditioning(), latents.shape[0])
+        with ext.capturing(len(eng.names) + 1) as st:
+            run = ext.run(ext.start(latents), cond, stop=("up_blocks", self.branch - 1))
+            deep = run.hidden
+            ext.run(run, cond, start=("up_blocks", self.branch), stop=("up_blocks", self.stop))
+            maps = stack_layer_maps(st.maps, ext.layers)
+        return maps, deep
 
     def _shallow(self, latents: torch.Tensor, deep: torch.Tensor, stale_maps: torch.Tensor) -> torch.Tensor:
         """Shallow branch on top of cached deep features; fresh and cached maps merged in layer order."""
-        eng = self.engine
-        ext = eng.extractor
-        unet = eng.model.unet
-        st = ext.state
-        if not capture_installed(unet, ext.layers, st):
-            install_capture(unet, ext.layers, st)
-        st.clear()
-        st.n_tokens = len(eng.names) + 1
-        cond = eng.conditioning().to(eng.model.dtype).expand(latents.shape[0], -1, -1)
-        try:
-            t = ext._timestep_on(latents.device)
-            emb = unet.time_embedding(unet.get_time_embed(sample=latents, timestep=t))
-            if unet.time_embed_act is not None:
-                emb = unet.time_embed_act(emb)
-            h = unet.conv_in(latents)
-            residuals = (h,)
-            for block in unet.down_blocks[:self.n_down]:
-                h, res = block(hidden_states=h, temb=emb, **_cross(block, cond))
-                residuals += res
-            residuals = residuals[:self.need]
-            h = deep
-            for block in unet.up_blocks[self.branch:self.stop + 1]:
-                res = residuals[-len(block.resnets):]
-                residuals = residuals[: -len(block.resnets)]
-                h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res,
-                          upsample_size=residuals[-1].shape[2:] if residuals else None, **_cross(block, cond))
-            res_side = stale_maps.shape[-1]
-            fresh = []
-            for i in self.fresh:
-                m = st.maps[ext.layers[i]]
-                side = int(round(m.shape[-1] ** 0.5))
-                g = m.reshape(m.shape[0], m.shape[1], side, side)
-                if side != res_side:
-                    g = F.interpolate(g, size=(res_side, res_side), mode="bilinear", align_corners=False)
-                fresh.append(g)
-        finally:
-            st.clear()
-            st.n_tokens = 0
+        eng, ext = self.engine, self.engine.extractor
+        cond = ext.batch_conditioning(eng.conditioning(), latents.shape[0])
+        with ext.capturing(len(eng.names) + 1) as st:
+            run = ext.start(latents)
+            if self.n_down:
+                run = ext.run(run, cond, stop=("down_blocks", self.n_down - 1))
+            run = run.keep_residuals(self.need).with_hidden(deep)
+            ext.run(run, cond, start=("up_blocks", self.branch), stop=("up_blocks", self.stop))
+            fresh = stack_layer_maps(st.maps, [ext.layers[i] for i in self.fresh], size=stale_maps.shape[-1])
         maps = torch.empty((latents.shape[0], len(ext.layers), *stale_maps.shape[2:]), dtype=stale_maps.dtype,
                            device=stale_maps.device)
-        maps[:, self.fresh] = torch.stack(fresh, dim=1)
+        maps[:, self.fresh] = fresh
         maps[:, self.stale] = stale_maps
         return maps
-
-
-def _cross(block, conditioning: torch.Tensor) -> dict:
-    """The conditioning keyword for blocks with cross-attention, nothing for the others."""
-    return {"encoder_hidden_states": conditioning} if getattr(block, "has_cross_attention", False) else {}

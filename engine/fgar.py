@@ -5,9 +5,20 @@ Maps here are torch tensors whose last two axes are spatial; every function work
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 EPS = 1e-8
+
+
+@dataclass
+class FgarConfig:
+    """FGAR switches (for ablations) and the sub-pixel window."""
+
+    reweight: bool = True
+    refine: bool = True
+    window: int = 5
 
 
 def soft_iou(maps: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:

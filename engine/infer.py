@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
-from ppmtrack.engine.attention import (
-    CaptureState,
-    capture_installed,
-    install_capture,
-    last_block_needed,
-    unet_forward_until,
-)
+from ppmtrack.engine.attention import CaptureState, capture_installed, install_capture, last_block_needed
 from ppmtrack.engine.models import DiffusionModel
+from ppmtrack.engine.unet_blocks import Position, UNetRun, finish_unet, run_blocks, start_unet
+
+
+def stack_layer_maps(per_layer: dict, layers: list[str], size: int | None = None) -> torch.Tensor:
+    """Captured per-layer maps as one tensor: layer name → (B, n, h*w) becomes (B, L, n, R, R).
+
+    Square maps of every layer in `layers` (in that order) are upsampled bilinearly to R×R, R = `size` or the
+    finest captured resolution. Used by map extraction, feature reuse and the ONNX graph alike (the sides are
+    Python ints, so a traced graph keeps them as constants).
+    """
+    grids = []
+    for k in layers:
+        m = per_layer[k]
+        side = math.isqrt(int(m.shape[-1]))
+        grids.append(m.reshape(m.shape[0], m.shape[1], side, side))
+    res = size or max(g.shape[-1] for g in grids)
+    grids = [g if g.shape[-1] == res else F.interpolate(g, size=(res, res), mode="bilinear", align_corners=False)
+             for g in grids]
+    return torch.stack(grids, dim=1)
 
 
 class MapExtractor:
@@ -44,6 +61,7 @@ class MapExtractor:
         self.noise_seed = int(noise_seed)
         self.state: CaptureState = install_capture(model.unet, self.layers)
         self.stop_after = last_block_needed(self.layers) if truncate else None
+        self.blocks: list[Callable] | None = None  # see `use_blocks`
         self._noise: dict[tuple, torch.Tensor] = {}
         self._timesteps: dict[torch.device, torch.Tensor] = {}
         a = model.alphas_cumprod[self.timestep]
@@ -67,6 +85,47 @@ class MapExtractor:
             z = m.vae.encode(images).latent_dist.mean * m.scaling_factor
         return self._sqrt_a * z + self._sqrt_1ma * self.noise(tuple(z.shape[1:]))
 
+    def use_encoder(self, encoder: Callable | None) -> None:
+        """Encode images with `encoder` from now on (see the class parameters); None: the model's VAE."""
+        self.encoder = encoder
+
+    def use_blocks(self, blocks: Sequence[Callable] | None) -> None:
+        """Run the UNet blocks through these callables from now on (one per block, in the order of
+        `engine.unet_blocks.block_positions`, e.g. `torch.compile`d blocks); None: the UNet's own modules."""
+        self.blocks = None if blocks is None else list(blocks)
+
+    @contextmanager
+    def capturing(self, n_tokens: int, logits: bool = False, features: bool = False) -> Iterator[CaptureState]:
+        """Record maps of the first `n_tokens` tokens (and logits / query features) of the UNet runs made inside.
+
+        Puts this extractor's capture processors back on the UNet if another extractor replaced them, and
+        leaves the state empty afterwards.
+        """
+        st = self.state
+        if not capture_installed(self.model.unet, self.layers, st):
+            install_capture(self.model.unet, self.layers, st)  # several extractors may share one model
+        st.clear()
+        st.n_tokens, st.record_logits, st.record_features = n_tokens, logits, features
+        try:
+            yield st
+        finally:
+            st.clear()
+            st.n_tokens, st.record_logits, st.record_features = 0, False, False
+
+    def batch_conditioning(self, conditioning: torch.Tensor, batch: int) -> torch.Tensor:
+        """A (1, T, c) or (B, T, c) conditioning in the model's dtype, expanded to `batch`."""
+        cond = conditioning.to(self.model.dtype)
+        return cond.expand(batch, -1, -1) if cond.shape[0] == 1 and batch > 1 else cond
+
+    def start(self, latents: torch.Tensor) -> UNetRun:
+        """The UNet run of noisy latents before its first block (time embedding at this extractor's timestep)."""
+        return start_unet(self.model.unet, latents, self.timestep_on(latents.device))
+
+    def run(self, run: UNetRun, conditioning: torch.Tensor, start: Position | None = None,
+            stop: Position | None = None) -> UNetRun:
+        """`engine.unet_blocks.run_blocks` through this extractor's blocks (compiled ones, if given)."""
+        return run_blocks(self.model.unet, run, conditioning, start, stop, self.blocks)
+
     def layer_maps(self, latents: torch.Tensor, conditioning: torch.Tensor, n_tokens: int,
                    logits: bool = False, features: bool = False) -> dict:
         """Run the UNet on noisy latents and return the captured maps.
@@ -74,29 +133,19 @@ class MapExtractor:
         Returns a dict with ``maps`` (B, L, n_tokens, R, R) sigmoid maps upsampled to the finest captured
         resolution R, and, if asked, ``logits`` of the same shape and ``features`` (list of (B, h, w, C)).
         """
-        st = self.state
-        if not capture_installed(self.model.unet, self.layers, st):
-            install_capture(self.model.unet, self.layers, st)  # several extractors may share one model
-        st.clear()
-        st.n_tokens, st.record_logits, st.record_features = n_tokens, logits, features
-        b = latents.shape[0]
-        cond = conditioning.to(self.model.dtype)
-        if cond.shape[0] == 1 and b > 1:
-            cond = cond.expand(b, -1, -1)
-        t = self._timestep_on(latents.device)
-        try:
-            unet_forward_until(self.model.unet, latents, t, cond, self.stop_after)
-            out = {"maps": self._stack(st.maps) if n_tokens else None}
+        cond = self.batch_conditioning(conditioning, latents.shape[0])
+        with self.capturing(n_tokens, logits, features) as st:
+            run = self.run(self.start(latents), cond, stop=self.stop_after)
+            if self.stop_after is None:
+                finish_unet(self.model.unet, run)
+            out = {"maps": stack_layer_maps(st.maps, self.layers) if n_tokens else None}
             if logits:
-                out["logits"] = self._stack(st.logits)
+                out["logits"] = stack_layer_maps(st.logits, self.layers)
             if features:
                 out["features"] = [self._grid(st.features[k]) for k in self.layers]
-        finally:
-            st.clear()
-            st.n_tokens, st.record_logits, st.record_features = 0, False, False
         return out
 
-    def _timestep_on(self, device: torch.device) -> torch.Tensor:
+    def timestep_on(self, device: torch.device) -> torch.Tensor:
         """The timestep as a tensor on `device`, made once (no host-to-device copy per forward, so the forward
         can be captured in a CUDA graph)."""
         if device not in self._timesteps:
@@ -108,14 +157,3 @@ class MapExtractor:
         b, s, c = x.shape
         side = int(round(s**0.5))
         return x.reshape(b, side, side, c)
-
-    def _stack(self, per_layer: dict) -> torch.Tensor:
-        grids = []
-        for k in self.layers:
-            m = per_layer[k]  # (B, n, h*w)
-            side = int(round(m.shape[-1] ** 0.5))
-            grids.append(m.reshape(m.shape[0], m.shape[1], side, side))
-        res = max(g.shape[-1] for g in grids)
-        grids = [g if g.shape[-1] == res else F.interpolate(g, size=(res, res), mode="bilinear",
-                                                            align_corners=False) for g in grids]
-        return torch.stack(grids, dim=1)

@@ -1,9 +1,56 @@
-"""Keypoint read-out from fused maps: argmax with sub-pixel refinement (frame mapping: `engine.geometry`)."""
+"""Keypoint read-out: per-layer maps → FGAR fusion → sub-pixel peak, in engine-input pixels.
+
+The mapping from engine-input pixels back to frame pixels is `engine.geometry`'s.
+"""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
+
+from ppmtrack.engine.fgar import FgarConfig, fuse_layers_fgar
+from ppmtrack.engine.geometry import grid_to_input
+
+
+class ReadOut(NamedTuple):
+    """Keypoints of a batch as tensors, before the mapping back to frame pixels.
+
+    keypoints (B, K, 2) in engine-input pixels; confidence (B, K): peak of the fused map clamped to [0, 1];
+    sharpness (B, K): peak over the map's mean; maps (B, K, R, R) fused maps; foreground (B, R, R).
+    """
+
+    keypoints: torch.Tensor
+    confidence: torch.Tensor
+    sharpness: torch.Tensor
+    maps: torch.Tensor
+    foreground: torch.Tensor
+
+
+def read_out(maps: torch.Tensor, n_keypoints: int, fgar: FgarConfig, resolution: int) -> ReadOut:
+    """The one read-out of `Engine.predict` and the ONNX graph.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (B, L, K+1, R, R) per-layer maps of the K keypoint tokens and the foreground token
+        (`engine.infer.stack_layer_maps`).
+    n_keypoints : int
+        K.
+    fgar : FgarConfig
+        Fusion switches and the sub-pixel window.
+    resolution : int
+        The engine's input side S; one map cell is S / R input pixels.
+    """
+    k = n_keypoints
+    fg = maps[:, :, k].mean(dim=1)  # (B, R, R): layer-averaged foreground map M_f
+    kp_maps = maps[:, :, :k].transpose(1, 2)  # (B, K, L, R, R)
+    fused = fuse_layers_fgar(kp_maps, fg[:, None, None], fgar.reweight, fgar.refine)
+    xy_map, peak = soft_argmax_peak(fused, fgar.window)
+    keypoints = grid_to_input(xy_map, resolution / int(maps.shape[-1]))  # int: a constant in a trace
+    sharpness = peak / fused.mean(dim=(-2, -1)).clamp(min=1e-8)
+    return ReadOut(keypoints, peak.clamp(0, 1), sharpness, fused, fg)
 
 
 def soft_argmax_peak(maps: torch.Tensor, window: int = 5) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,6 @@ peak read-out.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 import warnings
@@ -18,12 +17,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from ppmtrack.engine.attention import capture_installed, install_capture, unet_forward_until
-from ppmtrack.engine.fgar import fuse_layers_fgar
-from ppmtrack.engine.geometry import grid_to_input
-from ppmtrack.engine.localize import soft_argmax_peak
+from ppmtrack.engine.infer import stack_layer_maps
+from ppmtrack.engine.localize import read_out
+from ppmtrack.engine.unet_blocks import run_blocks, start_unet
 
 ONNX_FORMAT = "ppmtrack-onnx"
 ONNX_FORMAT_VERSION = 1
@@ -46,7 +43,7 @@ class EngineGraph(torch.nn.Module):
         self.with_maps = with_maps
         # registered so that the tracer stores their weights as initializers, not as Constant nodes
         self.vae, self.unet = engine.model.vae, engine.model.unet
-        engine._ensure_cache()
+        engine.cache_prompt()
         m = engine.model
         side = engine.resolution // m.vae_scale
         latent = (int(m.vae.config.latent_channels), side, side)
@@ -54,49 +51,20 @@ class EngineGraph(torch.nn.Module):
         a = m.alphas_cumprod[engine.extractor.timestep]
         self.sqrt_a, self.sqrt_1ma = float(a.sqrt()), float((1 - a).sqrt())
 
-    def _capture(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Layer → (B, K+1, h*w) maps: `MapExtractor.encode`, then `layer_maps`' UNet forward, traceable."""
+    def forward(self, images: torch.Tensor):
         eng = self.engine
-        ex, st = eng.extractor, eng.extractor.state
-        if not capture_installed(eng.model.unet, ex.layers, st):
-            install_capture(eng.model.unet, ex.layers, st)
-        m = eng.model
+        ex, m = eng.extractor, eng.model
         z = m.vae.encode(images.to(m.device, m.dtype)).latent_dist.mean * m.scaling_factor
         z = self.sqrt_a * z + self.sqrt_1ma * self.noise  # `MapExtractor.encode`
         cond = eng.conditioning().expand(z.shape[0], -1, -1)  # read by the layers that do not capture
-        st.clear()
-        st.n_tokens, st.record_logits, st.record_features = len(eng.names) + 1, False, False
-        try:
-            t = torch.tensor(ex.timestep, device=z.device)
-            unet_forward_until(eng.model.unet, z, t, cond, ex.stop_after)
-            return dict(st.maps)
-        finally:
-            st.clear()
-            st.n_tokens = 0
-
-    def forward(self, images: torch.Tensor):
-        eng = self.engine
-        k = len(eng.names)
-        captured = list(self._capture(images).values())
-        sides = [math.isqrt(int(m.shape[-1])) for m in captured]  # constants in the trace: S is fixed
-        r = max(sides)
-        grids = []
-        for m, side in zip(captured, sides, strict=True):
-            g = m.reshape(m.shape[0], m.shape[1], side, side)
-            if side != r:
-                g = F.interpolate(g, size=(r, r), mode="bilinear", align_corners=False)
-            grids.append(g)
-        maps = torch.stack(grids, dim=1)  # (B, L, K+1, R, R), as `MapExtractor.layer_maps` stacks them
-        fg = maps[:, :, k].mean(dim=1)
-        kp_maps = maps[:, :, :k].transpose(1, 2)
-        fused = fuse_layers_fgar(kp_maps, fg[:, None, None], eng.fgar.reweight, eng.fgar.refine)
-        xy_map, peak = soft_argmax_peak(fused, eng.fgar.window)
-        keypoints = grid_to_input(xy_map, eng.resolution / r)
-        confidence = peak.clamp(0, 1)
-        sharpness = peak / fused.mean(dim=(-2, -1)).clamp(min=1e-8)
+        t = torch.tensor(ex.timestep, device=z.device)  # made in the trace, not `timestep_on`'s cached one
+        with ex.capturing(len(eng.names) + 1) as st:
+            run_blocks(m.unet, start_unet(m.unet, z, t), cond, stop=ex.stop_after)  # the eager blocks: traced
+            maps = stack_layer_maps(st.maps, ex.layers)  # (B, L, K+1, R, R)
+        out = read_out(maps, len(eng.names), eng.fgar, eng.resolution)
         if self.with_maps:
-            return keypoints, confidence, sharpness, fused.float(), fg.float()
-        return keypoints, confidence, sharpness
+            return out.keypoints, out.confidence, out.sharpness, out.maps.float(), out.foreground.float()
+        return out.keypoints, out.confidence, out.sharpness
 
 
 def output_names(with_maps: bool) -> list[str]:

@@ -40,7 +40,7 @@ class OnnxModelInfo:
 
 @dataclass
 class OnnxEngine:
-    """An exported engine in an onnxruntime session, with the attributes of `engine.Engine` a pipeline reads.
+    """An exported engine in an onnxruntime session; like `engine.Engine`, an `engine.interface.EngineLike`.
 
     Attributes
     ----------
@@ -149,6 +149,9 @@ class OnnxEngine:
             maps=out["maps"] if return_maps else None,
             foreground=out["foreground"] if return_maps else None,
         )
+
+    def reset_stream(self) -> None:
+        """Nothing to forget: every frame runs the whole exported graph (part of `engine.interface.EngineLike`)."""
 
     def _run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Run the graph; a fixed-batch export gets the frames in chunks of its size, the last one padded."""

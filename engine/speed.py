@@ -1,8 +1,9 @@
 """Inference optimisation switches for an `Engine`, each one independent and measured by `bench/`.
 
-`SpeedConfig` lists them; `apply_speed(engine, config)` (also reached through `Engine(..., speed=...)` and
-`Engine.load(..., speed=...)`) puts them in place. The precision (float16/bfloat16) is chosen when the model
-is loaded (`load_model(dtype=...)`); attention always runs through PyTorch's fused
+`SpeedConfig` lists them; `Engine(..., speed=...)` and `Engine.load(..., speed=...)` put them in place: the
+engine asks `speed_encoder` for its image encoder and `build_map_runner` for its map runner (a `MapRunner`
+handed to `Engine.set_map_runner`); nothing here sets an engine's attributes. The precision (float16/bfloat16)
+is chosen when the model is loaded (`load_model(dtype=...)`); attention always runs through PyTorch's fused
 `scaled_dot_product_attention`.
 See docs/performance.md for what each switch does and what it was measured to give.
 """
@@ -13,10 +14,11 @@ import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
-from ppmtrack.engine.attention import last_block_needed
+from ppmtrack.engine.unet_blocks import unet_blocks
 
 logger = logging.getLogger("ppmtrack")
 
@@ -80,25 +82,36 @@ class SpeedConfig:
         return {k: v for k, v in asdict(self).items() if v != getattr(base, k)}
 
 
-def apply_speed(engine, config: SpeedConfig) -> None:
-    """Put the optimisations of `config` in place on `engine` (in place; call once, on a fresh engine)."""
+@runtime_checkable
+class MapRunner(Protocol):
+    """What computes an engine's maps in place of `Engine.eager_maps`: noisy latents (B, 4, h, w) → maps
+    (B, L, K+1, R, R). `reset` forgets whatever it carries from one call to the next (`Engine.reset_stream`)."""
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def reset(self) -> None: ...
+
+
+def speed_encoder(model, config: SpeedConfig):
+    """The image encoder `config` asks for (None: the model's VAE), ready for `engine.infer.MapExtractor`."""
+    if config.encoder == "vae":
+        return None
+    from ppmtrack.engine.encoders import TAESD_CONFIG, TAESD_HUB_ID, TINY_TAESD_CONFIG, load_tiny_encoder
+
+    source = TAESD_HUB_ID if config.encoder == "taesd" else config.encoder
+    full_size = model.unet.config.block_out_channels[0] >= 320
+    return load_tiny_encoder(source, model.device, model.dtype, config=TAESD_CONFIG if full_size else TINY_TAESD_CONFIG)
+
+
+def build_map_runner(engine, config: SpeedConfig) -> MapRunner | None:
+    """The map runner of `config`'s switches for `engine` (None: the plain `Engine.eager_maps` does).
+
+    Called once by `Engine.__init__`, after its extractor exists. Channels-last converts the model's modules in
+    place; compilation hands `torch.compile`d UNet blocks and image encoder to the extractor
+    (`MapExtractor.use_blocks`, `MapExtractor.use_encoder`), with the eager ones restored if compiling fails.
+    """
     ext = engine.extractor
     model = engine.model
-    engine.speed = config
-    engine.cache_kv = config.prompt_kv_cache
-    if not config.prompt_kv_cache:
-        ext.state.kv_cache.clear()
-        engine._cached = False
-    ext.stop_after = last_block_needed(engine.layers) if config.truncate else None
-
-    if config.encoder != "vae":
-        from ppmtrack.engine.encoders import TAESD_CONFIG, TAESD_HUB_ID, TINY_TAESD_CONFIG, load_tiny_encoder
-
-        source = TAESD_HUB_ID if config.encoder == "taesd" else config.encoder
-        full_size = model.unet.config.block_out_channels[0] >= 320
-        ext.encoder = load_tiny_encoder(source, model.device, model.dtype,
-                                        config=TAESD_CONFIG if full_size else TINY_TAESD_CONFIG)
-
     if config.channels_last:
         for module in (model.unet, model.vae, ext.encoder):
             if isinstance(module, torch.nn.Module):
@@ -112,17 +125,20 @@ def apply_speed(engine, config: SpeedConfig) -> None:
     if config.channels_last:
         maps = _ChannelsLast(maps)
     if config.compile:
-        guard = CompileGuard(_compile_targets(engine), config.compile_mode, config.compile_backend)
-        encode = ext.encoder if ext.encoder is not None else _VaeEncode(model)
-        ext.encoder = guard.wrap(encode)
+        guard = CompileGuard(config.compile_mode, config.compile_backend)
+        eager_encoder = ext.encoder
+        encode = eager_encoder if eager_encoder is not None else _VaeEncode(model)
+        ext.use_blocks([guard.compile(block) for block in unet_blocks(model.unet)])
+        ext.use_encoder(guard.wrap(guard.compile(encode), eager=encode))
+        guard.on_failure(lambda: (ext.use_blocks(None), ext.use_encoder(eager_encoder)))
         maps = guard.wrap(maps)
     if config.cuda_graphs:
         if model.device.type != "cuda":
             warnings.warn("cuda_graphs needs a CUDA device; the engine runs without CUDA graphs",
-                          stacklevel=2)
+                          stacklevel=3)
         else:
             maps = CudaGraphMaps(maps, ext.state)
-    engine.map_runner = None if maps == engine.eager_maps else maps
+    return None if maps == engine.eager_maps else maps
 
 
 class _ChannelsLast:
@@ -138,79 +154,74 @@ class _ChannelsLast:
         return getattr(self.__dict__["fn"], name)
 
 
-class _VaeEncode:
-    """The VAE's encode as a plain callable (images → scaled latent means), so it can be guarded."""
+class _VaeEncode(torch.nn.Module):
+    """The VAE's encode as a module (images → scaled latent means), so it can be compiled and guarded."""
 
     def __init__(self, model):
-        self.model = model
+        super().__init__()
+        self.vae = model.vae
+        self.scaling_factor = model.scaling_factor
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        return m.vae.encode(images).latent_dist.mean * m.scaling_factor
-
-
-def _compile_targets(engine) -> list[torch.nn.Module]:
-    """The modules compiled one by one: every UNet block and the image encoder's network.
-
-    Blocks rather than the whole UNet: the engine runs the UNet block by block (and may stop early), and the
-    capture processors' side effects stay outside any one graph.
-    """
-    unet = engine.model.unet
-    blocks = list(unet.down_blocks) + ([unet.mid_block] if unet.mid_block is not None else []) + \
-        list(unet.up_blocks)
-    enc = engine.extractor.encoder
-    return blocks + [enc.encoder if enc is not None else engine.model.vae.encoder]
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(images).latent_dist.mean * self.scaling_factor
 
 
 class CompileGuard:
-    """Compiles modules in place with `torch.compile` and runs callables; on a failure it warns, restores the
-    eager modules and reruns the call eagerly (a compile failure must never stop a tracking run).
+    """Compiles callables with `torch.compile` and runs them; on a failure it warns, restores the eager ones and
+    reruns the call eagerly (a compile failure must never stop a tracking run).
 
     Parameters
     ----------
-    modules : list of torch.nn.Module
-        Compiled with `Module.compile`, so module names (and the capture processors' layer names) are kept.
     mode, backend
         Passed to `torch.compile`.
     """
 
-    def __init__(self, modules: list[torch.nn.Module], mode: str | None = None, backend="inductor"):
-        self.modules = modules
+    def __init__(self, mode: str | None = None, backend="inductor"):
+        self.mode = mode
+        self.backend = backend
         self.failed: BaseException | None = None
-        for m in modules:
-            m.compile(mode=mode, backend=backend, dynamic=False)
+        self._restore: list[Callable[[], object]] = []
 
-    def wrap(self, fn: Callable) -> Callable:
-        """`fn` run under the guard."""
+    def compile(self, fn: Callable) -> Callable:
+        """`torch.compile(fn)` with this guard's settings (compilation itself happens at the first call).
+
+        UNet blocks are compiled one by one rather than the whole UNet: the engine runs the UNet block by block
+        (and may stop early), and the capture processors' side effects stay outside any one graph.
+        """
+        return torch.compile(fn, mode=self.mode, backend=self.backend, dynamic=False)
+
+    def on_failure(self, restore: Callable[[], object]) -> None:
+        """Call `restore` (put the eager callables back) when compiled code fails."""
+        self._restore.append(restore)
+
+    def wrap(self, fn: Callable, eager: Callable | None = None) -> Callable:
+        """`fn` run under the guard; after a failure `eager` (default: `fn` itself) is called instead."""
         guard = self
 
         class Guarded:
             def __call__(self, *args):
-                return guard.run(fn, *args)
+                return guard.run(fn, *args, eager=eager)
 
-            def __getattr__(self, name):
+            def __getattr__(self, name):  # reset(), counters of a wrapped FeatureReuse
                 return getattr(fn, name)
 
         return Guarded()
 
-    def run(self, fn: Callable, *args):
-        """Call `fn`; if the compiled modules fail, fall back to eager once and call it again."""
+    def run(self, fn: Callable, *args, eager: Callable | None = None):
+        """Call `fn`; if compiled code fails, fall back to eager once and call it (or `eager`) again."""
+        fallback = eager or fn
         if self.failed is not None:
-            return fn(*args)
+            return fallback(*args)
         try:
             return fn(*args)
         except Exception as exc:  # noqa: BLE001 (any compiler failure: missing compiler, unsupported op, ...)
             self.failed = exc
-            self.restore_eager()
+            for restore in self._restore:
+                restore()
             first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {first_line}); running eagerly",
                           RuntimeWarning, stacklevel=2)
-            return fn(*args)
-
-    def restore_eager(self) -> None:
-        """Undo `Module.compile` on every module."""
-        for m in self.modules:
-            m._compiled_call_impl = None  # what Module.compile sets; None restores the eager forward
+            return fallback(*args)
 
 
 class CudaGraphMaps:

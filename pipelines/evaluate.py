@@ -12,12 +12,16 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ppmtrack.engine.errors import UsageError
 from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 from ppmtrack.tracker.track import Tracks
+
+if TYPE_CHECKING:
+    from ppmtrack.engine.interface import EngineLike
 
 MIN_BBOX_SIZE_PX = 32.0
 FRAME_NUMBER = re.compile(r"(\d+)$")  # DeepLabCut's img0123.png, frame_000123.jpg, 000123.png
@@ -261,7 +265,7 @@ def format_report(result: EvalResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def support_errors(engine, support) -> np.ndarray:
+def support_errors(engine: EngineLike, support) -> np.ndarray:
     """(F, K) pixel distance between the engine's prediction and the label on each support frame (NaN where
     the keypoint is not labelled)."""
     predicted = np.full(support.keypoints.shape, np.nan)
@@ -275,7 +279,7 @@ def support_errors(engine, support) -> np.ndarray:
     return np.linalg.norm(predicted - support.keypoints, axis=2)
 
 
-def format_support_error(engine, support) -> str:
+def format_support_error(engine: EngineLike, support) -> str:
     """A table of the mean pixel error per keypoint on the support frames, after adaptation."""
     errors = support_errors(engine, support)
     width = max(len("all keypoints"), *(len(n) for n in support.names))

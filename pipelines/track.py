@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -35,6 +36,9 @@ from ppmtrack.pipelines.summary import RunSummary
 from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks
 from ppmtrack.tracker.flow import FlowParams
 from ppmtrack.tracker.fusion import Anchors, FlowTrack, fuse_keypoints
+
+if TYPE_CHECKING:
+    from ppmtrack.engine.interface import EngineLike
 
 logger = logging.getLogger("ppmtrack")
 
@@ -407,7 +411,7 @@ def _expected_frames(n_frames: int | None, start: int, stop: int | None, stride:
 
 def track_video(
     source_spec: str | Path,
-    engine,
+    engine: EngineLike,
     out_dir: str | Path,
     *,
     batch_size: int = 8,
@@ -644,6 +648,7 @@ def track_video(
     decode_cpu = None
     failure: BaseException | None = None
     keyboard_interrupt = False
+    engine.reset_stream()  # a new source: nothing carried over from frames tracked before (feature reuse)
     batches = iter_batches(source, batch_size, fill=not is_live, stop_event=halt, stats=batch_stats)
     try:
         next_status = time.monotonic() + STATUS_INTERVAL_S
@@ -657,6 +662,7 @@ def track_video(
                                          "end_time": round(gap.end_time, 3),
                                          "duration_s": round(gap.duration, 3), "reason": gap.reason})
                 logger.warning("stream gap of %.1f s (%s)", gap.duration, gap.reason)
+                engine.reset_stream()  # the frames after a gap do not follow the ones before
                 continue
             images = np.stack([f.image for f in batch.frames])
             t0 = time.perf_counter()

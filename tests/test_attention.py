@@ -8,9 +8,9 @@ from ppmtrack.engine.attention import (
     install_capture,
     last_block_needed,
     select_layers,
-    unet_forward_until,
 )
 from ppmtrack.engine.infer import MapExtractor
+from ppmtrack.engine.unet_blocks import unet_forward_until
 
 
 def _inputs(model, batch=2):

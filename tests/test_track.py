@@ -92,6 +92,9 @@ class StopAfterFirstBatch:
         self.stop_event.set()
         return prediction
 
+    def reset_stream(self):
+        self.engine.reset_stream()
+
 
 def test_stop_event_closes_outputs_and_reports_interrupted(engine, tmp_path):
     stop = threading.Event()

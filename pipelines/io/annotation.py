@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.pipelines.io.files import read_json_file
 from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 
 FORMAT_KEY = "ppmtrack_annotation"
@@ -27,12 +28,7 @@ def _pairs(doc: dict, key: str, path: Path) -> list[tuple[str, str]]:
 def read_annotation(path: str | Path) -> Labels:
     """Read a ppmtrack annotation JSON file into Labels; relative image and video paths are taken from its folder."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8-sig"))  # a UTF-8 byte-order mark is accepted
-    except FileNotFoundError:
-        raise LabelsError(f"{path}: no such annotation file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LabelsError(f"{path}: not a readable JSON annotation file ({e})") from None
+    doc = read_json_file(path, "annotation file")
     if not isinstance(doc, dict) or "keypoints" not in doc or "frames" not in doc:
         raise LabelsError(f"{path}: expected a JSON object with 'keypoints' and 'frames' "
                           "(see docs/annotation-format.md)")

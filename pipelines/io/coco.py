@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.pipelines.io.files import read_json_file
 from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 
 
@@ -57,12 +57,7 @@ def read_coco(
     path = Path(path)
     if per_image not in ("first", "largest"):
         raise ValueError(f"per_image must be 'first' or 'largest', got {per_image!r}")
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LabelsError(f"{path}: no such COCO file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LabelsError(f"{path}: not a readable JSON file ({e})") from None
+    doc = read_json_file(path, "COCO file")
     if not isinstance(doc, dict) or not all(
         isinstance(doc.get(k), list) for k in ("images", "annotations", "categories")
     ):

@@ -11,10 +11,10 @@ from pathlib import Path, PureWindowsPath
 import numpy as np
 
 from ppmtrack.engine.errors import MissingExtraError
+from ppmtrack.pipelines.io.files import FORMATS_EXTRA_HINT
 from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 from ppmtrack.tracker.track import Tracks
 
-FORMATS_EXTRA_HINT = "install the format extras: pip install 'ppmtrack[formats]'"
 LEVELS_SINGLE = ("scorer", "bodyparts", "coords")
 LEVELS_MULTI = ("scorer", "individuals", "bodyparts", "coords")
 

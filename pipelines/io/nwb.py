@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ppmtrack.engine.errors import MissingExtraError
+from ppmtrack.pipelines.io.files import FORMATS_EXTRA_HINT
 from ppmtrack.tracker.track import Tracks
 
-FORMATS_EXTRA_HINT = "install the format extras: pip install 'ppmtrack[formats]'"
 DEFAULT_SUBJECT_ID = "individual_0"  # movement's name for the one animal of a single-animal file
 # Where (0, 0) lies: the code's convention (engine.localize, pipelines.labels): pixel centres at integers.
 REFERENCE_FRAME = ("(0, 0) is the centre of the top-left pixel of the video frame (so the frame spans "

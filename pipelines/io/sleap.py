@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from ppmtrack.engine.errors import MissingExtraError
+from ppmtrack.pipelines.io.files import FORMATS_EXTRA_HINT
 from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 from ppmtrack.tracker.track import Tracks
-
-FORMATS_EXTRA_HINT = "install the format extras: pip install 'ppmtrack[formats]'"
 
 
 def _resolve_media(path: Path, filename: str) -> Path:
