@@ -23,6 +23,10 @@ TOKENS = 77
 # A loss above this multiple of the first step's loss means the optimisation diverged (docs/method.md): a working
 # run stays below its starting loss, and noise between random batches is far smaller than 10x.
 EXPLODE_FACTOR = 10.0
+# Prompts whose norm grows beyond this multiple of their starting norm have left any sensible embedding range
+# (Adam moves each element by about the learning rate per step, so the default settings stay below ~15x); the
+# foreground loss, bounded by 1, cannot show this divergence itself.
+PROMPT_GROWTH_LIMIT = 1000.0
 # float16 loss scaling: the starting scale, good steps in a row before it doubles, and how many steps in a row
 # may be skipped (non-finite gradients; the scale halves each time) before the run is declared diverged.
 LOSS_SCALE = 1024.0
@@ -252,8 +256,10 @@ class _Optimiser:
 
     A float16 backward may overflow: that step is skipped (counted in `skipped`) and the scale halved; after
     `LOSS_SCALE_GROWTH_STEPS` good steps in a row it doubles again. Before each step the loss is checked: not
-    finite, or above `EXPLODE_FACTOR` times the first step's loss, raises `AdaptationDiverged` naming the
-    learning rate and the option that sets it (`stage`, `option`, `default` word the advice).
+    finite, or above `EXPLODE_FACTOR` times the first step's loss, and after it the prompts (not finite, or
+    grown beyond `PROMPT_GROWTH_LIMIT` times their starting norm); each raises `AdaptationDiverged` naming the
+    learning rate and the option that sets it (`stage`, `option`, `default` word the advice). More than
+    `MAX_SKIPPED_IN_A_ROW` skipped steps in a row also count as divergence.
     """
 
     def __init__(self, params: list[torch.Tensor], lr: float, dtype: torch.dtype, stage: str = "keypoint",
@@ -264,11 +270,15 @@ class _Optimiser:
         self.scale = LOSS_SCALE if self.dynamic else 1.0
         self.skipped = 0
         self.first: float | None = None
+        self.start_norm = max(self._norm(), 1.0)
         self._steps = self._skipped_in_a_row = self._good_in_a_row = 0
         self.opt = torch.optim.Adam(params, lr=lr)
         beta1 = self.opt.param_groups[0]["betas"][0]
         if not lr / (1 - beta1) < torch.finfo(torch.float32).max:
             raise self._diverged("its Adam steps do not fit in float32")
+
+    def _norm(self) -> float:
+        return float(torch.linalg.vector_norm(torch.cat([p.detach().flatten() for p in self.params])))
 
     def _diverged(self, what: str) -> AdaptationDiverged:
         suggestion = min(self.default, self.lr / 10)
@@ -313,6 +323,10 @@ class _Optimiser:
             self.scale = min(self.scale * 2, LOSS_SCALE_MAX)
         if not all(bool(torch.isfinite(p).all()) for p in self.params):
             raise self._diverged(f"the prompts became non-finite {at}")
+        norm = self._norm()
+        if norm > PROMPT_GROWTH_LIMIT * self.start_norm:
+            raise self._diverged(f"the {self.stage} prompt grew to {norm / self.start_norm:.3g} times its "
+                                 f"starting size {at}")
         return True
 
 
