@@ -109,6 +109,10 @@ class Engine:
         if size % 64:
             raise ValueError(f"resolution must be a multiple of 64, got {size}")
         cfg = replace(cfg, resolution=size)
+        if foreground is not None and not isinstance(foreground, torch.Tensor):
+            from ppmtrack.engine.foreground import load_foreground
+
+            given_pf, _ = load_foreground(foreground, dm, cfg)  # checked before the (slow) views are built
         layers = select_layers(dm.unet, cfg.layers)
         extractor = MapExtractor(dm, layers, cfg.timestep, cfg.noise_seed)
         rng = np.random.default_rng(cfg.seed)
@@ -123,10 +127,7 @@ class Engine:
         elif isinstance(foreground, torch.Tensor):
             pf, fg_hist, fg_source = foreground.float().reshape(-1).to(dm.device), [], "given tensor"
         else:
-            from ppmtrack.engine.foreground import load_foreground
-
-            pf, _ = load_foreground(foreground, dm, cfg)
-            fg_hist, fg_source = [], f"base set ({Path(foreground).name})"
+            pf, fg_hist, fg_source = given_pf, [], f"base set ({Path(foreground).name})"
         prompts, kp_hist, kp_skipped = train_keypoint_prompts(extractor, views, pf, len(support.names), cfg, rng,
                                                               progress)
         seconds = time.perf_counter() - t0

@@ -18,6 +18,8 @@ from ppmtrack.engine.errors import PpmtrackError
 from ppmtrack.engine.models import DiffusionModel
 from ppmtrack.pipelines.cli import main
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # steady on a small, shared CPU (see conftest)
+
 SUPPORT = "samples/support.json"
 QUICK = dict(resolution=64, steps=4, fg_steps=2, views_per_frame=1, batch_size=2)
 

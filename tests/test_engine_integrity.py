@@ -17,6 +17,8 @@ from ppmtrack.engine import AdaptConfig, Engine, EngineFileError
 from ppmtrack.engine.engine_file import FORMAT, FORMAT_VERSION, read_engine_file, tensor_checksum
 from ppmtrack.engine.foreground import load_foreground, save_foreground
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # steady on a small, shared CPU (see conftest)
+
 ENGINE_DIR = Path(__file__).resolve().parents[1] / "engine"
 NAMES = ["nose", "tail"]
 
