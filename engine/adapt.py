@@ -275,7 +275,7 @@ class _Optimiser:
         self.opt = torch.optim.Adam(params, lr=lr)
         beta1 = self.opt.param_groups[0]["betas"][0]
         if not lr / (1 - beta1) < torch.finfo(torch.float32).max:
-            raise self._diverged("its Adam steps do not fit in float32")
+            raise self._diverged("the Adam step size (learning rate / (1 - beta1)) does not fit in float32")
 
     def _norm(self) -> float:
         return float(torch.linalg.vector_norm(torch.cat([p.detach().flatten() for p in self.params])))

@@ -64,7 +64,7 @@ def test_pretrain_foreground_does_not_change_the_callers_config(tiny_model, smal
     assert config == before and result["config"].resolution == 64
 
 
-def test_exploding_keypoint_loss_stops_with_advice(tiny_model, small_support):
+def test_keypoint_learning_rate_far_too_high_stops_with_advice(tiny_model, small_support):
     with pytest.raises(AdaptationDiverged) as err:
         Engine.adapt(small_support, tiny_model, AdaptConfig(**{**QUICK, "lr": 1e6}))
     message = str(err.value)
@@ -102,6 +102,15 @@ def test_non_finite_loss_is_divergence():
     assert opt.step((p**2).sum())
     with pytest.raises(AdaptationDiverged, match="keypoint loss became nan at step 2 of 5"):
         opt.step((p * float("nan")).sum())
+
+
+def test_loss_rising_tenfold_above_its_first_value_is_divergence():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = _Optimiser([p], 0.01, torch.float32, total=9)
+    assert opt.step((p**2).sum())  # 3.0: the reference
+    assert opt.step((p**2).sum() * 9)  # noisy but below 10x: trains on
+    with pytest.raises(AdaptationDiverged, match=r"keypoint loss rose from 3 to 3[0-9.]+ at step 3 of 9.*--lr 0\.001"):
+        opt.step((p**2).sum() * 11)
 
 
 def test_non_finite_first_loss_in_float16_blames_the_precision_not_the_learning_rate():
