@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ppmtrack.engine.augment import AugmentConfig, flip_permutation, random_affine, warp_view
+from ppmtrack.engine.errors import PpmtrackError, UsageError
 from ppmtrack.engine.fara import fara_mask
 from ppmtrack.engine.geometry import InputMapping, engine_input, input_to_grid
 from ppmtrack.engine.infer import MapExtractor
@@ -18,6 +20,28 @@ from ppmtrack.engine.support import SupportSet
 
 LOSSES = ("ce", "mse")
 from ppmtrack.engine.attention import TOKENS  # noqa: E402 (defined once, with the capture)
+
+# A loss above this multiple of the first step's loss means the optimisation diverged (docs/method.md): a working
+# run stays below its starting loss, and noise between random batches is far smaller than 10x.
+EXPLODE_FACTOR = 10.0
+# Prompts whose norm grows beyond this multiple of their starting norm have left any sensible embedding range
+# (Adam moves each element by about the learning rate per step, so the default settings stay below ~15x); the
+# foreground loss, bounded by 1, cannot show this divergence itself.
+PROMPT_GROWTH_LIMIT = 1000.0
+# float16 loss scaling: the starting scale, good steps in a row before it doubles, and how many steps in a row
+# may be skipped (non-finite gradients; the scale halves each time) before the run is declared diverged.
+LOSS_SCALE = 1024.0
+LOSS_SCALE_MAX = 2.0**16
+LOSS_SCALE_GROWTH_STEPS = 50
+MAX_SKIPPED_IN_A_ROW = 10
+
+
+class AdaptConfigError(PpmtrackError, ValueError):
+    """An adaptation setting is out of range."""
+
+
+class AdaptationDiverged(PpmtrackError, RuntimeError):
+    """The prompt optimisation diverged (non-finite or exploding loss); the message says which setting to lower."""
 
 
 @dataclass
@@ -74,7 +98,16 @@ class AdaptConfig:
 
     def __post_init__(self):
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+            raise AdaptConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name, option in (("lr", "--lr"), ("fg_lr", "--fg-lr")):
+            value = getattr(self, name)
+            try:
+                valid = math.isfinite(float(value)) and float(value) > 0
+            except (TypeError, ValueError):
+                valid = False
+            if not valid:
+                raise AdaptConfigError(f"the learning rate {name} ({option}) must be a finite number above 0, "
+                                       f"got {value!r}")
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig(**self.augment)
 
@@ -219,31 +252,96 @@ def build_views(extractor: MapExtractor, support: SupportSet, size: int, fg_init
 
 
 class _Optimiser:
-    """Adam on prompt embeddings, with a static loss scale when the model runs in float16."""
+    """Adam on float32 prompt embeddings (the master weights), with divergence checks and, when the model runs in
+    float16, a dynamic loss scale.
 
-    def __init__(self, params: list[torch.Tensor], lr: float, dtype: torch.dtype):
+    A float16 backward may overflow: that step is skipped (counted in `skipped`) and the scale halved; after
+    `LOSS_SCALE_GROWTH_STEPS` good steps in a row it doubles again. Before each step the loss is checked: not
+    finite, or above `EXPLODE_FACTOR` times the first step's loss, and after it the prompts (not finite, or
+    grown beyond `PROMPT_GROWTH_LIMIT` times their starting norm); each raises `AdaptationDiverged` naming the
+    learning rate and the option that sets it (`stage`, `option`, `default` word the advice). More than
+    `MAX_SKIPPED_IN_A_ROW` skipped steps in a row also count as divergence.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float, dtype: torch.dtype, stage: str = "keypoint",
+                 option: str = "--lr", default: float = 0.1, total: int = 0):
         self.params = params
+        self.lr, self.stage, self.option, self.default, self.total = lr, stage, option, default, total
+        self.dynamic = dtype == torch.float16
+        self.scale = LOSS_SCALE if self.dynamic else 1.0
+        self.skipped = 0
+        self.first: float | None = None
+        self.start_norm = max(self._norm(), 1.0)
+        self._steps = self._skipped_in_a_row = self._good_in_a_row = 0
         self.opt = torch.optim.Adam(params, lr=lr)
-        self.scale = 1024.0 if dtype == torch.float16 else 1.0
+        beta1 = self.opt.param_groups[0]["betas"][0]
+        if not lr / (1 - beta1) < torch.finfo(torch.float32).max:
+            raise self._diverged("the Adam step size (learning rate / (1 - beta1)) does not fit in float32")
+
+    def _norm(self) -> float:
+        return float(torch.linalg.vector_norm(torch.cat([p.detach().flatten() for p in self.params])))
+
+    def _diverged(self, what: str) -> AdaptationDiverged:
+        suggestion = min(self.default, self.lr / 10)
+        return AdaptationDiverged(
+            f"adaptation diverged: {what}; the {self.stage} prompt learning rate {self.lr:g} is too high, try "
+            f"{self.option} {suggestion:g} or lower (nothing was saved)")
 
     def step(self, loss: torch.Tensor) -> bool:
+        """One Adam step on `loss`; False when it was skipped (non-finite gradients)."""
+        value = float(loss.detach())
+        self._steps += 1
+        if self.first is None:
+            if not math.isfinite(value):
+                raise AdaptationDiverged(
+                    f"the {self.stage} loss is {value} at the first step, before any update: the model's "
+                    f"{'float16 ' if self.dynamic else ''}forward pass overflows"
+                    f"{'; try --dtype float32 or bfloat16' if self.dynamic else ''} (nothing was saved)")
+            self.first = value
+        at = f"at step {self._steps}{' of ' + str(self.total) if self.total else ''}"
+        if not math.isfinite(value):
+            raise self._diverged(f"the {self.stage} loss became {value} {at}")
+        if self.first > 0 and value > EXPLODE_FACTOR * self.first:
+            raise self._diverged(f"the {self.stage} loss rose from {self.first:.3g} to {value:.3g} {at}")
         self.opt.zero_grad(set_to_none=True)
         (loss * self.scale).backward()
         grads = [p.grad for p in self.params]
-        if not all(torch.isfinite(g).all() for g in grads):
+        if not all(g is not None and bool(torch.isfinite(g).all()) for g in grads):
+            self.skipped += 1
+            self._skipped_in_a_row += 1
+            self._good_in_a_row = 0
+            if self._skipped_in_a_row > MAX_SKIPPED_IN_A_ROW:
+                raise self._diverged(f"the gradients were not finite for {self._skipped_in_a_row} steps in a row")
+            if self.dynamic:
+                self.scale /= 2
             return False
         for g in grads:
             g /= self.scale
         self.opt.step()
+        self._skipped_in_a_row = 0
+        self._good_in_a_row += 1
+        if self.dynamic and self._good_in_a_row % LOSS_SCALE_GROWTH_STEPS == 0:
+            self.scale = min(self.scale * 2, LOSS_SCALE_MAX)
+        if not all(bool(torch.isfinite(p).all()) for p in self.params):
+            raise self._diverged(f"the prompts became non-finite {at}")
+        norm = self._norm()
+        if norm > PROMPT_GROWTH_LIMIT * self.start_norm:
+            raise self._diverged(f"the {self.stage} prompt grew to {norm / self.start_norm:.3g} times its "
+                                 f"starting size {at}")
         return True
 
 
 def train_foreground_prompt(extractor: MapExtractor, views: SupportViews, init: torch.Tensor, cfg: AdaptConfig,
-                            rng: np.random.Generator, progress: Progress | None = None) -> tuple[torch.Tensor, list]:
-    """Optimise P_f so its layer-averaged map matches the FARA masks (MSE, eq. 7). Returns P_f and the losses."""
+                            rng: np.random.Generator, progress: Progress | None = None
+                            ) -> tuple[torch.Tensor, list, int]:
+    """Optimise P_f so its layer-averaged map matches the FARA masks (MSE, eq. 7).
+
+    Returns P_f, the losses and the number of skipped steps; raises `AdaptationDiverged` if the loss explodes.
+    """
     device = extractor.model.device
     pf = torch.nn.Parameter(init.clone().float().to(device))
-    opt = _Optimiser([pf], cfg.fg_lr, extractor.model.dtype)
+    opt = _Optimiser([pf], cfg.fg_lr, extractor.model.dtype, "foreground", "--fg-lr", AdaptConfig.fg_lr,
+                     cfg.fg_steps)
     targets = None
     history = []
     for step in range(cfg.fg_steps):
@@ -259,19 +357,23 @@ def train_foreground_prompt(extractor: MapExtractor, views: SupportViews, init: 
         history.append(float(loss.detach()))
         if progress:
             progress("foreground", step + 1, cfg.fg_steps, history[-1])
-    return pf.detach(), history
+    return pf.detach(), history, opt.skipped
 
 
 def train_keypoint_prompts(extractor: MapExtractor, views: SupportViews, pf: torch.Tensor, n_keypoints: int,
                            cfg: AdaptConfig, rng: np.random.Generator, progress: Progress | None = None
-                           ) -> tuple[torch.Tensor, list]:
-    """Optimise the N keypoint prompts (tokens 0..N-1; the rest hold P_f) against the keypoint heatmaps."""
+                           ) -> tuple[torch.Tensor, list, int]:
+    """Optimise the N keypoint prompts (tokens 0..N-1; the rest hold P_f) against the keypoint heatmaps.
+
+    Returns the prompts, the losses and the number of skipped steps; raises `AdaptationDiverged` if the loss
+    explodes.
+    """
     if n_keypoints >= TOKENS:
-        raise ValueError(f"at most {TOKENS - 1} keypoints fit in one {TOKENS}-token conditioning")
+        raise UsageError(f"at most {TOKENS - 1} keypoints fit in one {TOKENS}-token conditioning")
     device = extractor.model.device
     prompts = torch.nn.Parameter(pf.reshape(1, -1).repeat(n_keypoints, 1).float())
     rest = pf.reshape(1, -1).expand(TOKENS - n_keypoints, -1).to(device)
-    opt = _Optimiser([prompts], cfg.lr, extractor.model.dtype)
+    opt = _Optimiser([prompts], cfg.lr, extractor.model.dtype, "keypoint", "--lr", AdaptConfig.lr, cfg.steps)
     history = []
     stride = None
     for step in range(cfg.steps):
@@ -287,4 +389,4 @@ def train_keypoint_prompts(extractor: MapExtractor, views: SupportViews, pf: tor
         history.append(float(loss.detach()))
         if progress:
             progress("keypoints", step + 1, cfg.steps, history[-1])
-    return prompts.detach(), history
+    return prompts.detach(), history, opt.skipped

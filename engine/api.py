@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from ppmtrack.engine.adapt import (
 )
 from ppmtrack.engine.attention import TOKENS, cache_prompt_kv, select_layers
 from ppmtrack.engine.engine_file import EngineFileError, read_engine_file, write_engine_file
+from ppmtrack.engine.errors import UsageError
 from ppmtrack.engine.fgar import FgarConfig
 from ppmtrack.engine.geometry import InputMapping, engine_input
 from ppmtrack.engine.infer import MapExtractor
@@ -67,7 +68,7 @@ class Engine:
         self.fgar = fgar or FgarConfig()
         self.info = dict(info or {})
         self.path: Path | None = None  # the engine file it was loaded from or last saved to
-        self.resolution = config.resolution or native_resolution(model)
+        self.resolution = config.resolution or model.native_resolution
         self.layers = select_layers(model.unet, config.layers)
         self.speed = speed or SpeedConfig(truncate=truncate)  # `speed` given: its own `truncate` counts
         self.extractor = MapExtractor(model, self.layers, config.timestep, config.noise_seed,
@@ -121,13 +122,19 @@ class Engine:
 
         `foreground`: a foreground prompt pre-trained on a base set (a file from
         `engine.foreground.save_foreground`, or the tensor); default: fit P_f on the support frames (base-free).
+        `config` is not changed: the engine keeps a copy with the resolution filled in. Raises
+        `engine.adapt.AdaptationDiverged` when the loss explodes (learning rate too high).
         """
         cfg = config or AdaptConfig()
         dm = model if isinstance(model, DiffusionModel) else load_model(model, device=device, dtype=dtype)
-        size = cfg.resolution or native_resolution(dm)
+        size = cfg.resolution or dm.native_resolution
         if size % 64:
-            raise ValueError(f"resolution must be a multiple of 64, got {size}")
-        cfg.resolution = size
+            raise UsageError(f"resolution must be a multiple of 64, got {size}")
+        cfg = replace(cfg, resolution=size)
+        if foreground is not None and not isinstance(foreground, torch.Tensor):
+            from ppmtrack.engine.foreground import load_foreground
+
+            given_pf, _ = load_foreground(foreground, dm, cfg)  # checked before the (slow) views are built
         layers = select_layers(dm.unet, cfg.layers)
         extractor = MapExtractor(dm, layers, cfg.timestep, cfg.noise_seed)
         rng = np.random.default_rng(cfg.seed)
@@ -135,17 +142,16 @@ class Engine:
         init = torch.randn(dm.cross_attention_dim, generator=gen).to(dm.device)
         t0 = time.perf_counter()
         views = build_views(extractor, support, size, init, cfg, rng)
+        fg_skipped = 0
         if foreground is None:
-            pf, fg_hist = train_foreground_prompt(extractor, views, init, cfg, rng, progress)
+            pf, fg_hist, fg_skipped = train_foreground_prompt(extractor, views, init, cfg, rng, progress)
             fg_source = "support frames (base-free)"
         elif isinstance(foreground, torch.Tensor):
             pf, fg_hist, fg_source = foreground.float().reshape(-1).to(dm.device), [], "given tensor"
         else:
-            from ppmtrack.engine.foreground import load_foreground
-
-            pf, _ = load_foreground(foreground, dm)
-            fg_hist, fg_source = [], f"base set ({Path(foreground).name})"
-        prompts, kp_hist = train_keypoint_prompts(extractor, views, pf, len(support.names), cfg, rng, progress)
+            pf, fg_hist, fg_source = given_pf, [], f"base set ({Path(foreground).name})"
+        prompts, kp_hist, kp_skipped = train_keypoint_prompts(extractor, views, pf, len(support.names), cfg, rng,
+                                                              progress)
         seconds = time.perf_counter() - t0
         info = {
             "adaptation": {
@@ -160,6 +166,8 @@ class Engine:
                                         if cfg.loss == "ce" else 0.0),
                 "device": str(dm.device),
                 "dtype": str(dm.dtype).replace("torch.", ""),
+                # steps skipped because float16 gradients overflowed (the loss scale then halves)
+                "skipped_steps": {"foreground": fg_skipped, "keypoints": kp_skipped},
             },
             "loss_history": {"foreground": fg_hist, "keypoints": kp_hist},
         }
@@ -173,12 +181,18 @@ class Engine:
              dtype: str | None = None, truncate: bool = True, speed=None) -> Engine:
         """Load an engine file. The model defaults to the one it was adapted on; another model is refused.
 
-        `speed` (an `engine.speed.SpeedConfig`) switches on inference optimisations; see docs/performance.md.
+        The model is loaded at the revision stored in the file (the hub commit it was adapted on) unless `model`
+        names another model. `speed` (an `engine.speed.SpeedConfig`) switches on inference optimisations; see
+        docs/performance.md. A damaged file (checksum mismatch) or one holding non-finite prompts raises
+        `EngineFileError`.
         """
         tensors, meta = read_engine_file(path)
         stored = meta["model"]
-        dm = model if isinstance(model, DiffusionModel) else load_model(model or stored["name"], device=device,
-                                                                       dtype=dtype, revision=None)
+        if isinstance(model, DiffusionModel):
+            dm = model
+        else:
+            revision = stored.get("revision") if model in (None, stored["name"]) else None
+            dm = load_model(model or stored["name"], device=device, dtype=dtype, revision=revision)
         if not same_model(stored["fingerprint"], dm.fingerprint()):
             raise EngineFileError(
                 f"{path} was adapted on the model {stored['name']!r}"
@@ -284,7 +298,3 @@ class Engine:
             foreground=out.foreground.float().cpu().numpy() if return_maps else None,
         )
 
-
-def native_resolution(model: DiffusionModel) -> int:
-    """The model's training resolution: UNet sample size × VAE downsampling (512 for SD 1.5, 256 for tiny)."""
-    return int(model.unet.config.sample_size) * model.vae_scale

@@ -49,9 +49,13 @@ def warp_view(image: np.ndarray, keypoints: np.ndarray, mask: np.ndarray | None,
     pushed out of the frame (to be ignored, not trained as missing).
     """
     size = image.shape[0]
-    view = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
-    wmask = None if mask is None else cv2.warpAffine(mask, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    # the mask gets the image's border mode, so animal parts mirrored in at the border stay foreground
+
+    def warp(a: np.ndarray) -> np.ndarray:
+        return cv2.warpAffine(a, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+
+    view = warp(image)
+    wmask = None if mask is None else warp(mask)
     kp = keypoints @ matrix[:, :2].T + matrix[:, 2]
     if flip:
         kp = kp[perm]

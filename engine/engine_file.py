@@ -1,8 +1,16 @@
-"""The adapted engine file: prompts as safetensors tensors, everything else as JSON metadata in the same file."""
+"""The adapted engine file: prompts as safetensors tensors, everything else as JSON metadata in the same file.
+
+The header also holds ``sha256``: a checksum over the file kind, the metadata and every tensor (name, dtype,
+shape, bytes), checked on every read, so a file damaged after it was written (a flipped byte on a disk or
+in a copy) is refused instead of silently giving other tracks. Tensors holding NaN or infinity are never
+written and never loaded.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +20,8 @@ from ppmtrack.engine.errors import PpmtrackError
 
 FORMAT = "ppmtrack-engine"
 FORMAT_VERSION = 1
+
+logger = logging.getLogger("ppmtrack")
 
 
 class EngineFileError(PpmtrackError, ValueError):
@@ -27,11 +37,17 @@ def write_engine_file(path: str | Path, tensors: dict[str, torch.Tensor], meta: 
     from safetensors.torch import save_file
 
     path = Path(path)
+    what = _what(kind)
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    bad = non_finite(tensors)
+    if bad:
+        raise EngineFileError(f"refusing to write the {what} file {path}: {bad}; the adaptation did not converge; "
+                              f"adapt again with a lower learning rate")
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": kind, "format_version": str(FORMAT_VERSION), "meta": json.dumps(meta, sort_keys=True)}
+    header["sha256"] = tensor_checksum(kind, header["meta"], tensors)
     tmp = path.with_name(path.name + ".partial")
-    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata=header)
+    save_file(tensors, str(tmp), metadata=header)
     umask = os.umask(0)  # safetensors creates the file 0600; give it the mode every other output gets
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
@@ -43,7 +59,7 @@ def read_engine_file(path: str | Path, kind: str = FORMAT) -> tuple[dict[str, to
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    what = "engine" if kind == FORMAT else "foreground-prompt"
+    what = _what(kind)
     if not path.is_file():
         raise EngineFileError(f"{path}: no such {what} file")
     try:
@@ -51,7 +67,7 @@ def read_engine_file(path: str | Path, kind: str = FORMAT) -> tuple[dict[str, to
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (SafetensorError, OSError, ValueError) as e:
-        raise EngineFileError(f"{path}: not a ppmtrack {what} file ({e})") from None
+        raise EngineFileError(f"{path}: not a ppmtrack {what} file, or a damaged one ({e})") from None
     if header.get("format") != kind:
         raise EngineFileError(f"{path}: not a ppmtrack {what} file (no '{kind}' header)")
     version = int(header.get("format_version", "0"))
@@ -60,4 +76,44 @@ def read_engine_file(path: str | Path, kind: str = FORMAT) -> tuple[dict[str, to
                               f"({FORMAT_VERSION}); upgrade ppmtrack")
     if version < 1:
         raise EngineFileError(f"{path}: engine file format {version} is no longer supported; adapt again")
-    return tensors, json.loads(header["meta"])
+    stored = header.get("sha256")
+    if stored is None:
+        logger.warning("%s: written by an older ppmtrack without a checksum; its integrity cannot be verified "
+                       "(save it again to add one)", path)
+    elif stored != tensor_checksum(kind, header.get("meta", ""), tensors):
+        raise EngineFileError(f"{path}: the {what} file is damaged (its checksum does not match its content: it "
+                              f"changed after it was written); copy it again from a good copy or adapt again")
+    bad = non_finite(tensors)
+    if bad:
+        raise EngineFileError(f"{path}: unusable {what} file: {bad}; adapt again (with a lower learning rate)")
+    try:
+        return tensors, json.loads(header["meta"])
+    except (KeyError, ValueError) as e:
+        raise EngineFileError(f"{path}: the {what} file's metadata is unreadable ({e}); adapt again") from None
+
+
+def _what(kind: str) -> str:
+    return "engine" if kind == FORMAT else "foreground-prompt"
+
+
+def tensor_checksum(kind: str, meta: str, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the file kind, the metadata JSON and each tensor's name, dtype, shape and bytes (by name)."""
+    h = hashlib.sha256()
+    for part in (kind, meta):
+        h.update(part.encode())
+        h.update(b"\0")
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}\0{str(t.dtype).replace('torch.', '')}\0{list(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def non_finite(tensors: dict[str, torch.Tensor]) -> str:
+    """A description of the tensors holding NaN or infinite values ("" when all are finite)."""
+    bad = []
+    for name in sorted(tensors):
+        n = int((~torch.isfinite(tensors[name].float())).sum())
+        if n:
+            bad.append(f"'{name}' holds {n} non-finite value{'s' if n > 1 else ''} (NaN or infinity)")
+    return "; ".join(bad)

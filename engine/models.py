@@ -75,6 +75,11 @@ class DiffusionModel:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def native_resolution(self) -> int:
+        """The training resolution: UNet sample size × VAE downsampling (512 for SD 1.5, 256 for tiny)."""
+        return int(self.unet.config.sample_size) * self.vae_scale
+
+    @property
     def scaling_factor(self) -> float:
         return float(getattr(self.vae.config, "scaling_factor", 0.18215))
 

@@ -75,13 +75,11 @@ def _configure_logging(debug: bool) -> None:
 def _adapt_config(args):
     from ppmtrack.engine import AdaptConfig
 
-    config = AdaptConfig()
-    for option in ("steps", "lr", "fg_steps", "loss", "views_per_frame", "resolution", "layers", "seed"):
-        value = getattr(args, option)
-        if value is not None:
-            setattr(config, option, value)
+    options = ("steps", "lr", "fg_steps", "fg_lr", "loss", "views_per_frame", "resolution", "layers", "seed")
+    values = {option: getattr(args, option) for option in options if getattr(args, option) is not None}
     if args.no_augment:
-        config.views_per_frame = 1
+        values["views_per_frame"] = 1
+    config = AdaptConfig(**values)  # validates the values (e.g. a learning rate must be finite and above 0)
     config.augment.flip = args.flip
     return config
 
@@ -127,6 +125,11 @@ def _adapt_engine(args, model: str):
         losses = adaptation.get(key) or []
         if losses:
             print(f"{label}: {losses[0]:.4g} → {losses[-1]:.4g}")
+    skipped = {stage: n for stage, n in adaptation.get("skipped_steps", {}).items() if n}
+    if skipped:
+        logger.warning("skipped %s optimisation steps whose float16 gradients overflowed (the loss scale was "
+                       "lowered); many skips mean fewer effective steps: consider --dtype float32 or bfloat16",
+                       " and ".join(f"{n} {stage}" for stage, n in skipped.items()))
     from ppmtrack.pipelines.evaluate import format_support_error
 
     print(format_support_error(engine, support))
@@ -480,6 +483,9 @@ def run_pretrain_foreground(args) -> int:
     first, last = info["foreground_loss"] or (float("nan"), float("nan"))
     print(f"pre-trained the foreground prompt on {info['frames']} frames of {info['base_sets']} base set(s) "
           f"({info['views']} views) in {info['seconds']:.1f} s; loss {first:.4g} → {last:.4g}")
+    if info.get("skipped_steps"):
+        logger.warning("skipped %d optimisation steps whose float16 gradients overflowed; consider --dtype float32 "
+                       "or bfloat16", info["skipped_steps"])
     print(f"wrote {out} (use it with 'ppmtrack adapt SUPPORT --foreground {out}')")
     return 0
 
@@ -677,6 +683,8 @@ def _adapt_options(with_defaults: bool) -> argparse.ArgumentParser:
     group.add_argument("--lr", type=float, help=f"keypoint prompt learning rate (default: {base.lr:g})")
     group.add_argument("--fg-steps", type=int, dest="fg_steps",
                        help=f"foreground prompt optimisation steps (default: {base.fg_steps})")
+    group.add_argument("--fg-lr", type=float, dest="fg_lr",
+                       help=f"foreground prompt learning rate (default: {base.fg_lr:g})")
     group.add_argument("--loss", choices=("ce", "mse"),
                        help="keypoint loss: ce (softmax cross-entropy + map MSE) or mse "
                             f"(default: {base.loss})")
