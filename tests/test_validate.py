@@ -13,8 +13,10 @@ from ppmtrack.engine.adapt import loss_floor, loss_plateaued
 from ppmtrack.engine.support import SupportSet
 from ppmtrack.engine.validate import LEARNING_RATES, ValidationConfig, model_family, plan_validation
 
-# small and quick: 128² input, few steps and views (the machine has 2 shared cores)
-QUICK = dict(resolution=128, steps=20, fg_steps=6, views_per_frame=2, batch_size=2)
+# small and quick: 64² input, few steps and views (the machine has 2 shared cores); validation runs of 2 steps
+QUICK = dict(resolution=64, steps=10, fg_steps=4, views_per_frame=2, batch_size=2)
+QUICK_VALIDATION = dict(min_run_steps=2)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _subset(support: SupportSet, frames: list[int]) -> SupportSet:
@@ -26,7 +28,7 @@ def _subset(support: SupportSet, frames: list[int]) -> SupportSet:
 def validated(tiny_model, sample_support):
     """An engine adapted with validation on three of the sample's support frames."""
     support = _subset(sample_support, [0, 1, 2])
-    engine = Engine.adapt(support, tiny_model, AdaptConfig(**QUICK), validation=ValidationConfig())
+    engine = Engine.adapt(support, tiny_model, AdaptConfig(**QUICK), validation=ValidationConfig(**QUICK_VALIDATION))
     return support, engine
 
 
@@ -104,7 +106,7 @@ def test_chosen_settings_are_stored_in_the_engine_file_and_reproduced_on_reload(
 def test_one_support_frame_validates_on_held_out_augmented_views(tiny_model, sample_support):
     support = _subset(sample_support, [0])
     engine = Engine.adapt(support, tiny_model, AdaptConfig(**QUICK),
-                          validation=ValidationConfig(learning_rates=(0.1,), held_out_views=2))
+                          validation=ValidationConfig(learning_rates=(0.1,), held_out_views=2, **QUICK_VALIDATION))
     v = engine.info["validation"]
     assert v["mode"] == "held-out augmented views" and v["weaker"]
     assert v["keypoints_scored"] > 0 and v["error_px"] > 0
