@@ -143,9 +143,10 @@ def _adapt_engine(args, model: str):
           f"({adaptation.get('views', '?')} views) in {seconds:.1f} s on {adaptation.get('device', '?')}")
     fg_losses = adaptation.get("foreground_loss") or []
     if fg_losses:
-        stop = ("plateau" if adaptation["foreground_steps"] < config.fg_steps else "step cap")
+        stop = "plateau" if adaptation["foreground_steps"] < config.fg_steps else "step cap"
+        floor = adaptation["foreground_loss_floor"]  # None: fewer steps than the plateau window
         print(f"foreground loss: {fg_losses[0]:.4g} → {fg_losses[-1]:.4g} in {adaptation['foreground_steps']} steps "
-              f"({stop}; floor {adaptation['foreground_loss_floor']:.4g})")
+              f"({stop}" + (f"; floor {floor:.4g})" if floor is not None else ")"))
     kp_losses = adaptation.get("keypoint_loss") or []
     if kp_losses:
         print(f"keypoint loss: {kp_losses[0]:.4g} → {kp_losses[-1]:.4g} in {engine.config.steps} steps "
