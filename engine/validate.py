@@ -50,6 +50,7 @@ PCK_THRESHOLDS = (0.1, 0.2)
 # weights, maps far from calibrated): larger steps are needed; 0.1 is the measured default (docs/method.md).
 LEARNING_RATES = {"tiny": (0.03, 0.1, 0.3), "sd": (5e-4, 2e-3, 1e-2)}
 SD_MIN_CHANNELS = 256  # a UNet whose widest block has at least this many channels is SD-sized (SD 1.5: 1280)
+MAX_KEYPOINT_ADVICE = 3  # more poor keypoints than this are named in one line of advice
 VALIDATION_SEED_STREAM = 7  # the validation's random state: seeded from AdaptConfig.seed, apart from training's
 
 
@@ -220,9 +221,15 @@ def advice(names: list[str], per_keypoint_px: list, per_keypoint_normalised: lis
     """What to do about poor held-out accuracy: per keypoint beyond PCK@0.2's radius on average, and overall."""
     lines = []
     more = max(2, n_frames // 2)
-    for name, px, norm in zip(names, per_keypoint_px, per_keypoint_normalised, strict=True):
-        if norm is not None and norm > max(PCK_THRESHOLDS):
-            lines.append(f"{name}: held-out error {px:.0f} px — label {more} more frames where {name} is visible")
+    poor = [(name, px) for name, px, norm in zip(names, per_keypoint_px, per_keypoint_normalised, strict=True)
+            if norm is not None and norm > max(PCK_THRESHOLDS)]
+    if len(poor) <= MAX_KEYPOINT_ADVICE:
+        lines += [f"{name}: held-out error {px:.0f} px — label {more} more frames where {name} is visible"
+                  for name, px in poor]
+    else:  # most keypoints are poor: one line, worst first, not a screenful
+        worst = ", ".join(f"{name} {px:.0f} px" for name, px in sorted(poor, key=lambda p: -p[1]))
+        lines.append(f"{len(poor)} of {len(names)} keypoints have held-out errors beyond the PCK@0.2 radius "
+                     f"({worst}) — label {more} more frames where they are visible")
     pck = overall.get("pck@0.2")
     if pck is not None and pck < 0.5:
         text = (f"held-out PCK@0.2 is {pck:.2f}: label more support frames that span the animal's poses, "

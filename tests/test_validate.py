@@ -138,3 +138,14 @@ def test_info_refuses_a_file_that_is_not_an_engine(tmp_path, capsys):
     bogus.write_text("hello")
     assert main(["info", str(bogus)]) == 2
     assert "not a ppmtrack engine file" in capsys.readouterr().err
+
+
+def test_advice_names_poor_keypoints_and_what_to_label():
+    from ppmtrack.engine.validate import advice
+
+    one = advice(["nose", "tail_tip"], [3.0, 48.0], [0.02, 0.4], {"pck@0.2": 0.5}, 4, "sd")
+    assert one == ["tail_tip: held-out error 48 px — label 2 more frames where tail_tip is visible"]
+    names = [f"k{i}" for i in range(6)]
+    many = advice(names, [10.0 * i for i in range(6)], [0.3] * 6, {"pck@0.2": 0.2}, 8, "tiny")
+    assert len(many) == 2 and many[0].startswith("6 of 6 keypoints") and "k5 50 px, k4 40 px" in many[0]
+    assert "label 4 more frames" in many[0] and "untrained" in many[1]
