@@ -152,7 +152,7 @@ def _adapt_engine(args, model: str):
         print(f"keypoint loss: {kp_losses[0]:.4g} → {kp_losses[-1]:.4g} in {engine.config.steps} steps "
               f"(lr {engine.config.lr:g})")
     if validation.mode != "off":
-        print(format_validation(engine.info.get("validation", {})))
+        print(format_validation(engine.info.get("validation", {}), engine.names))
     from ppmtrack.pipelines.evaluate import format_support_error
 
     print(format_support_error(engine, support))

@@ -42,8 +42,9 @@ def _number(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def format_validation(validation: dict) -> str:
-    """The held-out accuracy of an adaptation: settings tried, the choice, per-keypoint error, advice."""
+def format_validation(validation: dict, names: list[str] | None = None) -> str:
+    """The held-out accuracy of an adaptation: settings tried, the choice, per-keypoint error (in the order of
+    `names`, the engine's keypoints: the engine file stores the errors by name, sorted), advice."""
     if not validation:
         return "validation: none (adapted with --validate off, or by a ppmtrack without validation)"
     if "skipped" in validation:
@@ -64,6 +65,8 @@ def format_validation(validation: dict) -> str:
                  f"{_number(validation['pck@0.1'])}, PCK@0.2 {_number(validation['pck@0.2'])}, error "
                  f"{_number(validation['error_px'], 1)} px over {validation['keypoints_scored']} keypoints")
     per_keypoint = validation.get("error_px_per_keypoint", {})
+    if names and set(names) == set(per_keypoint):
+        per_keypoint = {name: per_keypoint[name] for name in names}
     if per_keypoint:
         width = max(len(n) for n in per_keypoint)
         lines.append("held-out error per keypoint (px, support-frame pixels):")
@@ -110,7 +113,7 @@ def format_engine_info(description: dict) -> str:
                   + (f", floor {floor:.4g}" if floor is not None else ""),
                   f"  keypoint loss: {_loss_pair(adaptation.get('keypoint_loss'))} (floor "
                   f"{adaptation.get('keypoint_loss_floor', 0):.4g})"]
-    lines.append(format_validation(info.get("validation", {})))
+    lines.append(format_validation(info.get("validation", {}), meta["keypoints"]))
     records = info.get("support_frames", [])
     if records:
         lines.append(f"support frames in videos ({len(records)}): "

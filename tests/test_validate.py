@@ -125,6 +125,8 @@ def test_info_prints_validation_settings_and_sha256(validated, tmp_path, capsys)
     assert hashlib.sha256(path.read_bytes()).hexdigest() in text
     assert f"chosen (*): lr {chosen['lr']:g}, {chosen['steps']} steps" in text
     assert "leave-one-frame-out" in text and all(name in text for name in support.names)
+    table = text[text.index("held-out error per keypoint"):].splitlines()[1:len(support.names) + 1]
+    assert [row.split()[0] for row in table] == support.names  # the engine's keypoint order, not the file's sorted
     assert main(["info", str(path), "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["meta"]["info"]["validation"]["chosen"] == chosen
@@ -133,6 +135,10 @@ def test_info_prints_validation_settings_and_sha256(validated, tmp_path, capsys)
 
 def test_info_refuses_a_file_that_is_not_an_engine(tmp_path, capsys):
     from ppmtrack.pipelines.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", "--help"])
+    assert exit_info.value.code == 0 and "example" in capsys.readouterr().out
 
     bogus = tmp_path / "notes.engine"
     bogus.write_text("hello")
