@@ -58,7 +58,11 @@ class AdaptConfig:
     timestep, noise_seed : int
         Diffusion timestep of the input noise (paper: 10) and the seed of that fixed noise.
     fg_steps, fg_lr : int, float
-        Adam steps and learning rate for the foreground prompt (trained on FARA masks of the support frames).
+        At most this many Adam steps, and the learning rate, for the foreground prompt (trained on FARA masks of
+        the support frames); it stops earlier when its loss reaches a plateau (`fg_patience`).
+    fg_patience : int
+        Stop the foreground prompt when the mean loss of the last `PLATEAU_WINDOW` steps has not fallen by 1 %
+        below its best for this many steps (`loss_plateaued`); 0 = always run `fg_steps` steps.
     steps, lr : int, float
         Adam steps and learning rate for the keypoint prompts.
     loss : str
@@ -82,7 +86,8 @@ class AdaptConfig:
     layers: str = "up"
     timestep: int = 10
     noise_seed: int = 0
-    fg_steps: int = 20
+    fg_steps: int = 100
+    fg_patience: int = 10
     fg_lr: float = 1e-2
     steps: int = 150
     lr: float = 1e-1
@@ -116,6 +121,31 @@ class AdaptConfig:
 
 
 Progress = Callable[[str, int, int, float], None]
+PLATEAU_WINDOW = 5  # steps averaged before comparing losses (single steps are noisy: random batches)
+PLATEAU_IMPROVEMENT = 0.01  # a relative fall of the windowed loss smaller than this is no improvement
+
+
+def windowed_losses(history: list[float], window: int = PLATEAU_WINDOW) -> np.ndarray:
+    """Mean loss of every `window` consecutive steps (empty when fewer steps were run)."""
+    if len(history) < window:
+        return np.zeros(0)
+    return np.convolve(np.asarray(history, dtype=np.float64), np.ones(window) / window, mode="valid")
+
+
+def loss_plateaued(history: list[float], patience: int, window: int = PLATEAU_WINDOW,
+                   min_improvement: float = PLATEAU_IMPROVEMENT) -> bool:
+    """True when the windowed loss of the last `patience` steps never fell below (1 − `min_improvement`) × the
+    best windowed loss before them; False while fewer than `window` + `patience` steps were run, or patience 0."""
+    means = windowed_losses(history, window)
+    if patience <= 0 or len(means) <= patience:
+        return False
+    return bool(means[-patience:].min() > means[:-patience].min() * (1.0 - min_improvement))
+
+
+def loss_floor(history: list[float], window: int = PLATEAU_WINDOW) -> float | None:
+    """The lowest windowed loss of a run (None for a run shorter than the window)."""
+    means = windowed_losses(history, window)
+    return float(means.min()) if len(means) else None
 
 
 @dataclass
@@ -334,9 +364,11 @@ class _Optimiser:
 def train_foreground_prompt(extractor: MapExtractor, views: SupportViews, init: torch.Tensor, cfg: AdaptConfig,
                             rng: np.random.Generator, progress: Progress | None = None
                             ) -> tuple[torch.Tensor, list, int]:
-    """Optimise P_f so its layer-averaged map matches the FARA masks (MSE, eq. 7).
+    """Optimise P_f so its layer-averaged map matches the FARA masks (MSE, eq. 7) until the loss reaches a plateau
+    (`loss_plateaued` with ``cfg.fg_patience``) or ``cfg.fg_steps`` steps.
 
-    Returns P_f, the losses and the number of skipped steps; raises `AdaptationDiverged` if the loss explodes.
+    Returns P_f, the losses (one per step run) and the number of skipped steps; when it stops early, the last
+    progress call's total is the number of steps run. Raises `AdaptationDiverged` if the loss explodes.
     """
     device = extractor.model.device
     pf = torch.nn.Parameter(init.clone().float().to(device))
@@ -355,18 +387,23 @@ def train_foreground_prompt(extractor: MapExtractor, views: SupportViews, init: 
         loss = ((maps.mean(dim=1)[:, 0] - targets[idx]) ** 2).mean()
         opt.step(loss)
         history.append(float(loss.detach()))
+        done = loss_plateaued(history, cfg.fg_patience)
         if progress:
-            progress("foreground", step + 1, cfg.fg_steps, history[-1])
+            progress("foreground", step + 1, step + 1 if done else cfg.fg_steps, history[-1])
+        if done:
+            break
     return pf.detach(), history, opt.skipped
 
 
 def train_keypoint_prompts(extractor: MapExtractor, views: SupportViews, pf: torch.Tensor, n_keypoints: int,
-                           cfg: AdaptConfig, rng: np.random.Generator, progress: Progress | None = None
+                           cfg: AdaptConfig, rng: np.random.Generator, progress: Progress | None = None,
+                           on_step: Callable[[int, torch.Tensor], None] | None = None
                            ) -> tuple[torch.Tensor, list, int]:
     """Optimise the N keypoint prompts (tokens 0..N-1; the rest hold P_f) against the keypoint heatmaps.
 
     Returns the prompts, the losses and the number of skipped steps; raises `AdaptationDiverged` if the loss
-    explodes.
+    explodes. `on_step(steps_done, prompts)` is called after every step (validation evaluates intermediate
+    prompts).
     """
     if n_keypoints >= TOKENS:
         raise UsageError(f"at most {TOKENS - 1} keypoints fit in one {TOKENS}-token conditioning")
@@ -389,4 +426,6 @@ def train_keypoint_prompts(extractor: MapExtractor, views: SupportViews, pf: tor
         history.append(float(loss.detach()))
         if progress:
             progress("keypoints", step + 1, cfg.steps, history[-1])
+        if on_step:
+            on_step(step + 1, prompts.detach())
     return prompts.detach(), history, opt.skipped

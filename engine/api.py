@@ -14,6 +14,7 @@ from ppmtrack.engine.adapt import (
     Progress,
     build_views,
     cross_entropy_floor,
+    loss_floor,
     train_foreground_prompt,
     train_keypoint_prompts,
 )
@@ -117,13 +118,15 @@ class Engine:
     def adapt(cls, support: SupportSet, model: str | DiffusionModel = DEFAULT_MODEL,
               config: AdaptConfig | None = None,
               device: str | None = None, dtype: str | None = None, progress: Progress | None = None,
-              foreground: str | Path | torch.Tensor | None = None) -> Engine:
+              foreground: str | Path | torch.Tensor | None = None, validation=None) -> Engine:
         """Adapt keypoint prompts to a support set (FARA → foreground prompt → keypoint prompts).
 
         `foreground`: a foreground prompt pre-trained on a base set (a file from
         `engine.foreground.save_foreground`, or the tensor); default: fit P_f on the support frames (base-free).
         `config` is not changed: the engine keeps a copy with the resolution filled in. Raises
         `engine.adapt.AdaptationDiverged` when the loss explodes (learning rate too high).
+        `validation`: an `engine.validate.ValidationConfig` to estimate held-out accuracy and choose the keypoint
+        learning rate and step count before the final training (``info["validation"]``); default: none.
         """
         cfg = config or AdaptConfig()
         dm = model if isinstance(model, DiffusionModel) else load_model(model, device=device, dtype=dtype)
@@ -150,6 +153,13 @@ class Engine:
             pf, fg_hist, fg_source = foreground.float().reshape(-1).to(dm.device), [], "given tensor"
         else:
             pf, fg_hist, fg_source = given_pf, [], f"base set ({Path(foreground).name})"
+        validated = None
+        if validation is not None and validation.mode != "off":
+            from ppmtrack.engine.validate import validate_adaptation
+
+            validated = validate_adaptation(extractor, views, pf, support, cfg, validation, progress)
+            if "chosen" in validated:
+                cfg = replace(cfg, **validated["chosen"])
         prompts, kp_hist, kp_skipped = train_keypoint_prompts(extractor, views, pf, len(support.names), cfg, rng,
                                                               progress)
         seconds = time.perf_counter() - t0
@@ -160,6 +170,8 @@ class Engine:
                 "foreground_prompt": fg_source,
                 "views": int(len(views.latents)),
                 "foreground_loss": [fg_hist[0], fg_hist[-1]] if fg_hist else [],
+                "foreground_steps": len(fg_hist),
+                "foreground_loss_floor": loss_floor(fg_hist),  # lowest 5-step mean: where the plateau rule stopped
                 # first step, and the mean of the last 10 (single steps are noisy: random batches)
                 "keypoint_loss": [kp_hist[0], float(np.mean(kp_hist[-10:]))] if kp_hist else [],
                 "keypoint_loss_floor": (cross_entropy_floor(size // 8, cfg.heatmap_sigma)
@@ -173,6 +185,8 @@ class Engine:
         }
         if support.display:
             info["display"] = dict(support.display)
+        if validated is not None:
+            info["validation"] = validated
         eng = cls(dm, support.names, prompts, pf, cfg, support.skeleton, support.flip_pairs, info=info)
         return eng
 

@@ -93,27 +93,47 @@ def _read_support(args):
     return labels, labels.to_support()
 
 
+def _validation_config(args):
+    """``--validate``: what validation may choose — not a learning rate or step count the user fixed."""
+    from ppmtrack.engine.validate import ValidationConfig
+
+    config = ValidationConfig(mode=args.validate)
+    if args.lr is not None:
+        config.learning_rates = (args.lr,)
+    if args.steps is not None:
+        config.step_fractions = (1.0,)
+    return config
+
+
 def _adapt_engine(args, model: str):
-    """Adapt on ``args.support`` with a progress display; print losses, time and the support-frame error."""
+    """Adapt on ``args.support`` with a progress display; print losses, time, validation and the support-frame
+    error."""
     from ppmtrack.engine import Engine
     from ppmtrack.pipelines.anchors import support_frame_records
+    from ppmtrack.pipelines.engine_report import format_validation
     from ppmtrack.pipelines.progress import progress_bar
 
     labels, support = _read_support(args)
     config = _adapt_config(args)
+    validation = _validation_config(args)
     logger.info("adapting %d keypoints on %d support frames with model %s", len(support.names),
                 len(support.images), model)
-    bar = progress_bar(config.fg_steps + config.steps, "preparing views", "step")
+    totals = {"foreground": config.fg_steps, "keypoints": config.steps}  # validation adds its steps when it starts
+    bar = progress_bar(sum(totals.values()), "preparing views", "step")
+    names = {"foreground": "foreground prompt", "validation": "validating settings", "keypoints": "keypoint prompts"}
 
     def progress(stage: str, step: int, total: int, loss: float) -> None:
-        bar.set_description(f"{stage} prompt" if stage == "foreground" else "keypoint prompts")
+        if totals.get(stage) != total:  # validation started, the foreground plateaued, or the steps were chosen
+            totals[stage] = total
+            bar.total = sum(totals.values())
+        bar.set_description(names.get(stage, stage))
         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
         bar.update(1)
 
     t0 = time.perf_counter()
     try:
         engine = Engine.adapt(support, model=model, config=config, device=args.device, dtype=args.dtype,
-                              progress=progress, foreground=args.foreground)
+                              progress=progress, foreground=args.foreground, validation=validation)
     finally:
         bar.close()
     engine.info["support_frames"] = support_frame_records(labels, support.images)  # anchors for 'track'
@@ -121,10 +141,18 @@ def _adapt_engine(args, model: str):
     adaptation = engine.info.get("adaptation", {})
     print(f"adapted {len(support.names)} keypoints on {len(support.images)} support frames "
           f"({adaptation.get('views', '?')} views) in {seconds:.1f} s on {adaptation.get('device', '?')}")
-    for label, key in (("foreground loss", "foreground_loss"), ("keypoint loss", "keypoint_loss")):
-        losses = adaptation.get(key) or []
-        if losses:
-            print(f"{label}: {losses[0]:.4g} → {losses[-1]:.4g}")
+    fg_losses = adaptation.get("foreground_loss") or []
+    if fg_losses:
+        stop = "plateau" if adaptation["foreground_steps"] < config.fg_steps else "step cap"
+        floor = adaptation["foreground_loss_floor"]  # None: fewer steps than the plateau window
+        print(f"foreground loss: {fg_losses[0]:.4g} → {fg_losses[-1]:.4g} in {adaptation['foreground_steps']} steps "
+              f"({stop}" + (f"; floor {floor:.4g})" if floor is not None else ")"))
+    kp_losses = adaptation.get("keypoint_loss") or []
+    if kp_losses:
+        print(f"keypoint loss: {kp_losses[0]:.4g} → {kp_losses[-1]:.4g} in {engine.config.steps} steps "
+              f"(lr {engine.config.lr:g})")
+    if validation.mode != "off":
+        print(format_validation(engine.info.get("validation", {}), engine.names))
     skipped = {stage: n for stage, n in adaptation.get("skipped_steps", {}).items() if n}
     if skipped:
         logger.warning("skipped %s optimisation steps whose float16 gradients overflowed (the loss scale was "
@@ -152,6 +180,36 @@ def run_adapt(args) -> int:
     engine.save(out)
     print(f"wrote {out}")
     return 0
+
+
+def run_info(args) -> int:
+    """``ppmtrack info``: what an engine file holds (no model is loaded)."""
+    import json
+
+    from ppmtrack.pipelines.engine_report import engine_description, format_engine_info
+
+    description = engine_description(args.engine)
+    if args.json:
+        print(json.dumps(description, indent=2, sort_keys=True, allow_nan=False, default=str))
+    else:
+        print(format_engine_info(description))
+    return 0
+
+
+def _add_info_command(commands, debug) -> None:
+    info = commands.add_parser(
+        "info", parents=[debug], formatter_class=_HelpFormatter, help="show what an engine file holds",
+        description="Print an engine file's keypoints, skeleton, model (id and revision), input resolution and "
+                    "layers, adaptation settings and losses, the held-out validation of 'adapt' (settings tried, "
+                    "the choice, PCK and error per keypoint, advice), its support frames, its crop policy when "
+                    "it has one, and the file's SHA-256. Loads no model.",
+        epilog="examples:\n  ppmtrack info lizard.engine\n  ppmtrack info lizard.engine --json | jq .meta.info."
+               "validation\n",
+    )
+    info.add_argument("engine", metavar="ENGINE", help="engine file written by 'ppmtrack adapt'")
+    info.add_argument("--json", action="store_true",
+                      help="print JSON (path, bytes, sha256, tensor shapes and the file's whole metadata)")
+    info.set_defaults(run=run_info)
 
 
 # ---- tracking ---------------------------------------------------------------------------------------------
@@ -199,7 +257,7 @@ def support_key(args, model: str) -> str:
     media = sorted({str(p) for ref in labels.frames for p in (ref.image, ref.video) if p is not None})
     stats = [(m, os.stat(m).st_size, os.stat(m).st_mtime_ns) for m in media if os.path.exists(m)]
     settings = {"model": model, "config": _adapt_config(args).to_dict(), "foreground": args.foreground,
-                "dtype": args.dtype, "media": stats}
+                "dtype": args.dtype, "media": stats, "validate": args.validate}
     if args.foreground and os.path.isfile(args.foreground):
         settings["foreground_sha256"] = hashlib.sha256(Path(args.foreground).read_bytes()).hexdigest()
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -679,10 +737,18 @@ def _adapt_options(with_defaults: bool) -> argparse.ArgumentParser:
                            help="diffusion model: a Hugging Face id, a local diffusers folder, or 'tiny' (an "
                                 "untrained model for offline tests)")
     group.add_argument("--steps", type=int,
-                       help=f"keypoint prompt optimisation steps (default: {base.steps})")
-    group.add_argument("--lr", type=float, help=f"keypoint prompt learning rate (default: {base.lr:g})")
+                       help=f"keypoint prompt optimisation steps (default: chosen by --validate among "
+                            f"{base.steps // 2} and {base.steps}; {base.steps} without validation)")
+    group.add_argument("--lr", type=float,
+                       help="keypoint prompt learning rate (default: chosen by --validate from the model family's "
+                            f"grid; {base.lr:g} without validation)")
     group.add_argument("--fg-steps", type=int, dest="fg_steps",
-                       help=f"foreground prompt optimisation steps (default: {base.fg_steps})")
+                       help=f"at most this many foreground prompt steps; it stops earlier when its loss stops "
+                            f"improving (default: {base.fg_steps})")
+    group.add_argument("--validate", choices=("auto", "off"), default="auto",
+                       help="estimate held-out accuracy (leave-one-frame-out; one frame: augmented views) and "
+                            "choose --lr/--steps among a small grid with short runs, then train on all frames; "
+                            "auto: when it costs at most 2x the keypoint training (docs/adaptation.md)")
     group.add_argument("--fg-lr", type=float, dest="fg_lr",
                        help=f"foreground prompt learning rate (default: {base.fg_lr:g})")
     group.add_argument("--loss", choices=("ce", "mse"),
@@ -751,6 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
                             ".slp, or COCO keypoints JSON")
     adapt.add_argument("-o", "--output", required=True, metavar="ENGINE", help="engine file to write")
     adapt.set_defaults(run=run_adapt)
+    _add_info_command(commands, debug)
 
     track = commands.add_parser(
         "track", parents=[_adapt_options(with_defaults=False), device, debug], formatter_class=_HelpFormatter,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,13 +16,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ppmtrack.engine.errors import UsageError
+from ppmtrack.engine.validate import MIN_BBOX_SIZE_PX, bbox_sizes
 from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 from ppmtrack.tracker.track import Tracks
 
 if TYPE_CHECKING:
     from ppmtrack.engine.interface import EngineLike
 
-MIN_BBOX_SIZE_PX = 32.0
 FRAME_NUMBER = re.compile(r"(\d+)$")  # DeepLabCut's img0123.png, frame_000123.jpg, 000123.png
 
 
@@ -74,12 +73,7 @@ class EvalResult:
         return self.n_tracked_frames / self.n_truth_frames
 
 
-def _bbox_sizes(keypoints: np.ndarray, min_bbox_size: float) -> np.ndarray:
-    """(F,) max(w, h) of each frame's labelled keypoints, at least ``min_bbox_size``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a frame with no labelled keypoint
-        span = np.nanmax(keypoints, axis=1) - np.nanmin(keypoints, axis=1)
-    return np.maximum(np.nan_to_num(span.max(axis=1), nan=0.0), min_bbox_size)
+_bbox_sizes = bbox_sizes  # one PCK length for tracks and for adaptation's held-out frames (engine.validate)
 
 
 def _video_name(ref: FrameRef) -> str:
