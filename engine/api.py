@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ppmtrack.engine.adapt import (
     AdaptConfig,
@@ -246,11 +247,52 @@ class Engine:
         maps = torch.stack(per_kp + [m[:, :, 1]], dim=2)
         return self._read_out(maps, box, False)
 
-    def _read_out(self, maps: torch.Tensor, box: InputMapping, return_maps: bool) -> Prediction:
+    @torch.no_grad()
+    def predict_animals(self, frames, max_animals: int, exact: bool = True, appearance: bool = True,
+                        threshold: float = 0.5) -> list:
+        """Every animal of each frame from one UNet forward for the batch (see :mod:`engine.multi`).
+
+        `max_animals`: most animals per frame; `exact`: that many are in view (merged regions are split);
+        `appearance`: add each animal's mean diffusion features (needs the plain forward, not `map_runner`);
+        `threshold`: foreground threshold relative to the frame's maximum.
+        Returns one :class:`engine.multi.Animals` per frame, keypoints in original-frame pixels.
+        """
+        from ppmtrack.engine.multi import Animals, find_animals, region_appearance
+
+        self._ensure_cache()
+        x, box = self.prepare(frames)
+        z = self.extractor.encode(x)
+        if appearance:
+            out = self.extractor.layer_maps(z, self.conditioning(), n_tokens=len(self.names) + 1, features=True)
+            maps = out["maps"]
+            res = maps.shape[-1]
+            features = torch.cat([F.normalize(F.interpolate(f.permute(0, 3, 1, 2).float(), size=(res, res),
+                                                            mode="bilinear", align_corners=False), dim=1)
+                                  for f in out["features"]], dim=1).permute(0, 2, 3, 1)  # (B, R, R, C)
+        else:
+            maps = (self.map_runner or self.eager_maps)(z)
+        fused, fg = self._fused_maps(maps)
+        fused, fg = fused.float().cpu().numpy(), fg.float().cpu().numpy()
+        stride = self.resolution / maps.shape[-1]
+        found = []
+        for i in range(len(fused)):
+            regions = find_animals(fused[i], fg[i], max_animals, exact=exact, threshold=threshold,
+                                   window=self.fgar.window)
+            xy = box.to_frame(grid_to_input(regions.keypoints, stride)) if len(regions) else regions.keypoints
+            found.append(Animals(xy, regions.confidence,
+                                 region_appearance(features[i], regions.masks) if appearance else None,
+                                 regions.foreground_mass))
+        return found
+
+    def _fused_maps(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """FGAR-fused keypoint maps (B, K, R, R) and the layer-averaged foreground map M_f (B, R, R)."""
         k = len(self.names)
-        fg = maps[:, :, k].mean(dim=1)  # (B, R, R): layer-averaged foreground map M_f
+        fg = maps[:, :, k].mean(dim=1)
         kp_maps = maps[:, :, :k].transpose(1, 2)  # (B, K, L, R, R)
-        fused = fuse_layers_fgar(kp_maps, fg[:, None, None], self.fgar.reweight, self.fgar.refine)
+        return fuse_layers_fgar(kp_maps, fg[:, None, None], self.fgar.reweight, self.fgar.refine), fg
+
+    def _read_out(self, maps: torch.Tensor, box: InputMapping, return_maps: bool) -> Prediction:
+        fused, fg = self._fused_maps(maps)
         xy_map, peak = soft_argmax_peak(fused, self.fgar.window)
         stride = self.resolution / maps.shape[-1]
         xy = box.to_frame(grid_to_input(xy_map, stride).cpu().numpy().astype(np.float64))

@@ -268,6 +268,8 @@ def run_track(args) -> int:
         engine = Engine.load(engine_path, model=args.model, device=args.device, dtype=args.dtype,
                              speed=_speed_config(args))
     stop_event = threading.Event()
+    if args.animals is not None:
+        return _run_track_multi(args, engine, engine_path, out_dir, formats, smoothing, stop_event)
     with _StopOnSignal(stop_event):
         summary = track_video(
             args.video, engine, out_dir, batch_size=args.batch_size, start=args.start, stop=args.stop,
@@ -285,16 +287,49 @@ def run_track(args) -> int:
     return EXIT_INTERRUPTED if summary.status == "interrupted" else 0
 
 
+def _run_track_multi(args, engine, engine_path, out_dir, formats, smoothing, stop_event) -> int:
+    """``ppmtrack track --animals N|auto``: several animals with identities (docs/multi-animal.md)."""
+    from ppmtrack.pipelines.track_multi import track_video_multi
+    from ppmtrack.tracker.identity import IdentityParams
+
+    if not hasattr(engine, "predict_animals"):
+        raise ValueError("--animals needs the torch backend (an .engine file), not an ONNX export")
+    identity = IdentityParams(max_absent_s=args.max_absent_s, motion=args.identity_motion)
+    with _StopOnSignal(stop_event):
+        summary = track_video_multi(
+            args.video, engine, out_dir, animals=args.animals, max_animals=args.max_animals,
+            batch_size=args.batch_size, start=args.start, stop=args.stop, stride=args.stride,
+            write_video=not args.no_video, output_formats=["csv", *formats], smoothing=smoothing,
+            identity=identity, progress=not args.quiet, stop_event=stop_event, engine_path=engine_path,
+        )
+    print(summary.describe())
+    ids = summary.identities
+    print(f"{len(ids['individuals'])} identities ({', '.join(ids['individuals'])}); "
+          f"{ids['uncertain_count']} uncertain identity decisions"
+          + (f", first at frames {', '.join(str(d['frame']) for d in ids['uncertain'][:5])}"
+             if ids["uncertain"] else ""))
+    outputs = [summary.outputs["csv"], summary.outputs["video"], *summary.outputs["formats"],
+               summary.outputs["summary"]]
+    print("wrote " + ", ".join(str(p) for p in outputs if p))
+    return EXIT_INTERRUPTED if summary.status == "interrupted" else 0
+
+
 # ---- evaluation and conversion ----------------------------------------------------------------------------
 
 def run_eval(args) -> int:
     """``ppmtrack eval``: PCK and pixel error of a tracks CSV against ground-truth labels."""
-    from ppmtrack.pipelines.evaluate import evaluate, format_report
-    from ppmtrack.pipelines.io.csv import read_tracks_csv
+    from ppmtrack.pipelines.evaluate import evaluate, evaluate_multi, format_multi_report, format_report
+    from ppmtrack.pipelines.io.csv import MULTI_HEADER, read_multi_tracks_csv, read_tracks_csv
     from ppmtrack.pipelines.io.formats import read_labels
 
-    tracks = read_tracks_csv(args.tracks)
     truth = read_labels(args.truth, fmt=None if args.format == "auto" else args.format, individual=args.individual)
+    with open(args.tracks, encoding="utf-8") as f:
+        several = f.readline().rstrip("\r\n") == MULTI_HEADER
+    if several:
+        result = evaluate_multi(read_multi_tracks_csv(args.tracks), truth, use="raw" if args.raw else "xy")
+        sys.stdout.write(format_multi_report(result))
+        return 0
+    tracks = read_tracks_csv(args.tracks)
     sys.stdout.write(format_report(evaluate(tracks, truth, use="raw" if args.raw else "xy", video=args.truth_video,
                                             tracked_span_only=args.tracked_span)))
     return 0
@@ -584,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ppmtrack.pipelines.sources import STALL_TIMEOUT_S
     from ppmtrack.pipelines.track import FLOW_MODES, OUTPUT_FORMATS, SMOOTH_MODES
     from ppmtrack.tracker import SmoothingParams
+    from ppmtrack.tracker.identity import MOTION_MODELS, IdentityParams
 
     parser = argparse.ArgumentParser(
         prog="ppmtrack", formatter_class=_HelpFormatter, epilog=MAIN_EXAMPLES,
@@ -656,6 +692,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="RTSP transport (default: tcp; some cameras and relays only serve udp)")
     track.add_argument("--max-reconnect-s", type=float, default=60.0, dest="max_reconnect_s",
                        help="give up on a dropped stream after this many seconds without success")
+    several = track.add_argument_group("several animals (docs/multi-animal.md)")
+    several.add_argument("--animals", metavar="N|auto",
+                         help="track N animals with identities (or 'auto': as many as the foreground shows, up to "
+                              "--max-animals); the CSV gets an 'individual' column")
+    several.add_argument("--max-animals", type=int, default=4, dest="max_animals",
+                         help="with --animals auto: most animals at once")
+    several.add_argument("--max-absent-s", type=float, default=IdentityParams().max_absent_s, dest="max_absent_s",
+                         help="an animal out of view keeps its identity this long for re-identification by "
+                              "appearance")
+    several.add_argument("--identity-motion", choices=MOTION_MODELS, default="kalman", dest="identity_motion",
+                         help="kalman: predicted positions plus appearance; nearest: nearest last position only "
+                              "(baseline)")
     speed = track.add_argument_group("speed (docs/performance.md; torch backend)")
     speed.add_argument("--compile", action="store_true",
                        help="torch.compile the UNet blocks and encoder (falls back to eager with a warning)")

@@ -70,6 +70,7 @@ class RunSummary:
     wall_time_s: float = 0.0
     waiting_for_frames_s: float = 0.0
     finalize_s: dict = field(default_factory=dict)
+    identities: dict | None = None  # several animals: names, uncertain identity decisions (docs/multi-animal.md)
     stages: dict = field(default_factory=lambda: {name: StageTime() for name in STAGES})
 
     @property
