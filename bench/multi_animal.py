@@ -5,8 +5,13 @@
         fly pair (../shared/data/sleap_centered_pair): per frame the two highest-scoring predicted instances
         with score >= --min-score, as individuals named by SLEAP's (fragmented) track. Approximate: these are
         a model's predictions, not hand labels, and their identities are not ground truth.
-    python bench/multi_animal.py fps VIDEO ENGINE [--animals 1,2,4 --frames 40]
+    python bench/multi_animal.py fps VIDEO ENGINE [--animals 1,2,4 --frames 40 --crops]
         Frames/s of 'ppmtrack track --animals N' on the first --frames frames, for each N, on this machine.
+    python bench/multi_animal.py score VIDEO ENGINE TRUTH [--first 0 --stop N --crops]
+        Tracks VIDEO with 2 animals three ways (Kalman + appearance, the default; Kalman without appearance;
+        nearest position only) and prints, per truth animal, PCK@0.1/0.2 of the raw positions and the identity
+        switches per 1000 frames, counted two ways: among close matches (as 'ppmtrack eval') and by matching
+        each identity's mean keypoint to the nearest truth animal's centre in every frame.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import platform
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +57,71 @@ def fly_labels(out_dir: Path, first: int, last: int, support: list[int], min_sco
           f"flies_support.json (frames {support})")
 
 
-def fps(video: str, engine_path: str, animals: list[int], n_frames: int) -> None:
+def centre_switches(tracks: dict, truth) -> tuple[int, int]:
+    """Identity switches when each identity's mean keypoint is matched (Hungarian) to the nearest truth
+    animal's centre in every truth frame where both are seen: (switches, frames counted)."""
+    from scipy.optimize import linear_sum_assignment
+
+    names = list(tracks)
+    first = tracks[names[0]]
+    row_of = {int(f): t for t, f in enumerate(first.frame)}
+    previous: dict[str, int] = {}
+    switches = counted = 0
+    for i, ref in enumerate(truth.frames):
+        t = row_of.get(int(ref.frame))
+        if t is None:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN animals: mean of nothing
+            gt = np.nanmean(truth.instances[i], axis=1)  # (N, 2)
+            pred = np.array([np.nanmean(tracks[n].raw_xy[t], axis=0) for n in names])
+        ok_gt, ok_pred = np.isfinite(gt).all(1), np.isfinite(pred).all(1)
+        if not ok_gt.any() or not ok_pred.any():
+            continue
+        counted += 1
+        cost = np.linalg.norm(pred[ok_pred][:, None] - gt[ok_gt][None], axis=-1)
+        rows, cols = linear_sum_assignment(cost)
+        for r, c in zip(rows, cols, strict=True):
+            name, animal = names[np.flatnonzero(ok_pred)[r]], int(np.flatnonzero(ok_gt)[c])
+            if name in previous and previous[name] != animal:
+                switches += 1
+            previous[name] = animal
+    return switches, counted
+
+
+def score(video: str, engine_path: str, truth_path: str, first: int, stop: int | None, crops: bool) -> None:
+    from ppmtrack.engine import Engine
+    from ppmtrack.pipelines.evaluate import evaluate_multi
+    from ppmtrack.pipelines.io.csv import read_multi_tracks_csv
+    from ppmtrack.pipelines.io.formats import read_labels
+    from ppmtrack.pipelines.track_multi import track_video_multi
+    from ppmtrack.tracker.identity import IdentityParams
+
+    engine = Engine.load(engine_path)
+    truth = read_labels(truth_path)
+    print(f"{video}, frames {first}..{stop}, engine {engine_path}, crops {crops}, "
+          f"machine {platform.processor() or platform.machine()}")
+    ways = {"Kalman + appearance": IdentityParams(),
+            "Kalman, no appearance": IdentityParams(appearance_weight=0.0),
+            "nearest position only": IdentityParams(motion="nearest")}
+    for way, params in ways.items():
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            summary = track_video_multi(video, engine, out, animals=2, start=first, stop=stop, identity=params,
+                                        write_video=False, progress=False, crops=crops)
+            wall = time.perf_counter() - t0
+            tracks = read_multi_tracks_csv(Path(out) / f"{Path(video).stem}.csv")
+        result = evaluate_multi(tracks, truth, thresholds=(0.1, 0.2), use="raw")
+        switches, counted = centre_switches(tracks, truth)
+        pck = "; ".join(f"{a}: PCK@0.1 {result.pck[a][0.1]:.3f} PCK@0.2 {result.pck[a][0.2]:.3f}"
+                        for a in result.individuals)
+        print(f"{way}: {pck}; switches among close matches {sum(result.identity_switches.values())} "
+              f"({result.switches_per_1000_frames:.1f}/1000 frames); centre-matched {switches} "
+              f"({1000 * switches / max(counted, 1):.1f}/1000 frames over {counted}); "
+              f"{summary.frames_processed} frames in {wall:.0f} s")
+
+
+def fps(video: str, engine_path: str, animals: list[int], n_frames: int, crops: bool = False) -> None:
     import torch
 
     from ppmtrack.engine import Engine
@@ -64,7 +134,7 @@ def fps(video: str, engine_path: str, animals: list[int], n_frames: int) -> None
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
             summary = track_video_multi(video, engine, out, animals=n, stop=n_frames, write_video=False,
-                                        progress=False)
+                                        progress=False, crops=crops)
             wall = time.perf_counter() - t0
         print(f"--animals {n}: {summary.frames_processed} frames in {wall:.1f} s = "
               f"{summary.frames_processed / wall:.2f} frames/s (inference {summary.stages['inference'].fps:.2f} "
@@ -85,11 +155,21 @@ def main() -> None:
     fp.add_argument("engine")
     fp.add_argument("--animals", default="1,2,4")
     fp.add_argument("--frames", type=int, default=40)
+    fp.add_argument("--crops", action="store_true")
+    sc = sub.add_parser("score")
+    sc.add_argument("video")
+    sc.add_argument("engine")
+    sc.add_argument("truth")
+    sc.add_argument("--first", type=int, default=0)
+    sc.add_argument("--stop", type=int)
+    sc.add_argument("--crops", action="store_true")
     args = ap.parse_args()
     if args.cmd == "fly-labels":
         fly_labels(args.out, args.first, args.last, [int(f) for f in args.support.split(",")], args.min_score)
+    elif args.cmd == "score":
+        score(args.video, args.engine, args.truth, args.first, args.stop, args.crops)
     else:
-        fps(args.video, args.engine, [int(n) for n in args.animals.split(",")], args.frames)
+        fps(args.video, args.engine, [int(n) for n in args.animals.split(",")], args.frames, args.crops)
 
 
 if __name__ == "__main__":

@@ -191,3 +191,40 @@ def find_animals(keypoint_maps: np.ndarray, foreground: np.ndarray, max_animals:
     order = np.argsort(-mass)
     return AnimalRegions(xy.numpy().astype(np.float64)[order], peak.clamp(0, 1).numpy().astype(np.float64)[order],
                          masks[order], mass[order])
+
+
+def region_boxes(masks: np.ndarray, stride: float, mapping, margin: float = 0.25, min_side: float = 32.0
+                 ) -> np.ndarray:
+    """A square crop box in frame pixels around each animal's region, for reading its keypoints from a crop.
+
+    Parameters
+    ----------
+    masks : np.ndarray
+        (D, R, R) bool regions on the map grid (:class:`AnimalRegions`).
+    stride : float
+        Engine-input pixels per map cell.
+    mapping : engine.geometry.InputMapping
+        Where the frame sits in the engine input (a letterbox: one row for the batch).
+    margin : float
+        Added on every side, as a fraction of the region's longer side (legs and tails reach past the
+        foreground map's coarse cells).
+    min_side : float
+        Smallest box side in frame pixels.
+
+    Returns
+    -------
+    np.ndarray
+        (D, 4) ``(x0, y0, x1, y1)`` pixel-edge boxes for :func:`engine.geometry.crop`, centred on each region
+        (they may reach past the frame: the crop pads with grey).
+    """
+    boxes = np.zeros((len(masks), 4))
+    for d, mask in enumerate(masks):
+        ys, xs = np.nonzero(mask)
+        # the cells' outer edges in engine-input pixels, then frame pixels
+        corners = np.array([[xs.min() * stride - 0.5, ys.min() * stride - 0.5],
+                            [(xs.max() + 1) * stride - 0.5, (ys.max() + 1) * stride - 0.5]])
+        (x0, y0), (x1, y1) = mapping.to_frame(corners)
+        side = max(x1 - x0, y1 - y0, min_side / (1 + 2 * margin)) * (1 + 2 * margin)
+        cx, cy = (x0 + x1) / 2 + 0.5, (y0 + y1) / 2 + 0.5  # centre as a pixel edge coordinate
+        boxes[d] = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    return boxes

@@ -230,6 +230,8 @@ def run_track(args) -> int:
     from ppmtrack.tracker import SmoothingParams
 
     formats = check_output_formats(args.output_format.split(","))
+    if args.animals is not None:
+        _check_multi_options(args)
     # a bad file or an empty selection fails now, not after loading a model or a long adaptation
     check_selection(args.start, args.stop, args.stride,
                     None if is_live_spec(args.video) else probe_source(args.video).n_frames)
@@ -287,13 +289,27 @@ def run_track(args) -> int:
     return EXIT_INTERRUPTED if summary.status == "interrupted" else 0
 
 
+def _check_multi_options(args) -> None:
+    """Refuse, before any model is loaded, what ``track --animals`` does not do (yet) instead of ignoring it."""
+    from ppmtrack.pipelines.track_multi import parse_animals
+
+    parse_animals(args.animals)
+    if args.backend == "onnx" or (args.backend == "auto" and args.engine and args.engine.endswith(".onnx")):
+        raise ValueError("--animals needs the torch backend (an .engine file), not an ONNX export")
+    unsupported = [flag for flag, used in (("--resume", args.resume), ("--plots", args.plots),
+                                           ("--with-raw", args.with_raw), ("--subject-id", args.subject_id),
+                                           ("--smooth", args.smooth != "auto"))
+                   if used]
+    if unsupported:
+        raise ValueError(f"{unsupported[0]} is not available with --animals yet (see docs/multi-animal.md); "
+                         "leave it out")
+
+
 def _run_track_multi(args, engine, engine_path, out_dir, formats, smoothing, stop_event) -> int:
     """``ppmtrack track --animals N|auto``: several animals with identities (docs/multi-animal.md)."""
     from ppmtrack.pipelines.track_multi import track_video_multi
     from ppmtrack.tracker.identity import IdentityParams
 
-    if not hasattr(engine, "predict_animals"):
-        raise ValueError("--animals needs the torch backend (an .engine file), not an ONNX export")
     identity = IdentityParams(max_absent_s=args.max_absent_s, motion=args.identity_motion)
     with _StopOnSignal(stop_event):
         summary = track_video_multi(
@@ -301,6 +317,7 @@ def _run_track_multi(args, engine, engine_path, out_dir, formats, smoothing, sto
             batch_size=args.batch_size, start=args.start, stop=args.stop, stride=args.stride,
             write_video=not args.no_video, output_formats=["csv", *formats], smoothing=smoothing,
             identity=identity, progress=not args.quiet, stop_event=stop_event, engine_path=engine_path,
+            species=args.species, crops=args.animal_crops,
         )
     print(summary.describe())
     ids = summary.identities
@@ -701,6 +718,9 @@ def build_parser() -> argparse.ArgumentParser:
     several.add_argument("--max-absent-s", type=float, default=IdentityParams().max_absent_s, dest="max_absent_s",
                          help="an animal out of view keeps its identity this long for re-identification by "
                               "appearance")
+    several.add_argument("--animal-crops", action="store_true", dest="animal_crops",
+                         help="read each animal's keypoints from its own crop (a square around its foreground "
+                              "region; all crops of a batch in one extra forward) instead of the whole frame")
     several.add_argument("--identity-motion", choices=MOTION_MODELS, default="kalman", dest="identity_motion",
                          help="kalman: predicted positions plus appearance; nearest: nearest last position only "
                               "(baseline)")

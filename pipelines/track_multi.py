@@ -39,7 +39,7 @@ from ppmtrack.tracker.identity import UNASSIGNED, IdentityParams, IdentityTracke
 
 logger = logging.getLogger("ppmtrack")
 
-MULTI_FORMATS = ("dlc", "sleap")
+MULTI_FORMATS = ("dlc", "sleap", "nwb")
 MAX_LISTED_UNCERTAIN = 200
 
 
@@ -112,10 +112,12 @@ def track_video_multi(
     smoothing: SmoothingParams | None = None,
     identity: IdentityParams | None = None,
     foreground_threshold: float = 0.5,
+    crops: bool = False,
     progress: bool = True,
     stop_event: threading.Event | None = None,
     engine_path: str | Path | None = None,
     engine_name: str | None = None,
+    species: str | None = None,
 ) -> RunSummary:
     """Track several animals through a video and write the outputs to ``out_dir`` (module docstring).
 
@@ -130,13 +132,19 @@ def track_video_multi(
         With ``animals="auto"``: most animals at once.
     output_formats
         "csv" (always written), "dlc" (DeepLabCut multi-animal table), "sleap" (SLEAP analysis HDF5 with one
-        track per animal).
+        track per animal), "nwb" (one NWB file per animal, ``<stem>.<individual>.nwb``:
+        :func:`pipelines.io.nwb.write_nwb_multi`).
     smoothing
         Each identity's keypoint filter (``min_confidence`` also decides which keypoints count for identity).
     identity
         Identity assignment parameters; ``max_animals`` and ``fixed_count`` are set from ``animals``.
+    species
+        ``Subject.species`` of every animal's NWB file.
     foreground_threshold
         Foreground cells at or above this fraction of the frame's maximum belong to animals.
+    crops
+        Read each animal's keypoints from its own crop (all crops of a batch in one second forward) instead of
+        the whole-frame maps (:meth:`engine.api.Engine.predict_animals`).
 
     Returns
     -------
@@ -176,6 +184,7 @@ def track_video_multi(
         settings={"batch_size": batch_size, "animals": "auto" if count is None else count, "max_animals": n_max,
                   "smooth": "causal" if info.is_live else "rts", "smoothing": dataclasses.asdict(params),
                   "identity": dataclasses.asdict(id_params), "foreground_threshold": foreground_threshold,
+                  "crops": bool(crops),
                   "output_formats": ["csv", *extra], "write_video": write_video},
         outputs={"csv": str(paths["csv"]), "video": str(paths["video"]) if paths["video"] else None,
                  "summary": str(paths["summary"]), "formats": []},
@@ -214,7 +223,7 @@ def track_video_multi(
                 continue
             t0 = time.perf_counter()
             found = engine.predict_animals(np.stack([f.image for f in batch.frames]), n_max, exact=exact,
-                                           threshold=foreground_threshold)
+                                           threshold=foreground_threshold, crops=crops)
             summary.stages["inference"].add(time.perf_counter() - t0, len(batch.frames))
             t1 = time.perf_counter()
             for frame, animals_here in zip(batch.frames, found, strict=True):
@@ -270,7 +279,7 @@ def track_video_multi(
             try:
                 _finish(summary, identities, engine, paths, extra, stem, name, frames_seen, times_seen, filter_times,
                         rts=not info.is_live and summary.status == "complete",
-                        video_path=None if info.is_live else source_spec)
+                        video_path=None if info.is_live else source_spec, species=species)
             except BaseException as exc:
                 failure = exc
     if failure is not None:
@@ -284,7 +293,7 @@ def track_video_multi(
 
 
 def _finish(summary, identities: _Identities, engine, paths, extra, stem, engine_name, frames, times,
-            filter_times, rts: bool, video_path=None) -> None:
+            filter_times, rts: bool, video_path=None, species: str | None = None) -> None:
     """RTS-smooth each identity and rewrite the CSV atomically (complete file runs); the extra formats."""
     tracks = identities.tracks(engine.names, engine.skeleton, frames, times)
     if rts:
@@ -305,6 +314,11 @@ def _finish(summary, identities: _Identities, engine, paths, extra, stem, engine
         written.append(write_sleap_analysis_multi(tracks, paths["csv"].parent / f"{stem}.analysis.h5",
                                                   engine_name=engine_name, video_path=video_path,
                                                   fps=summary.input["fps"]))
+    if "nwb" in extra:
+        from ppmtrack.pipelines.io.nwb import write_nwb_multi
+
+        written += write_nwb_multi(tracks, paths["csv"].parent, stem, engine_name=engine_name, video_path=video_path,
+                                   fps=summary.input["fps"], species=species)
     summary.outputs["formats"] = [str(p) for p in written]
 
 

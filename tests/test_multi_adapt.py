@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -115,7 +114,7 @@ def test_cli_adapt_track_animals_and_eval_on_the_pair_sample(tmp_path, capsys):
     assert main(["eval", str(out / "pair.csv"), str(SAMPLES / "pair_truth.json")]) == 0
     report = capsys.readouterr().out
     assert "lizard1" in report and "identity switches" in report and "PCK@0.2" in report
-    if all(importlib.util.find_spec(m) for m in ("pynwb", "ndx_pose")):  # NWB of several animals: refused
-        assert main(["track", str(SAMPLES / "pair.mp4"), "--engine", str(engine), "--animals", "2", "--stop", "2",
-                     "-o", str(tmp_path / "nwb"), "-q", "--output-format", "nwb"]) == 2
-        assert "not written for several animals" in capsys.readouterr().err
+    # what --animals does not do is refused before any model is loaded, not ignored
+    assert main(["track", str(SAMPLES / "pair.mp4"), "--engine", str(engine), "--animals", "2", "--resume",
+                 "-o", str(tmp_path / "resumed"), "-q"]) == 2
+    assert "--resume is not available with --animals" in capsys.readouterr().err

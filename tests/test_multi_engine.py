@@ -57,3 +57,27 @@ def test_at_most_max_animals_heaviest_first_and_small_specks_dropped():
 
 def test_a_compact_blob_is_not_split():
     assert split_region(blob(16, 16, 3, 3) > 0.5) is None
+
+
+def test_region_boxes_are_squares_around_each_region_in_frame_pixels():
+    import torch
+
+    from ppmtrack.engine.geometry import crop, letterbox_mapping
+    from ppmtrack.engine.multi import region_boxes
+
+    mapping = letterbox_mapping(640, 480, 256)  # 2.5 frame px per input px, 32 px grey bars top and bottom
+    masks = np.zeros((2, RES, RES), bool)
+    masks[0, 10:14, 4:12] = True  # 8 × 4 cells: wide
+    masks[1, 20:21, 30:31] = True  # one cell at the right edge: the minimum side, reaching past the frame
+    boxes = region_boxes(masks, 256 / RES, mapping, margin=0.25, min_side=32.0)
+    sides = boxes[:, 2:] - boxes[:, :2]
+    np.testing.assert_allclose(sides[:, 0], sides[:, 1])
+    # region 0: cells 4..11 → input px 32..96 → frame px 80..240 wide (160 px), so the side is 1.5 × 160
+    np.testing.assert_allclose(boxes[0], [160 - 120, (10 * 8 - 32 + 14 * 8 - 32) / 2 * 2.5 - 120,
+                                          160 + 120, (10 * 8 - 32 + 14 * 8 - 32) / 2 * 2.5 + 120])
+    np.testing.assert_allclose(sides[1], [32.0, 32.0])  # 20 px region: the minimum side
+    frames = torch.zeros((2, 480, 640, 3), dtype=torch.uint8)
+    x, box = crop(frames, boxes, 64)  # the crops of both regions go through the engine as one batch
+    assert x.shape == (2, 3, 64, 64)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2 - 0.5  # pixel-centre coordinates of each box's centre
+    np.testing.assert_allclose(box.to_input(centre[:, None])[:, 0], [[31.5, 31.5], [31.5, 31.5]], atol=1e-6)

@@ -7,6 +7,7 @@ pipeline, identities and writers, not the model (tests/test_multi_engine.py chec
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +23,7 @@ from ppmtrack.pipelines.track_multi import parse_animals, track_video_multi
 from ppmtrack.tracker.identity import IdentityParams
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+HAS_NWB = all(importlib.util.find_spec(m) for m in ("pynwb", "ndx_pose"))
 N_FRAMES = 130  # through the touching pass around frame 99
 
 
@@ -39,7 +41,7 @@ class TruthEngine:
         self.looks = self.rng.normal(size=(2, 16))
         self.calls = 0
 
-    def predict_animals(self, frames, max_animals, exact=True, threshold=0.5):
+    def predict_animals(self, frames, max_animals, exact=True, threshold=0.5, crops=False):
         out = []
         for _ in frames:
             f = self.calls
@@ -62,7 +64,8 @@ def truth():
 def run(tmp_path_factory, truth):
     out = tmp_path_factory.mktemp("multi")
     summary = track_video_multi(SAMPLES / "pair.mp4", TruthEngine(truth), out, animals=2, stop=N_FRAMES,
-                                output_formats=["csv", "dlc", "sleap"], progress=False, batch_size=4)
+                                output_formats=["csv", "dlc", "sleap", *(["nwb"] if HAS_NWB else [])],
+                                progress=False, batch_size=4, species="Anolis carolinensis")
     return out, summary
 
 
@@ -111,6 +114,31 @@ def test_sleap_analysis_file_has_one_track_per_animal_and_loads_in_movement(run)
     for name, animal in tracks.items():
         position = ds.position.sel(individuals=name).transpose("time", "keypoints", "space").values
         np.testing.assert_allclose(position[animal.frame], animal.xy, atol=1e-3)
+
+
+@pytest.mark.skipif(not HAS_NWB, reason="needs pynwb and ndx-pose (the formats extra)")
+def test_nwb_one_file_per_animal_with_its_subject_and_all_load_in_movement(run):
+    load_poses = pytest.importorskip("movement.io.load_poses")
+    import pynwb
+    import xarray as xr
+
+    out, summary = run
+    files = [out / "pair.animal1.nwb", out / "pair.animal2.nwb"]
+    assert [str(p) for p in files] == [p for p in summary.outputs["formats"] if p.endswith(".nwb")]
+    for name, path in zip(["animal1", "animal2"], files, strict=True):
+        with pynwb.NWBHDF5IO(str(path), "r") as io:
+            nwb = io.read()
+            assert nwb.subject.subject_id == name and nwb.subject.species == "Anolis carolinensis"
+            pose = nwb.processing["behavior"]["PoseEstimation"]
+            assert pose.skeleton.subject.subject_id == name
+            assert set(pose.pose_estimation_series) == set(summary.engine["keypoints"])
+    ds = xr.merge([load_poses.from_nwb_file(p) for p in files], join="outer", compat="no_conflicts")
+    assert ds.sizes["individuals"] == 2 and list(ds.individuals.values) == ["animal1", "animal2"]
+    tracks = read_multi_tracks_csv(out / "pair.csv")
+    for name, animal in tracks.items():
+        position = ds.position.sel(individuals=name, keypoints=animal.names).transpose(
+            "time", "keypoints", "space").values
+        np.testing.assert_allclose(position, animal.xy, atol=1e-3)
 
 
 def test_annotated_video_has_every_frame(run):
