@@ -346,6 +346,10 @@ def run_eval(args) -> int:
         result = evaluate_multi(read_multi_tracks_csv(args.tracks), truth, use="raw" if args.raw else "xy")
         sys.stdout.write(format_multi_report(result))
         return 0
+    if truth.instances is not None:  # one animal's tracks against several animals' truth: which one is meant?
+        raise ValueError(f"{args.truth}: labels {len(truth.individuals)} animals ({', '.join(truth.individuals)}) "
+                         f"but {args.tracks} tracks one; score it against one of them with --individual NAME, "
+                         "or track with --animals")
     tracks = read_tracks_csv(args.tracks)
     sys.stdout.write(format_report(evaluate(tracks, truth, use="raw" if args.raw else "xy", video=args.truth_video,
                                             tracked_span_only=args.tracked_span)))

@@ -155,3 +155,16 @@ def test_animals_argument_is_checked():
         parse_animals("two")
     with pytest.raises(ValueError, match="at least 1"):
         parse_animals(0)
+
+
+def test_eval_of_one_animal_against_truth_of_two_asks_which(run, tmp_path, capsys):
+    from ppmtrack.pipelines.cli import main
+    from ppmtrack.pipelines.io.csv import write_tracks_csv
+
+    out, _ = run
+    one = tmp_path / "one.csv"
+    write_tracks_csv(read_multi_tracks_csv(out / "pair.csv")["animal1"], one)
+    assert main(["eval", str(one), str(SAMPLES / "pair_truth.json")]) == 2
+    assert "labels 2 animals (lizard1, lizard2)" in capsys.readouterr().err
+    assert main(["eval", str(one), str(SAMPLES / "pair_truth.json"), "--individual", "lizard1"]) == 0
+    assert "PCK@0.1" in capsys.readouterr().out
