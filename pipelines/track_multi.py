@@ -24,15 +24,15 @@ import numpy as np
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, write_multi_tracks_csv
 from ppmtrack.pipelines.io.video import PALETTE, AnnotatedVideoWriter
-from ppmtrack.pipelines.sources import open_source
+from ppmtrack.pipelines.sources import open_source, redact_url
 from ppmtrack.pipelines.summary import RunSummary
 from ppmtrack.pipelines.track import (
     DEFAULT_VIDEO_FPS,
     _expected_frames,
+    _update_counts,
     check_output_formats,
     output_stem,
     prepare_output_dir,
-    redact_url,
 )
 from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks, smooth_keypoints
 from ppmtrack.tracker.identity import UNASSIGNED, IdentityParams, IdentityTracker
@@ -213,7 +213,8 @@ def track_video_multi(
     t_start = time.perf_counter()
     failure: BaseException | None = None
     last_t: float | None = None
-    batches = iter_batches(source, batch_size, fill=not info.is_live, stop_event=halt, stats=BatchStats())
+    batch_stats = BatchStats()
+    batches = iter_batches(source, batch_size, fill=not info.is_live, stop_event=halt, stats=batch_stats)
     try:
         for batch in batches:
             if batch.gap is not None:
@@ -265,9 +266,7 @@ def track_video_multi(
                 video.close()
             except BaseException as exc:
                 failure = failure or exc
-    stats = source.stats
-    summary.frames_read, summary.frames_dropped = stats.frames_read, stats.frames_dropped
-    summary.decode_errors, summary.reconnects = stats.decode_errors, stats.reconnects
+    _update_counts(summary, source.stats, batch_stats)  # damaged, missing and dropped frames, as for one animal
     summary.identities = {
         "individuals": [individual_name(i) for i in range(len(identities.smoothers))],
         "uncertain_count": len(tracker.uncertain),
@@ -334,7 +333,9 @@ class _AnimalVideo:
         colours = [PALETTE[i % len(PALETTE)] for i in range(n_max) for _ in engine.names]
         self.writer = AnnotatedVideoWriter(path, info.width, info.height,
                                            info.fps_fraction or info.fps or DEFAULT_VIDEO_FPS, names, skeleton,
-                                           min_confidence=params.min_confidence, colours=colours)
+                                           min_confidence=params.min_confidence, colours=colours,
+                                           legend_entries=[(individual_name(i), PALETTE[i % len(PALETTE)])
+                                                           for i in range(n_max)])
         self.first_time: float | None = None
 
     def write(self, frame, identities: _Identities) -> None:

@@ -168,3 +168,18 @@ def test_eval_of_one_animal_against_truth_of_two_asks_which(run, tmp_path, capsy
     assert "labels 2 animals (lizard1, lizard2)" in capsys.readouterr().err
     assert main(["eval", str(one), str(SAMPLES / "pair_truth.json"), "--individual", "lizard1"]) == 0
     assert "PCK@0.1" in capsys.readouterr().out
+
+
+def test_annotated_video_legend_lists_the_animals_not_every_keypoint(tmp_path):
+    from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
+
+    names = ["animal1:nose", "animal1:tail", "animal2:nose", "animal2:tail"]
+    red, green = (230, 25, 75), (60, 180, 75)
+    writer = AnnotatedVideoWriter(tmp_path / "v.mp4", 64, 48, 10, names, colours=[red, red, green, green],
+                                  legend_entries=[("animal1", red), ("animal2", green)])
+    assert [k for k, _, _ in writer.legend_layout()] == [0, 1]
+    np.testing.assert_array_equal(writer.colours[2], green)
+    image = np.zeros((48, 64, 3), np.uint8)
+    writer.write(image, np.full((4, 2), 20.0), np.ones(4), np.ones(4, bool), labels=[("animal1", (20, 20), red)])
+    writer.close()
+    assert (tmp_path / "v.mp4").stat().st_size > 0
