@@ -153,8 +153,8 @@ class SupportViews:
     """Letterboxed support frames and their augmented views, encoded once."""
 
     latents: torch.Tensor  # (V, 4, h, w) noisy latents
-    keypoints: np.ndarray  # (V, K, 2) input-pixel coordinates, NaN = missing
-    ignore: np.ndarray  # (V, K) pushed out of the view: neither target nor "missing"
+    keypoints: np.ndarray  # (V, N, K, 2) input-pixel coordinates of the N instances of each view, NaN = missing
+    ignore: np.ndarray  # (V, K) pushed out of the view (any instance): neither target nor "missing"
     masks: np.ndarray  # (V, S, S) FARA foreground masks
     frame_of_view: np.ndarray  # (V,) support frame index
     is_original: np.ndarray  # (V,) bool: the support frame itself, not an augmented view
@@ -210,12 +210,19 @@ def cross_entropy_floor(res: int, sigma: float) -> float:
 
 def keypoint_loss(maps: torch.Tensor, logits: torch.Tensor | None, xy_map: torch.Tensor, ignore: torch.Tensor,
                   cfg: AdaptConfig) -> torch.Tensor:
-    """Loss of layer-averaged maps (B, L, K, R, R) against keypoints (B, K, 2) in map cells (NaN = missing)."""
+    """Loss of layer-averaged maps (B, L, K, R, R) against keypoints in map cells (NaN = missing).
+
+    ``xy_map``: (B, K, 2), or (B, N, K, 2) for N animals per view: the target of a keypoint then peaks on
+    every animal that shows it (the maximum of their Gaussians), and it is missing only where no animal has it.
+    """
     res = maps.shape[-1]
     m = maps.mean(dim=1)
-    target = gaussian_maps(xy_map, res, cfg.heatmap_sigma)
-    visible = torch.isfinite(xy_map).all(dim=-1) & ~ignore
-    missing = ~torch.isfinite(xy_map).all(dim=-1) & ~ignore & cfg.missing_as_empty
+    if xy_map.dim() == 3:
+        xy_map = xy_map[:, None]
+    target = gaussian_maps(xy_map, res, cfg.heatmap_sigma).amax(dim=1)
+    labelled = torch.isfinite(xy_map).all(dim=-1).any(dim=1)
+    visible = labelled & ~ignore
+    missing = ~labelled & ~ignore & cfg.missing_as_empty
     counted = (visible | missing).float()
     mse = ((m - target) ** 2).mean(dim=(-2, -1))
     mse = (mse * counted).sum() / counted.sum().clamp(min=1)
@@ -238,7 +245,7 @@ def build_views(extractor: MapExtractor, support: SupportSet, size: int, fg_init
     device = extractor.model.device
     inputs = support_inputs(support, size, device)
     frames = [to_image(x[0]) for x, _ in inputs]
-    kps = [box.to_input(kp) for (_, box), kp in zip(inputs, support.keypoints, strict=True)]
+    kps = [box.to_input(kp) for (_, box), kp in zip(inputs, support.instances(), strict=True)]
     masks = []
     cond = fg_init.reshape(1, 1, -1).expand(1, TOKENS, -1)
     for (x, _), image, kp in zip(inputs, frames, kps, strict=True):
@@ -248,7 +255,7 @@ def build_views(extractor: MapExtractor, support: SupportSet, size: int, fg_init
         grid = torch.cat([F.interpolate(F.normalize(f.float(), dim=-1).permute(0, 3, 1, 2), size=(res, res),
                                         mode="bilinear", align_corners=False) for f in feats], dim=1)
         rgb = np.clip(np.round(image), 0, 255).astype(np.uint8)
-        masks.append(fara_mask(rgb, grid[0].permute(1, 2, 0).cpu().numpy(), kp, delta=cfg.fara_delta))
+        masks.append(fara_mask(rgb, grid[0].permute(1, 2, 0).cpu().numpy(), kp.reshape(-1, 2), delta=cfg.fara_delta))
     perm = flip_permutation(support.names, support.flip_pairs)
     allow_flip = bool(support.flip_pairs)
     vkps, vign, vmasks, owner, original, latents, pending = [], [], [], [], [], [], []
@@ -267,6 +274,7 @@ def build_views(extractor: MapExtractor, support: SupportSet, size: int, fg_init
                 mat, flip = random_affine(rng, size, cfg.augment, allow_flip)
                 image, kp, mask, out = warp_view(frames[i], kps[i], masks[i], mat, flip, perm)
                 view = to_tensor(image[None])
+                out = out.any(axis=0)
             pending.append(view)
             vkps.append(kp)
             vign.append(out)

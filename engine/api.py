@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ppmtrack.engine.adapt import (
     AdaptConfig,
@@ -22,7 +23,7 @@ from ppmtrack.engine.attention import TOKENS, cache_prompt_kv, select_layers
 from ppmtrack.engine.engine_file import EngineFileError, read_engine_file, write_engine_file
 from ppmtrack.engine.errors import UsageError
 from ppmtrack.engine.fgar import FgarConfig
-from ppmtrack.engine.geometry import InputMapping, engine_input
+from ppmtrack.engine.geometry import InputMapping, crop, engine_input, grid_to_input, letterbox, to_uint8_batch
 from ppmtrack.engine.infer import MapExtractor
 from ppmtrack.engine.localize import read_out
 from ppmtrack.engine.models import DEFAULT_MODEL, DiffusionModel, load_model, same_model
@@ -300,6 +301,64 @@ class Engine:
             per_kp.append(m[:, :, 0])
         maps = torch.stack(per_kp + [m[:, :, 1]], dim=2)
         return self.read_out(maps, box, False)
+
+    @torch.no_grad()
+    def predict_animals(self, frames, max_animals: int, exact: bool = True, appearance: bool = True,
+                        threshold: float = 0.5, crops: bool = False) -> list:
+        """Every animal of each frame from one UNet forward for the batch (see :mod:`engine.multi`).
+
+        `max_animals`: most animals per frame; `exact`: that many are in view (merged regions are split);
+        `appearance`: add each animal's mean diffusion features (needs the plain forward, not `map_runner`);
+        `threshold`: foreground threshold relative to the frame's maximum; `crops`: read each animal's
+        keypoints from its own crop (a square around its region, `engine.multi.region_boxes`, cut by
+        `engine.geometry.crop`) in a second forward that takes all crops of the batch at once, instead of
+        from the whole-frame maps. Regions and appearance always come from the whole frame.
+        Returns one :class:`engine.multi.Animals` per frame, keypoints in original-frame pixels.
+        """
+        from ppmtrack.engine.multi import Animals, find_animals, region_appearance, region_boxes
+
+        self.cache_prompt()
+        images = to_uint8_batch(frames, self.model.device)
+        x, box = letterbox(images, self.resolution)
+        z = self.extractor.encode(x)
+        if appearance:
+            out = self.extractor.layer_maps(z, self.conditioning(), n_tokens=len(self.names) + 1, features=True)
+            maps = out["maps"]
+            res = maps.shape[-1]
+            features = torch.cat([F.normalize(F.interpolate(f.permute(0, 3, 1, 2).float(), size=(res, res),
+                                                            mode="bilinear", align_corners=False), dim=1)
+                                  for f in out["features"]], dim=1).permute(0, 2, 3, 1)  # (B, R, R, C)
+        else:
+            maps = (self.map_runner or self.eager_maps)(z)
+        fused, fg = self._fused_maps(maps)
+        fused, fg = fused.float().cpu().numpy(), fg.float().cpu().numpy()
+        stride = self.resolution / maps.shape[-1]
+        found, boxes, owners = [], [], []
+        for i in range(len(fused)):
+            regions = find_animals(fused[i], fg[i], max_animals, exact=exact, threshold=threshold,
+                                   window=self.fgar.window)
+            xy = box.to_frame(grid_to_input(regions.keypoints, stride)) if len(regions) else regions.keypoints
+            found.append(Animals(xy, regions.confidence,
+                                 region_appearance(features[i], regions.masks) if appearance else None,
+                                 regions.foreground_mass))
+            if crops and len(regions):
+                boxes.append(region_boxes(regions.masks, stride, box))
+                owners += [i] * len(regions)
+        if owners:
+            x, crop_box = crop(images[owners], np.concatenate(boxes), self.resolution)
+            read = self.read_out((self.map_runner or self.eager_maps)(self.extractor.encode(x)), crop_box)
+            first = 0
+            for animals in found:
+                n = len(animals)
+                animals.keypoints = read.keypoints[first:first + n]
+                animals.confidence = read.confidence[first:first + n]
+                first += n
+        return found
+
+    def _fused_maps(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """FGAR-fused keypoint maps (B, K, R, R) and the layer-averaged foreground map M_f (B, R, R)."""
+        out = read_out(maps, len(self.names), self.fgar, self.resolution)
+        return out.maps, out.foreground
 
     def read_out(self, maps: torch.Tensor, box: InputMapping, return_maps: bool = False) -> Prediction:
         """(B, L, K+1, R, R) maps → keypoints in frame pixels (`engine.localize.read_out`, then `box`)."""

@@ -43,10 +43,10 @@ def flip_permutation(names: list[str], flip_pairs: list[tuple[str, str]]) -> np.
 
 def warp_view(image: np.ndarray, keypoints: np.ndarray, mask: np.ndarray | None, matrix: np.ndarray,
               flip: bool, perm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """Apply `matrix` to a square image, its (K, 2) keypoints and an optional mask.
+    """Apply `matrix` to a square image, its (..., K, 2) keypoints (e.g. (N, K, 2) for N animals) and a mask.
 
-    Returns the view, its keypoints (NaN stays NaN), the warped mask and a (K,) bool array marking keypoints
-    pushed out of the frame (to be ignored, not trained as missing).
+    Returns the view, its keypoints (NaN stays NaN), the warped mask and a (..., K) bool array marking
+    keypoints pushed out of the frame (to be ignored, not trained as missing).
     """
     size = image.shape[0]
     # the mask gets the image's border mode, so animal parts mirrored in at the border stay foreground
@@ -58,7 +58,7 @@ def warp_view(image: np.ndarray, keypoints: np.ndarray, mask: np.ndarray | None,
     wmask = None if mask is None else warp(mask)
     kp = keypoints @ matrix[:, :2].T + matrix[:, 2]
     if flip:
-        kp = kp[perm]
-    outside = np.isfinite(kp).all(axis=1) & ((kp < 0) | (kp > size - 1)).any(axis=1)
+        kp = kp[..., perm, :]
+    outside = np.isfinite(kp).all(axis=-1) & ((kp < 0) | (kp > size - 1)).any(axis=-1)
     kp[outside] = np.nan
     return view, kp, wmask, outside

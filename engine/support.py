@@ -28,6 +28,9 @@ class SupportSet:
     display : dict
         Drawing settings of the labelling tool (e.g. DeepLabCut's ``dotsize``, ``pcutoff``, ``colormap``); the
         engine keeps them in ``info["display"]`` for the annotated video.
+    other_instances : np.ndarray, optional
+        (F, M, K, 2) keypoints of the other animals in the same frames (several animals per frame), NaN where
+        absent. Every instance is a target: a keypoint's map should peak on each animal.
     """
 
     names: list[str]
@@ -37,9 +40,16 @@ class SupportSet:
     flip_pairs: list[tuple[str, str]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     display: dict = field(default_factory=dict)
+    other_instances: np.ndarray | None = None
 
     def __post_init__(self):
         self.keypoints = np.asarray(self.keypoints, dtype=np.float64)
+        if self.other_instances is not None:
+            self.other_instances = np.asarray(self.other_instances, dtype=np.float64)
+            if self.other_instances.shape[:1] + self.other_instances.shape[2:] != self.keypoints.shape \
+                    or self.other_instances.ndim != 4:
+                raise ValueError(f"other_instances have shape {self.other_instances.shape}, expected "
+                                 f"({len(self.images)}, M, {len(self.names)}, 2)")
         if not self.images:
             raise ValueError("support set has no frames")
         if self.keypoints.shape != (len(self.images), len(self.names), 2):
@@ -54,3 +64,9 @@ class SupportSet:
             for n in (a, b):
                 if n not in self.names:
                     raise ValueError(f"edge or flip pair names unknown keypoint {n!r}")
+
+    def instances(self) -> np.ndarray:
+        """(F, N, K, 2) all instances of every frame: ``keypoints`` first, then ``other_instances``."""
+        if self.other_instances is None:
+            return self.keypoints[:, None]
+        return np.concatenate([self.keypoints[:, None], self.other_instances], axis=1)

@@ -364,6 +364,10 @@ def run_track(args) -> int:
     live = [spec for spec in inputs if is_live_spec(spec)]
     if live and len(live) != len(inputs):
         raise UsageError("live streams and video files cannot be tracked in one command; run them separately")
+    if args.animals is not None:
+        _check_multi_options(args)
+        if len(inputs) != 1 or live:
+            raise UsageError("--animals tracks one video file per command (several videos or streams: not yet)")
     if len(inputs) == 1 and not live:  # a bad file or an empty selection fails now, before loading a model
         check_selection(args.start, args.stop, args.stride, probe_source(inputs[0]).n_frames)
     out_dir = prepare_output_dir(args.output)
@@ -385,6 +389,8 @@ def run_track(args) -> int:
         print(f"skipped {item.video}: complete results of this engine are in {item.summary} "
               "(--overwrite redoes them)")
         return 0
+    if args.animals is not None:
+        return _run_track_multi(args, item, engine, engine_path, out_dir, formats, stop_event)
     with _StopOnSignal(stop_event):
         summary = track_video(item.spec, engine, out_dir, stem=item.stem, overwrite=args.overwrite,
                               progress=not args.quiet, stop_event=stop_event, engine_path=engine_path, **kwargs)
@@ -475,16 +481,71 @@ def _run_streams(args, urls, items, engine, engine_path, out_dir, kwargs, stop_e
                                                      "streams": len(urls)})
 
 
+def _check_multi_options(args) -> None:
+    """Refuse, before any model is loaded, what ``track --animals`` does not do (yet) instead of ignoring it."""
+    from ppmtrack.pipelines.track_multi import parse_animals
+
+    parse_animals(args.animals)
+    if args.backend == "onnx" or (args.backend == "auto" and args.engine and args.engine.endswith(".onnx")):
+        raise UsageError("--animals needs the torch backend (an .engine file), not an ONNX export")
+    unsupported = [flag for flag, used in (("--resume", args.resume), ("--plots", args.plots),
+                                           ("--with-raw", args.with_raw), ("--subject-id", args.subject_id),
+                                           ("--smooth", args.smooth != "auto"))
+                   if used]
+    if unsupported:
+        raise UsageError(f"{unsupported[0]} is not available with --animals yet (see docs/multi-animal.md); "
+                         "leave it out")
+
+
+def _run_track_multi(args, item, engine, engine_path, out_dir, formats, stop_event) -> int:
+    """``ppmtrack track --animals N|auto``: several animals with identities (docs/multi-animal.md)."""
+    from ppmtrack.pipelines.track_multi import track_video_multi
+    from ppmtrack.tracker import SmoothingParams
+    from ppmtrack.tracker.identity import IdentityParams
+
+    smoothing = None if args.min_confidence is None else SmoothingParams(min_confidence=args.min_confidence)
+
+    identity = IdentityParams(max_absent_s=args.max_absent_s, motion=args.identity_motion)
+    with _StopOnSignal(stop_event):
+        summary = track_video_multi(
+            item.spec, engine, out_dir, stem=item.stem, animals=args.animals, max_animals=args.max_animals,
+            batch_size=args.batch_size, start=args.start, stop=args.stop, stride=args.stride,
+            write_video=not args.no_video, output_formats=["csv", *formats], smoothing=smoothing,
+            identity=identity, progress=not args.quiet, stop_event=stop_event, engine_path=engine_path,
+            species=args.species, crops=args.animal_crops, overwrite=args.overwrite,
+        )
+    print(summary.describe())
+    ids = summary.identities
+    print(f"{len(ids['individuals'])} identities ({', '.join(ids['individuals'])}); "
+          f"{ids['uncertain_count']} uncertain identity decisions"
+          + (f", first at frames {', '.join(str(d['frame']) for d in ids['uncertain'][:5])}"
+             if ids["uncertain"] else ""))
+    outputs = [summary.outputs["csv"], summary.outputs["video"], *summary.outputs["formats"],
+               summary.outputs["summary"]]
+    print("wrote " + ", ".join(str(p) for p in outputs if p))
+    return EXIT_INTERRUPTED if summary.status == "interrupted" else 0
+
+
 # ---- evaluation and conversion ----------------------------------------------------------------------------
 
 def run_eval(args) -> int:
     """``ppmtrack eval``: PCK and pixel error of a tracks CSV against ground-truth labels."""
-    from ppmtrack.pipelines.evaluate import evaluate, format_report
-    from ppmtrack.pipelines.io.csv import read_tracks_csv
+    from ppmtrack.pipelines.evaluate import evaluate, evaluate_multi, format_multi_report, format_report
+    from ppmtrack.pipelines.io.csv import MULTI_HEADER, read_multi_tracks_csv, read_tracks_csv
     from ppmtrack.pipelines.io.formats import read_labels
 
-    tracks = read_tracks_csv(args.tracks)
     truth = read_labels(args.truth, fmt=None if args.format == "auto" else args.format, individual=args.individual)
+    with open(args.tracks, encoding="utf-8") as f:
+        several = f.readline().rstrip("\r\n") == MULTI_HEADER
+    if several:
+        result = evaluate_multi(read_multi_tracks_csv(args.tracks), truth, use="raw" if args.raw else "xy")
+        sys.stdout.write(format_multi_report(result))
+        return 0
+    if truth.instances is not None:  # one animal's tracks against several animals' truth: which one is meant?
+        raise ValueError(f"{args.truth}: labels {len(truth.individuals)} animals ({', '.join(truth.individuals)}) "
+                         f"but {args.tracks} tracks one; score it against one of them with --individual NAME, "
+                         "or track with --animals")
+    tracks = read_tracks_csv(args.tracks)
     sys.stdout.write(format_report(evaluate(tracks, truth, use="raw" if args.raw else "xy", video=args.truth_video,
                                             tracked_span_only=args.tracked_span)))
     return 0
@@ -797,6 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ppmtrack.pipelines.sources import STALL_TIMEOUT_S
     from ppmtrack.pipelines.track import FLOW_MODES, OUTPUT_FORMATS, SMOOTH_MODES
     from ppmtrack.tracker import SmoothingParams
+    from ppmtrack.tracker.identity import MOTION_MODELS, IdentityParams
 
     parser = argparse.ArgumentParser(
         prog="ppmtrack", formatter_class=_HelpFormatter, epilog=MAIN_EXAMPLES,
@@ -872,6 +934,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="RTSP transport (default: tcp; some cameras and relays only serve udp)")
     track.add_argument("--max-reconnect-s", type=float, default=60.0, dest="max_reconnect_s",
                        help="give up on a dropped stream after this many seconds without success")
+    several = track.add_argument_group("several animals (docs/multi-animal.md)")
+    several.add_argument("--animals", metavar="N|auto",
+                         help="track N animals with identities (or 'auto': as many as the foreground shows, up to "
+                              "--max-animals); the CSV gets an 'individual' column")
+    several.add_argument("--max-animals", type=int, default=4, dest="max_animals",
+                         help="with --animals auto: most animals at once")
+    several.add_argument("--max-absent-s", type=float, default=IdentityParams().max_absent_s, dest="max_absent_s",
+                         help="an animal out of view keeps its identity this long for re-identification by "
+                              "appearance")
+    several.add_argument("--animal-crops", action="store_true", dest="animal_crops",
+                         help="read each animal's keypoints from its own crop (a square around its foreground "
+                              "region; all crops of a batch in one extra forward) instead of the whole frame")
+    several.add_argument("--identity-motion", choices=MOTION_MODELS, default="kalman", dest="identity_motion",
+                         help="kalman: predicted positions plus appearance; nearest: nearest last position only "
+                              "(baseline)")
     speed = track.add_argument_group("speed (docs/performance.md; torch backend)")
     speed.add_argument("--compile", action="store_true",
                        help="torch.compile the UNet blocks and encoder (falls back to eager with a warning)")

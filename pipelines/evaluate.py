@@ -286,3 +286,154 @@ def format_support_error(engine: EngineLike, support) -> str:
     overall = f"{errors[labelled].mean():8.2f}" if labelled.any() else "     n/a"
     lines.append(f"  {'all keypoints':<{width}}  {overall}")
     return "\n".join(lines)
+
+
+@dataclass
+class MultiEvalResult:
+    """Scores of several animals' tracks against ground truth with identities (:func:`evaluate_multi`).
+
+    Parameters
+    ----------
+    individuals : list of str
+        Ground-truth animals (N).
+    thresholds : tuple of float
+        PCK thresholds α.
+    pck : dict of str to dict of float to float
+        Ground-truth animal → α → fraction of its labelled keypoints predicted within α · its bbox size by the
+        predicted animal matched to it in that frame (unmatched = wrong).
+    pck_all : dict of float to float
+        α → the same over all animals.
+    mean_error_px : dict of str to float
+        Ground-truth animal → mean keypoint distance of its matches.
+    identity_switches : dict of str to int
+        Ground-truth animal → how often the predicted identity matched to it changed from one matched frame
+        to the next; only matches whose mean keypoint error is within ``switch_alpha`` · bbox size count
+        (a far-off match says nothing about identity).
+    matched_to : dict of str to str
+        Ground-truth animal → the predicted identity matched to it most often.
+    n_frames : int
+        Truth frames scored (those in the tracks).
+    """
+
+    individuals: list[str]
+    thresholds: tuple[float, ...]
+    pck: dict[str, dict[float, float]]
+    pck_all: dict[float, float]
+    mean_error_px: dict[str, float]
+    identity_switches: dict[str, int]
+    matched_to: dict[str, str]
+    n_frames: int
+
+    @property
+    def switches_per_1000_frames(self) -> float:
+        return 1000.0 * sum(self.identity_switches.values()) / max(self.n_frames, 1)
+
+
+def match_animals(predicted: np.ndarray, truth: np.ndarray) -> list[tuple[int, int]]:
+    """Hungarian matching of predicted animals (M, K, 2) to ground-truth animals (N, K, 2) on mean keypoint
+    distance over the keypoints finite in both; pairs sharing no keypoint are never matched.
+
+    Returns (truth index, predicted index) pairs.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    from ppmtrack.tracker.identity import mean_keypoint_distance
+
+    cost = np.array([[mean_keypoint_distance(p, t) for p in predicted] for t in truth]).reshape(len(truth), -1)
+    if cost.size == 0 or not np.isfinite(cost).any():
+        return []
+    rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e12))
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if np.isfinite(cost[r, c])]
+
+
+def evaluate_multi(tracks: dict[str, Tracks], truth: Labels, thresholds=(0.05, 0.1, 0.2), use: str = "xy",
+                   min_bbox_size: float = MIN_BBOX_SIZE_PX, switch_alpha: float = 0.2) -> MultiEvalResult:
+    """Score several animals' tracks (individual → Tracks on one frame axis) against truth with individuals.
+
+    In each truth frame the predicted animals are matched to the ground-truth animals by
+    :func:`match_animals`; PCK is computed per ground-truth animal as in :func:`evaluate`, with the bbox of
+    that animal's labelled keypoints; an identity switch is counted when the predicted identity matched to a
+    ground-truth animal differs from the one matched to it in its previous frame with a close match.
+    """
+    if use not in ("xy", "raw"):
+        raise ValueError(f"use must be 'xy' or 'raw', got {use!r}")
+    if not tracks:
+        raise ValueError("no tracked animals to evaluate")
+    thresholds = tuple(float(a) for a in thresholds)
+    gt = truth.instances if truth.instances is not None else truth.keypoints[:, None]
+    gt_names = list(truth.individuals) or ["animal"]
+    pred_names = list(tracks)
+    first = tracks[pred_names[0]]
+    row_of = {int(f): t for t, f in enumerate(first.frame)}
+    column_of = {n: k for k, n in enumerate(first.names)}
+    columns = [column_of.get(n) for n in truth.names]
+    n = len(gt_names)
+    errors = [[] for _ in range(n)]
+    correct = {a: np.zeros(n) for a in thresholds}
+    labelled = np.zeros(n)
+    previous: list[int | None] = [None] * n
+    switches = [0] * n
+    votes = [dict() for _ in range(n)]
+    n_frames = 0
+    for i, ref in enumerate(truth.frames):
+        if ref.frame is None or int(ref.frame) not in row_of:
+            continue
+        n_frames += 1
+        t = row_of[int(ref.frame)]
+        predicted = np.full((len(pred_names), len(truth.names), 2), np.nan)
+        for m, name in enumerate(pred_names):
+            positions = tracks[name].xy if use == "xy" else tracks[name].raw_xy
+            for k, c in enumerate(columns):
+                if c is not None:
+                    predicted[m, k] = positions[t, c]
+        matched = dict(match_animals(predicted, gt[i]))
+        for a in range(n):
+            seen = np.isfinite(gt[i, a]).all(axis=1)
+            labelled[a] += seen.sum()
+            if a not in matched or not seen.any():
+                continue
+            m = matched[a]
+            votes[a][m] = votes[a].get(m, 0) + 1
+            error = np.linalg.norm(predicted[m] - gt[i, a], axis=1)[seen]
+            errors[a].extend(error[np.isfinite(error)].tolist())
+            size = _bbox_sizes(gt[i, a][None], float(min_bbox_size))[0]
+            if np.nanmean(error) <= switch_alpha * size:
+                if previous[a] is not None and previous[a] != m:
+                    switches[a] += 1
+                previous[a] = m
+            for alpha in thresholds:
+                correct[alpha][a] += np.sum(np.nan_to_num(error, nan=np.inf) <= alpha * size)
+    if not n_frames:
+        raise ValueError(f"{truth.source}: no truth frame is in the tracks; check that the truth belongs to the "
+                         "tracked video")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pck = {gt_names[a]: {alpha: float(correct[alpha][a] / labelled[a]) for alpha in thresholds}
+               for a in range(n)}
+        pck_all = {alpha: float(correct[alpha].sum() / labelled.sum()) for alpha in thresholds}
+    return MultiEvalResult(
+        individuals=gt_names, thresholds=thresholds, pck=pck, pck_all=pck_all,
+        mean_error_px={gt_names[a]: float(np.mean(errors[a])) if errors[a] else float("nan") for a in range(n)},
+        identity_switches={gt_names[a]: switches[a] for a in range(n)},
+        matched_to={gt_names[a]: pred_names[max(votes[a], key=votes[a].get)] if votes[a] else "" for a in range(n)},
+        n_frames=n_frames,
+    )
+
+
+def format_multi_report(result: MultiEvalResult) -> str:
+    """A plain-text report: per ground-truth animal its matched identity, PCK, mean error and switches."""
+    lines = [f"Evaluation of {len(result.individuals)} animals over {result.n_frames} truth frames "
+             f"(predicted animals matched per frame by mean keypoint distance)"]
+    for a in result.thresholds:
+        lines.append(f"PCK@{a:g}: {result.pck_all[a]:.3f} (all animals)")
+    lines.append(f"identity switches (among matches within 0.2 of the animal's size): "
+                 f"{sum(result.identity_switches.values())} "
+                 f"({result.switches_per_1000_frames:.1f} per 1000 frames)")
+    width = max([len("animal"), *(len(n) for n in result.individuals)])
+    header = f"{'animal':<{width}}  {'matched to':>10}" + "".join(
+        f"  {'PCK@' + format(a, 'g'):>9}" for a in result.thresholds) + f"  {'error px':>8}  {'switches':>8}"
+    lines += ["", header]
+    for name in result.individuals:
+        row = f"{name:<{width}}  {result.matched_to[name]:>10}"
+        row += "".join(f"  {result.pck[name][a]:>9.3f}" for a in result.thresholds)
+        lines.append(row + f"  {result.mean_error_px[name]:>8.2f}  {result.identity_switches[name]:>8d}")
+    return "\n".join(lines) + "\n"

@@ -55,6 +55,11 @@ class Labels:
     display : dict
         Drawing settings of the labelling tool, kept for the annotated video: a DeepLabCut project's
         ``config.yaml`` ``dotsize``, ``pcutoff`` and ``colormap`` (only those present).
+    individuals : list of str
+        Names of the N animals of a multi-animal file (empty for one animal).
+    instances : np.ndarray, optional
+        (F, N, K, 2) every individual's keypoints, NaN where an individual is absent; ``keypoints`` is then
+        the first individual's. Adaptation trains on all instances.
     """
 
     names: list[str]
@@ -64,12 +69,19 @@ class Labels:
     flip_pairs: list[tuple[str, str]] = field(default_factory=list)
     source: Path = Path("<memory>")
     display: dict = field(default_factory=dict)
+    individuals: list[str] = field(default_factory=list)
+    instances: np.ndarray | None = None
 
     def __post_init__(self):
         self.keypoints = np.asarray(self.keypoints, dtype=np.float64)
         expected = (len(self.frames), len(self.names), 2)
         if self.keypoints.shape != expected:
             raise LabelsError(f"{self.source}: keypoints have shape {self.keypoints.shape}, expected {expected}")
+        if self.instances is not None:
+            self.instances = np.asarray(self.instances, dtype=np.float64)
+            shape = (len(self.frames), len(self.individuals), len(self.names), 2)
+            if self.instances.shape != shape:
+                raise LabelsError(f"{self.source}: instances have shape {self.instances.shape}, expected {shape}")
         for a, b in list(self.skeleton) + list(self.flip_pairs):
             for n in (a, b):
                 if n not in self.names:
@@ -131,7 +143,7 @@ class Labels:
                 images[i] = got[f]
         for i, img in enumerate(images):
             h, w = img.shape[:2]
-            kp = self.keypoints[i]
+            kp = self.keypoints[i] if self.instances is None else self.instances[i].reshape(-1, 2)
             ok = np.isnan(kp[:, 0]) | ((kp[:, 0] >= -0.5) & (kp[:, 0] <= w - 0.5) & (kp[:, 1] >= -0.5)
                                        & (kp[:, 1] <= h - 0.5))
             if not ok.all():
@@ -143,11 +155,12 @@ class Labels:
         return images
 
     def to_support(self) -> SupportSet:
-        """Load the images and return the engine's support set."""
+        """Load the images and return the engine's support set (with every individual's instances)."""
         images = self.load_images()
-        if not np.isfinite(self.keypoints).any():
+        every = self.keypoints if self.instances is None else self.instances
+        if not np.isfinite(every).any():
             raise LabelsError(f"{self.source}: no keypoint is labelled in any frame")
-        never = [n for k, n in enumerate(self.names) if not np.isfinite(self.keypoints[:, k]).any()]
+        never = [n for k, n in enumerate(self.names) if not np.isfinite(every[..., k, :]).any()]
         if never:
             logger.warning("%s: never labelled in any frame: %s. The engine has nothing to learn these keypoints "
                            "from, so their tracks would be meaningless; label each in at least one frame or "
@@ -156,6 +169,7 @@ class Labels:
             names=list(self.names),
             images=images,
             keypoints=self.keypoints,
+            other_instances=None if self.instances is None else self.instances[:, 1:],
             skeleton=list(self.skeleton),
             flip_pairs=list(self.flip_pairs),
             labels=[f"{self.source} frame {i} ({r.describe()})" for i, r in enumerate(self.frames)],

@@ -106,12 +106,17 @@ def stem_files(out_dir: Path, stem: str, previous: dict | None = None) -> list[P
     found = {out_dir / n for n in names}
     found.update(out_dir.glob(f"{glob_escape(stem)}ppmtrack_*.h5"))
     found.update(out_dir.glob(f"{glob_escape(stem)}ppmtrack_*.csv"))
+    # raw outputs (--with-raw) and videos of resumed parts (--resume); the NWB files of several animals
+    # (STEM.<individual>.nwb) are found through the summary's list, not by a pattern that could match another stem
+    found.update({out_dir / f"{stem}.raw.nwb", out_dir / f"{stem}.raw.analysis.h5"})
+    found.update(p for p in out_dir.glob(f"{glob_escape(stem)}.from*.mp4") if p.name[len(stem) + 5:-4].isdigit())
     if previous:
         listed = previous.get("outputs") or {}
         for key in ("csv", "video", "summary"):
             if listed.get(key):
                 found.add(Path(listed[key]))
         found.update(Path(p) for p in listed.get("formats") or [])
+        found.update(Path(p) for p in listed.get("plots") or [])
     return sorted(p for p in found if p.is_file() and p.parent.resolve() == out_dir.resolve())
 
 

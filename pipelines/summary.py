@@ -71,6 +71,7 @@ class RunSummary:
     waiting_for_frames_s: float = 0.0
     latency_s: dict = field(default_factory=dict)
     finalize_s: dict = field(default_factory=dict)
+    identities: dict | None = None  # several animals: names, uncertain identity decisions (docs/multi-animal.md)
     stages: dict = field(default_factory=lambda: {name: StageTime() for name in STAGES})
 
     @property

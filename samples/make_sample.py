@@ -4,6 +4,7 @@ Run from the repository root::
 
     python samples/make_sample.py            # writes samples/sample.mp4, support.json, truth.json
     python samples/make_sample.py --out DIR  # writes the same three files into DIR
+    python samples/make_sample.py --pair     # the two-animal sample: pair.mp4, pair_support.json, pair_truth.json
 
 Everything is deterministic (fixed seed, closed-form motion). The ground truth comes from the same geometry
 that draws the animal, in OpenCV's pixel-centre convention: pixel (0, 0)'s centre is at (0, 0). Polygons are
@@ -31,6 +32,11 @@ FPS = 30
 N_FRAMES = 200
 SUPPORT_FRAMES = [10, 62, 104, 176]  # heading right, right and turning, up, left
 VIDEO_NAME = "sample.mp4"
+PAIR_VIDEO_NAME = "pair.mp4"
+INDIVIDUALS = ["lizard1", "lizard2"]
+PAIR_SUPPORT_FRAMES = [15, 70, 99, 150]  # apart, approaching, touching side by side, apart again
+# the second lizard's trunk and head are a little darker: two individuals of one species, not two species
+PAIR_TINTS = {"body": (160, 88, 52), "head": (190, 150, 95)}
 
 KEYPOINTS = [
     "nose",
@@ -115,15 +121,21 @@ def _bump(t: np.ndarray, centre: float, width: float) -> np.ndarray:
     return np.exp(-(((t - centre) / width) ** 2))
 
 
-def trajectory(n: int = N_FRAMES):
-    """Root (mid_back) position, heading, turn rate and distance walked, for every frame."""
+def trajectory(n: int = N_FRAMES, start=(92.0, 136.0), heading0: float = 0.22, speed=None, omega=None):
+    """Root (mid_back) position, heading, turn rate and distance walked, for every frame.
+
+    ``speed`` (px/frame) and ``omega`` (turn rate, rad/frame) are per-frame arrays; by default the single
+    sample's walk: a long left U-turn, a short pause late in the clip, then a slight right correction.
+    """
     t = np.arange(n, dtype=np.float64)
-    speed = 1.5 * (1.0 - 0.85 * _bump(t, 150.0, 10.0))  # a short pause late in the clip
-    # turn rate (rad/frame): a long left U-turn, then a slight right correction
-    omega = -0.05 * _bump(t, 92.0, 36.0) + 0.012 * _bump(t, 182.0, 12.0)
-    heading = 0.22 + np.concatenate([[0.0], np.cumsum(omega[:-1])])
+    if speed is None:
+        speed = 1.5 * (1.0 - 0.85 * _bump(t, 150.0, 10.0))  # a short pause late in the clip
+    if omega is None:
+        # turn rate (rad/frame): a long left U-turn, then a slight right correction
+        omega = -0.05 * _bump(t, 92.0, 36.0) + 0.012 * _bump(t, 182.0, 12.0)
+    heading = heading0 + np.concatenate([[0.0], np.cumsum(omega[:-1])])
     step = np.stack([np.cos(heading), np.sin(heading)], axis=1) * speed[:, None]
-    pos = np.array([92.0, 136.0]) + np.concatenate([[[0.0, 0.0]], np.cumsum(step[:-1], axis=0)])
+    pos = np.array(start) + np.concatenate([[[0.0, 0.0]], np.cumsum(step[:-1], axis=0)])
     dist = np.concatenate([[0.0], np.cumsum(speed[:-1])])
     return pos, heading, omega, dist
 
@@ -353,12 +365,13 @@ class Painter:
         x1, y1 = np.ceil(poly.max(axis=0)).astype(int) + pad + 1
         return max(x0, 0), max(y0, 0), min(x1, WIDTH), min(y1, HEIGHT)
 
-    def paint(self, canvas, name, poly, origin, ang, pattern):
+    def paint(self, canvas, name, poly, origin, ang, pattern, colours=None):
+        """Paint one part; ``colours`` overrides :data:`COLOURS` (another individual's tints)."""
         x0, y0, x1, y1 = self.box(poly)
         if x1 <= x0 or y1 <= y0:
             return
         alpha = self.mask(poly, (x0, y0, x1, y1))
-        colour = np.array(COLOURS[name], np.float32)
+        colour = np.array((colours or COLOURS)[name], np.float32)
         if pattern == "flat":
             shade = np.ones_like(alpha)
         else:
@@ -414,24 +427,83 @@ def all_keypoints(n_frames: int = N_FRAMES) -> list[dict[str, np.ndarray]]:
     return [pose(i, traj)["keypoints"] for i in range(n_frames)]
 
 
+def pair_trajectories(n: int = N_FRAMES):
+    """Two lizards on mirrored half-circles that pass each other side by side, close enough to touch.
+
+    Lizard 1 walks a clockwise half-circle (radius 50 px, 0.8 px/frame) on the left, lizard 2 the same
+    half-circle turned by 180 degrees about the frame's centre, so around frame 99 they pass head to tail with
+    their mid-backs 22 px apart: legs, paws and flanks overlap, and lizard 2 (drawn on top) hides parts of
+    lizard 1.
+    """
+    radius, gap, speed, centre = 50.0, 22.0, 0.8, (160.0, 126.0)
+    x1 = centre[0] - gap / 2 - radius
+    walk = {"speed": np.full(n, speed), "omega": np.full(n, speed / radius)}
+    first = trajectory(n, start=(x1, centre[1] - radius), heading0=0.0, **walk)
+    second = trajectory(n, start=(2 * centre[0] - x1, centre[1] + radius), heading0=math.pi, **walk)
+    return first, second
+
+
+def render_pair(n_frames: int = N_FRAMES):
+    """Yield (RGB uint8 frame, [keypoints of lizard 1, of lizard 2]) for every frame of the pair sample.
+
+    A keypoint of lizard 1 covered by lizard 2 (which is drawn on top) is NaN: not visible.
+    """
+    rng = np.random.default_rng(SEED)
+    background = make_background(rng)
+    painter = Painter(rng)
+    trajectories = pair_trajectories(n_frames)
+    tinted = {**COLOURS, **PAIR_TINTS}
+    for i in range(n_frames):
+        poses = [pose(i, tr) for tr in trajectories]
+        canvas = background.copy()
+        painter.shadow(canvas, [poly for p in poses for name, poly, *_ in p["parts"] if name != "eye"])
+        for p, colours in zip(poses, (COLOURS, tinted), strict=True):
+            for name, poly, origin, ang, pattern in p["parts"]:
+                painter.paint(canvas, name, poly, origin, ang, pattern, colours)
+        top = np.zeros((HEIGHT, WIDTH), np.uint8)
+        for _, poly, *_ in poses[1]["parts"]:
+            cv2.fillPoly(top, [np.round(poly * _ONE).astype(np.int32)], 255, cv2.LINE_8, SHIFT)
+        under = dict(poses[0]["keypoints"])
+        for name, xy in under.items():
+            x, y = int(round(xy[0])), int(round(xy[1]))
+            if 0 <= x < WIDTH and 0 <= y < HEIGHT and top[y, x]:
+                under[name] = np.full(2, np.nan)
+        yield np.clip(np.round(canvas), 0, 255).astype(np.uint8), [under, poses[1]["keypoints"]]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # output
 
 
-def annotation_text(frames: list[int], keypoints: list[dict[str, np.ndarray]]) -> str:
-    """ppmtrack annotation JSON (docs/annotation-format.md), one line per frame, coordinates to 3 decimals."""
+def _points(kp: dict[str, np.ndarray]) -> dict:
+    return {n: None if np.isnan(kp[n]).any() else [round(float(kp[n][0]), 3), round(float(kp[n][1]), 3)]
+            for n in KEYPOINTS}
+
+
+def annotation_text(frames: list[int], keypoints: list, video: str = VIDEO_NAME) -> str:
+    """ppmtrack annotation JSON (docs/annotation-format.md), one line per frame, coordinates to 3 decimals.
+
+    ``keypoints[f]`` is one animal's dict of keypoints, or a list of dicts (one per individual of
+    :data:`INDIVIDUALS`), written as the frame's ``individuals``.
+    """
     head = {
         "ppmtrack_annotation": 1,
         "keypoints": KEYPOINTS,
         "skeleton": [list(e) for e in SKELETON],
         "flip_pairs": [list(e) for e in FLIP_PAIRS],
     }
+    several = isinstance(keypoints[frames[0]], list)
+    if several:
+        head["individuals"] = INDIVIDUALS
     lines = ["{"] + [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()] + [' "frames": [']
     rows = []
     for f in frames:
-        kp = keypoints[f]
-        pts = {n: [round(float(kp[n][0]), 3), round(float(kp[n][1]), 3)] for n in KEYPOINTS}
-        rows.append("  " + json.dumps({"video": VIDEO_NAME, "frame": f, "points": pts}))
+        entry = {"video": video, "frame": f}
+        if several:
+            entry["individuals"] = {name: _points(kp) for name, kp in zip(INDIVIDUALS, keypoints[f], strict=True)}
+        else:
+            entry["points"] = _points(keypoints[f])
+        rows.append("  " + json.dumps(entry))
     lines.append(",\n".join(rows))
     lines += [" ]", "}"]
     return "\n".join(lines) + "\n"
@@ -459,22 +531,26 @@ def write_video(path: Path, frames) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="output folder")
+    ap.add_argument("--pair", action="store_true",
+                    help="write the two-animal sample instead: pair.mp4, pair_truth.json, pair_support.json")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    kps: list[dict[str, np.ndarray]] = []
+    kps: list = []
+    name, prefix, support_frames = ((PAIR_VIDEO_NAME, "pair_", PAIR_SUPPORT_FRAMES) if args.pair
+                                    else (VIDEO_NAME, "", SUPPORT_FRAMES))
 
     def frames():
-        for img, kp in render(N_FRAMES):
+        for img, kp in (render_pair if args.pair else render)(N_FRAMES):
             kps.append(kp)
             yield img, kp
 
-    n = write_video(args.out / VIDEO_NAME, frames())
-    (args.out / "truth.json").write_text(annotation_text(list(range(n)), kps))
-    support = [f for f in SUPPORT_FRAMES if f < n]
-    (args.out / "support.json").write_text(annotation_text(support, kps))
-    size = (args.out / VIDEO_NAME).stat().st_size
-    print(f"wrote {args.out / VIDEO_NAME} ({n} frames, {WIDTH}x{HEIGHT} @ {FPS} fps, {size} bytes), "
-          f"truth.json, support.json (frames {support})")
+    n = write_video(args.out / name, frames())
+    (args.out / f"{prefix}truth.json").write_text(annotation_text(list(range(n)), kps, name))
+    support = [f for f in support_frames if f < n]
+    (args.out / f"{prefix}support.json").write_text(annotation_text(support, kps, name))
+    size = (args.out / name).stat().st_size
+    print(f"wrote {args.out / name} ({n} frames, {WIDTH}x{HEIGHT} @ {FPS} fps, {size} bytes), "
+          f"{prefix}truth.json, {prefix}support.json (frames {support})")
     return 0
 
 

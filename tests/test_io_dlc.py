@@ -91,11 +91,16 @@ def test_read_dlc_folder_and_dispatch(tmp_path):
     assert read_labels(folder).names == NAMES
 
 
-def test_read_dlc_multi_animal_needs_an_individual(tmp_path):
+def test_read_dlc_multi_animal_reads_every_individual_or_the_one_asked_for(tmp_path):
     folder = make_project(tmp_path, multi=True)
     for suffix in (".csv", ".h5"):
-        with pytest.raises(LabelsError, match=r"CollectedData_me.*individual=.*mouse1, mouse2"):
-            read_dlc(folder / f"CollectedData_me{suffix}")
+        labels = read_dlc(folder / f"CollectedData_me{suffix}")
+        assert labels.individuals == ["mouse1", "mouse2"] and labels.instances.shape == (2, 2, 3, 2)
+        np.testing.assert_allclose(labels.instances[0, 1], [[4.0, 5.0], [13.5, 14.5], [21.0, 22.0]])
+        np.testing.assert_allclose(labels.keypoints[1], [[3.0, 4.0], [12.5, 13.5], [20.0, 21.0]])
+        support = labels.to_support()
+        assert support.instances().shape == (2, 2, 3, 2)
+        np.testing.assert_allclose(support.other_instances[0, 0], [[4.0, 5.0], [13.5, 14.5], [21.0, 22.0]])
         labels = read_labels(folder / f"CollectedData_me{suffix}", individual="mouse2")
         np.testing.assert_allclose(labels.keypoints[0], [[4.0, 5.0], [13.5, 14.5], [21.0, 22.0]])
         with pytest.raises(LabelsError, match="no individual 'rat'"):

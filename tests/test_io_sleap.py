@@ -71,6 +71,15 @@ def test_read_sleap_chosen_track(tmp_path):
         read_sleap(path, track="cat")
 
 
+def test_read_sleap_several_instances_are_all_read_by_track(tmp_path):
+    labels = read_sleap(make_slp(tmp_path, tracks=("mouse", "rat")))
+    assert labels.individuals == ["mouse", "rat"] and labels.instances.shape == (2, 2, 3, 2)
+    np.testing.assert_array_equal(labels.instances[1, :, 0], [[13.0, 15.0], [43.0, 45.0]])
+    np.testing.assert_array_equal(labels.keypoints, labels.instances[:, 0])
+    (tmp_path / "one").mkdir()
+    assert read_sleap(make_slp(tmp_path / "one", tracks=("mouse",))).instances is None
+
+
 def test_read_sleap_with_only_predictions_names_the_file(tmp_path):
     path = make_slp(tmp_path, predictions_only=True)
     with pytest.raises(LabelsError, match=r"labels\.slp: no user-labelled instances"):

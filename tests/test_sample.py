@@ -117,3 +117,28 @@ def test_regeneration_is_deterministic(tmp_path, video_frames):
     assert len(again) == len(video_frames)
     for f in (0, len(again) // 2, len(again) - 1):  # same pixels, up to encoder differences
         assert np.abs(again[f].astype(int) - video_frames[f].astype(int)).mean() < 2.0
+
+
+def test_pair_sample_truth_has_two_individuals_on_their_pixels(gen):
+    """The two-animal sample: 200 frames, two named lizards, visible keypoints on their colours, and the
+    touching pass hides some of lizard 1's keypoints under lizard 2 (null in the truth)."""
+    truth = read_annotation(SAMPLES / "pair_truth.json")
+    support = read_annotation(SAMPLES / "pair_support.json")
+    assert truth.individuals == ["lizard1", "lizard2"] and truth.instances.shape == (200, 2, 10, 2)
+    assert [f.frame for f in support.frames] == gen.PAIR_SUPPORT_FRAMES
+    hidden = ~np.isfinite(truth.instances).all(axis=-1)
+    assert hidden[:, 1].sum() == 0 and 0 < hidden[:, 0].sum() < 0.2 * hidden[:, 0].size
+    assert hidden[90:110, 0].any()  # during the pass
+    frames = _decode(SAMPLES / "pair.mp4")
+    assert len(frames) == 200 and (SAMPLES / "pair.mp4").stat().st_size < 300_000
+    parts = {n: p for n, p in gen.KEYPOINT_PART.items() if p is not None}
+    palette = {p: np.array(gen.COLOURS[p], float) for p in parts.values()}
+    for f, animals in ((0, (0, 1)), (99, (1,)), (199, (0, 1))):  # at the pass, only the lizard on top
+        for a in animals:
+            for k, name in enumerate(truth.names):
+                if name not in parts or hidden[f, a, k]:
+                    continue
+                x, y = np.round(truth.instances[f, a, k]).astype(int)
+                pixel = np.median(frames[f][y - 1 : y + 2, x - 1 : x + 2].reshape(-1, 3), axis=0)
+                dist = {p: np.linalg.norm(pixel - c) for p, c in palette.items()}
+                assert min(dist, key=dist.get) == parts[name], (f, a, name, pixel)

@@ -40,8 +40,13 @@ def read_annotation(path: str | Path) -> Labels:
     frames_doc = doc["frames"]
     if not isinstance(frames_doc, list) or not frames_doc:
         raise LabelsError(f"{path}: 'frames' is empty: at least one annotated frame is needed")
+    individuals = doc.get("individuals") or []
+    if not (isinstance(individuals, list) and all(isinstance(n, str) for n in individuals)
+            and len(set(individuals)) == len(individuals)):
+        raise LabelsError(f"{path}: 'individuals' must be a list of distinct animal names")
     index = {n: k for k, n in enumerate(names)}
-    frames, kps = [], np.full((len(frames_doc), len(names), 2), np.nan)
+    frames = []
+    kps = np.full((len(frames_doc), max(1, len(individuals)), len(names), 2), np.nan)
     for i, f in enumerate(frames_doc):
         where = f"{path}: frames[{i}]"
         if not isinstance(f, dict):
@@ -54,28 +59,45 @@ def read_annotation(path: str | Path) -> Labels:
             ref = FrameRef(video=(path.parent / f["video"]), frame=int(f["frame"]))
         else:
             raise LabelsError(f"{where} needs 'image' or 'video' + 'frame'")
-        points = f.get("points", {})
-        if not isinstance(points, dict):
-            raise LabelsError(f"{where}: 'points' must map keypoint names to [x, y] or null")
-        for name, xy in points.items():
-            if name not in index:
-                raise LabelsError(f"{where}: unknown keypoint {name!r} (known: {', '.join(names)})")
-            if xy is None:
-                continue
-            if not (isinstance(xy, (list, tuple)) and len(xy) == 2
-                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in xy)):
-                raise LabelsError(f"{where}: keypoint {name!r} must be [x, y] or null, got {xy!r}")
-            kps[i, index[name]] = xy
+        if individuals:
+            animals = f.get("individuals", {})
+            if "points" in f or not isinstance(animals, dict):
+                raise LabelsError(f"{where}: this file names individuals, so a frame gives 'individuals': "
+                                  "{name: {keypoint: [x, y] or null}} instead of 'points'")
+            for animal, points in animals.items():
+                if animal not in individuals:
+                    raise LabelsError(f"{where}: unknown individual {animal!r} (known: {', '.join(individuals)})")
+                _read_points(points, f"{where}: individual {animal!r}", index, names,
+                             kps[i, individuals.index(animal)])
+        else:
+            _read_points(f.get("points", {}), where, index, names, kps[i, 0])
         frames.append(ref)
     return Labels(
         names=list(names),
         frames=frames,
-        keypoints=kps,
+        keypoints=kps[:, 0],
         skeleton=_pairs(doc, "skeleton", path),
         flip_pairs=_pairs(doc, "flip_pairs", path),
         source=path,
         display=dict(doc["display"]) if isinstance(doc.get("display"), dict) else {},
+        individuals=list(individuals),
+        instances=kps if individuals else None,
     )
+
+
+def _read_points(points, where: str, index: dict, names: list[str], out: np.ndarray) -> None:
+    """Parse one animal's ``{name: [x, y] or null}`` into ``out`` (K, 2), which holds NaN beforehand."""
+    if not isinstance(points, dict):
+        raise LabelsError(f"{where}: 'points' must map keypoint names to [x, y] or null")
+    for name, xy in points.items():
+        if name not in index:
+            raise LabelsError(f"{where}: unknown keypoint {name!r} (known: {', '.join(names)})")
+        if xy is None:
+            continue
+        if not (isinstance(xy, (list, tuple)) and len(xy) == 2
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in xy)):
+            raise LabelsError(f"{where}: keypoint {name!r} must be [x, y] or null, got {xy!r}")
+        out[index[name]] = xy
 
 
 def write_annotation(labels: Labels, path: str | Path) -> None:
@@ -97,17 +119,18 @@ def write_annotation(labels: Labels, path: str | Path) -> None:
             png = path.with_name(f"{path.stem}_frame{i:04d}.png")
             cv2.imwrite(str(png), cv2.cvtColor(ref.pixels[..., :3], cv2.COLOR_RGB2BGR))
             entry = {"image": png.name}
-        kp = labels.keypoints[i]
-        entry["points"] = {
-            n: (None if np.isnan(kp[k]).any() else [round(float(v), 3) for v in kp[k]])
-            for k, n in enumerate(labels.names)
-        }
+        if labels.individuals:
+            entry["individuals"] = {animal: _points_of(labels.instances[i, a], labels.names)
+                                    for a, animal in enumerate(labels.individuals)}
+        else:
+            entry["points"] = _points_of(labels.keypoints[i], labels.names)
         frames.append(entry)
     doc = {
         FORMAT_KEY: FORMAT_VERSION,
         "keypoints": list(labels.names),
         "skeleton": [list(e) for e in labels.skeleton],
         "flip_pairs": [list(e) for e in labels.flip_pairs],
+        **({"individuals": list(labels.individuals)} if labels.individuals else {}),
         "frames": frames,
     }
     if labels.display:
@@ -115,3 +138,7 @@ def write_annotation(labels: Labels, path: str | Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def _points_of(kp: np.ndarray, names: list[str]) -> dict:
+    return {n: (None if np.isnan(kp[k]).any() else [round(float(v), 3) for v in kp[k]]) for k, n in enumerate(names)}

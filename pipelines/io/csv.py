@@ -3,6 +3,9 @@
 Columns: ``frame,time,keypoint,x,y,confidence,visible,raw_x,raw_y``. Pixels (x, y, raw_x, raw_y) are written
 with 3 decimals, confidence with 4, time (seconds) with 6; a NaN value (a lost keypoint's x and y) is an empty
 field; visible is 0 or 1. Every row ends with a newline.
+
+Several animals (``ppmtrack track --animals``): an ``individual`` column after ``time``
+(``frame,time,individual,keypoint,...``), one row per frame, animal and keypoint.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from ppmtrack.tracker.track import Tracks
 
 COLUMNS = ("frame", "time", "keypoint", "x", "y", "confidence", "visible", "raw_x", "raw_y")
 HEADER = ",".join(COLUMNS)
+MULTI_COLUMNS = COLUMNS[:2] + ("individual",) + COLUMNS[2:]
+MULTI_HEADER = ",".join(MULTI_COLUMNS)
 FSYNC_INTERVAL_S = 1.0
 
 
@@ -47,23 +52,26 @@ class TracksCsvWriter:
         Keypoint names (K), in the order of the keypoint axis of the arrays given to ``write_frame``.
     append : bool
         Add frames to an existing tracks CSV (same keypoints) instead of starting a new one.
+    individuals : bool
+        Write the ``individual`` column (several animals); ``write_frame`` then needs ``individual``.
     """
 
-    def __init__(self, path, names, append: bool = False):
+    def __init__(self, path, names, append: bool = False, individuals: bool = False):
         self.path = Path(path)
         self.names = list(names)
+        self.individuals = bool(individuals)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if append and self.path.is_file():  # continue a tracks CSV (``track --resume``)
             self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         else:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            self._write((HEADER + "\n").encode())
+            self._write(((MULTI_HEADER if self.individuals else HEADER) + "\n").encode())
         os.fsync(self._fd)
         self._last_sync = _time.monotonic()
 
     def write_frame(self, frame: int, time: float, xy: np.ndarray, confidence: np.ndarray,
-                    visible: np.ndarray, raw_xy: np.ndarray) -> None:
-        """Append the K rows of one frame.
+                    visible: np.ndarray, raw_xy: np.ndarray, individual: str | None = None) -> None:
+        """Append the K rows of one frame (of one animal, ``individual``, when the file has that column).
 
         ``xy`` and ``raw_xy`` are (K, 2) pixel positions (NaN: lost, written as empty fields), ``confidence``
         (K,) in [0, 1], ``visible`` (K,) bool; ``time`` is the frame's presentation time in seconds.
@@ -77,9 +85,10 @@ class TracksCsvWriter:
         visible = np.asarray(visible, dtype=bool).reshape(k)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
+        who = (str(individual),) if self.individuals else ()
         for i, name in enumerate(self.names):
             writer.writerow((
-                int(frame), _number(float(time), 6), name,
+                int(frame), _number(float(time), 6), *who, name,
                 _number(xy[i, 0], 3), _number(xy[i, 1], 3), _number(confidence[i], 4), int(visible[i]),
                 _number(raw_xy[i, 0], 3), _number(raw_xy[i, 1], 3),
             ))
@@ -201,3 +210,59 @@ def read_tracks_csv(path) -> Tracks:
         xy=xy,
         visible=visible,
     )
+
+
+def write_multi_tracks_csv(tracks: dict[str, Tracks], path) -> None:
+    """Write several animals' tracks (individual name → Tracks on one frame axis) atomically, like
+    :func:`write_tracks_csv`, with the ``individual`` column; per frame the animals come in dict order."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    first = next(iter(tracks.values()))
+    with TracksCsvWriter(tmp, first.names, individuals=True) as writer:
+        for t in range(len(first)):
+            for name, animal in tracks.items():
+                writer.write_frame(animal.frame[t], animal.time[t], animal.xy[t], animal.confidence[t],
+                                   animal.visible[t], animal.raw_xy[t], individual=name)
+    os.replace(tmp, path)
+
+
+def read_multi_tracks_csv(path) -> dict[str, Tracks]:
+    """Read a tracks CSV with an ``individual`` column: individual name → Tracks, all on the same frames.
+
+    An animal without rows in some frame reads as lost there (NaN, not visible); a last line without a
+    newline (a killed writer) is ignored.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such tracks CSV file") from None
+    lines = lines[:-1]
+    if not lines or lines[0].rstrip("\r") != MULTI_HEADER:
+        raise ValueError(f"{path}: not a multi-animal tracks CSV: expected the header {MULTI_HEADER!r}")
+    frames: dict[int, float] = {}
+    animals: dict[str, dict] = {}
+    names: dict[str, int] = {}
+    for line, fields in enumerate(csv.reader(lines[1:]), start=2):
+        if len(fields) != len(MULTI_COLUMNS):
+            raise ValueError(f"{path}: line {line}: expected {len(MULTI_COLUMNS)} fields ({MULTI_HEADER})")
+        frame = int(fields[0])
+        frames.setdefault(frame, _field(fields[1], path, line, "time"))
+        names.setdefault(fields[3], len(names))
+        values = [_field(fields[c], path, line, MULTI_COLUMNS[c]) for c in (4, 5, 6, 8, 9)]
+        animals.setdefault(fields[2], {})[(frame, fields[3])] = (values, fields[7] == "1")
+    order = list(frames)
+    out = {}
+    for individual, rows in animals.items():
+        xy = np.full((len(order), len(names), 2), np.nan)
+        raw = np.full_like(xy, np.nan)
+        confidence = np.full((len(order), len(names)), np.nan)
+        visible = np.zeros((len(order), len(names)), bool)
+        position = {f: t for t, f in enumerate(order)}
+        for (frame, name), ((x, y, conf, rx, ry), vis) in rows.items():
+            t, k = position[frame], names[name]
+            xy[t, k], raw[t, k], confidence[t, k], visible[t, k] = (x, y), (rx, ry), conf, vis
+        out[individual] = Tracks(names=list(names), frame=np.array(order, dtype=np.int64),
+                                 time=np.array([frames[f] for f in order]), raw_xy=raw, confidence=confidence,
+                                 xy=xy, visible=visible)
+    return out

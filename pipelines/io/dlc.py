@@ -150,7 +150,8 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
         there when pandas and PyTables are installed, else the ``.csv``).
     individual : str, optional
         For multi-animal projects (header rows scorer/individuals/bodyparts/coords): the individual to read.
-        May be left out when the file has a single individual.
+        Left out, every individual is read (``Labels.individuals`` / ``Labels.instances``; adaptation then
+        trains on all of them).
 
     Returns
     -------
@@ -177,14 +178,14 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
     by_level = dict(zip(levels, header, strict=True))
     coords, bodyparts = by_level["coords"], by_level["bodyparts"]
     keep = list(range(len(coords)))
-    if "individuals" in by_level:
-        individuals = list(dict.fromkeys(by_level["individuals"]))
-        if individual is None and len(individuals) == 1:
-            individual = individuals[0]
+    owner = by_level.get("individuals", [""] * len(coords))
+    individuals = list(dict.fromkeys(owner))
+    if "individuals" in by_level and individual is not None:
         if individual not in individuals:
-            what = "is a multi-animal file" if individual is None else f"has no individual {individual!r}"
-            raise LabelsError(f"{path}: {what}; choose one with individual= among: {', '.join(individuals)}")
-        keep = [j for j in keep if by_level["individuals"][j] == individual]
+            raise LabelsError(f"{path}: has no individual {individual!r}; choose one with individual= among: "
+                              f"{', '.join(individuals)}")
+        individuals = [individual]
+    keep = [j for j in keep if owner[j] in individuals]
     likelihoods = [_number(row[j]) for row in values for j in keep if coords[j] == "likelihood"
                    if not (isinstance(row[j], str) and not _is_number(row[j]))]
     if np.isfinite(likelihoods).any():  # labels saved by other tools may carry empty likelihood columns
@@ -197,13 +198,14 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
     column = {}
     for j in keep:
         if coords[j] in ("x", "y"):
-            column[(bodyparts[j], coords[j])] = j
+            column[(owner[j], bodyparts[j], coords[j])] = j
         elif coords[j] != "likelihood":
             raise LabelsError(f"{path}: column {j + 1} has coords {coords[j]!r}, expected x, y or likelihood")
-    for name in names:
-        for c in ("x", "y"):
-            if (name, c) not in column:
-                raise LabelsError(f"{path}: bodypart {name!r} has no {c!r} column")
+    for animal in individuals:
+        for name in dict.fromkeys(bodyparts[j] for j in keep if owner[j] == animal):
+            for c in ("x", "y"):
+                if (animal, name, c) not in column:
+                    raise LabelsError(f"{path}: bodypart {name!r} has no {c!r} column")
     config = _config_for(path)
     known = [
         str(b)
@@ -220,19 +222,23 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
             )
     if not index:
         raise LabelsError(f"{path}: no labelled rows under the header")
-    keypoints = np.full((len(index), len(names), 2), np.nan)
+    keypoints = np.full((len(index), len(individuals), len(names), 2), np.nan)
     for i, row in enumerate(values):
-        for k, name in enumerate(names):
-            for d, c in enumerate(("x", "y")):
-                cell = row[column[(name, c)]]
-                try:
-                    keypoints[i, k, d] = _number(cell)
-                except ValueError:
-                    raise LabelsError(
-                        f"{path}: row {'/'.join(index[i])!r}, bodypart {name!r}: {c} = {cell!r} "
-                        "is not a number"
-                    ) from None
-    keypoints[np.isnan(keypoints).any(axis=2)] = np.nan
+        for a, animal in enumerate(individuals):
+            for k, name in enumerate(names):
+                for d, c in enumerate(("x", "y")):
+                    if (animal, name, c) not in column:
+                        continue
+                    cell = row[column[(animal, name, c)]]
+                    try:
+                        keypoints[i, a, k, d] = _number(cell)
+                    except ValueError:
+                        raise LabelsError(
+                            f"{path}: row {'/'.join(index[i])!r}, bodypart {name!r}: {c} = {cell!r} "
+                            "is not a number"
+                        ) from None
+    keypoints[np.isnan(keypoints).any(axis=-1)] = np.nan
+    several = len(individuals) > 1
     skeleton = []
     for edge in config.get("skeleton") or []:
         if isinstance(edge, list) and len(edge) == 2 and all(n in names for n in edge):
@@ -240,10 +246,12 @@ def read_dlc(path: str | Path, individual: str | None = None) -> Labels:
     return Labels(
         names=names,
         frames=[_image_ref(path, ix) for ix in index],
-        keypoints=keypoints,
+        keypoints=keypoints[:, 0],
         skeleton=skeleton,
         source=path,
         display=_display_settings(config),
+        individuals=individuals if several else [],
+        instances=keypoints if several else None,
     )
 
 
@@ -399,5 +407,40 @@ def write_dlc_labels(labels: Labels, project_dir: str | Path, scorer: str) -> li
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             csv.writer(f, lineterminator="\n").writerows(rows)
         os.replace(tmp, path)
+        written.append(path)
+    return written
+
+
+def write_dlc_multi(tracks: dict[str, Tracks], out_dir: str | Path, stem: str, *, engine_name: str) -> list[Path]:
+    """Write several animals' tracks as a DeepLabCut multi-animal table (``<stem><scorer>.h5`` and ``.csv``).
+
+    ``tracks`` maps each individual's name to its Tracks (all on one frame axis). The columns have DeepLabCut's
+    four levels scorer/individuals/bodyparts/coords; rows are video frame numbers as in :func:`write_dlc`.
+    """
+    pd = _import_pandas(Path(out_dir) / stem)
+    scorer = "ppmtrack_" + re.sub(r"[^A-Za-z0-9._-]", "_", engine_name)
+    first = next(iter(tracks.values()))
+    n_rows = int(first.frame.max()) + 1 if len(first) else 0
+    data = np.full((n_rows, len(tracks), len(first.names), 3), np.nan)
+    for a, animal in enumerate(tracks.values()):
+        data[animal.frame, a, :, :2] = animal.xy
+        data[animal.frame, a, :, 2] = animal.confidence
+    columns = pd.MultiIndex.from_product([[scorer], list(tracks), list(first.names), ["x", "y", "likelihood"]],
+                                         names=list(LEVELS_MULTI))
+    df = pd.DataFrame(data.reshape(n_rows, -1), index=np.arange(n_rows, dtype=np.int64), columns=columns)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix in (".h5", ".csv"):
+        path = out_dir / f"{stem}{scorer}{suffix}"
+        tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        try:
+            if suffix == ".h5":
+                df.to_hdf(tmp, key="df_with_missing", format="table", mode="w")
+            else:
+                df.to_csv(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         written.append(path)
     return written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -95,22 +96,30 @@ def read_labels(path: str | Path, fmt: str | None = None, individual: str | None
     fmt : {"ppmtrack", "dlc", "sleap", "coco"}, optional
         The format; detected with :func:`detect_labels_format` when left out.
     individual : str, optional
-        Which animal to read: a DeepLabCut multi-animal individual or a SLEAP track name. Not used by the
-        other formats (COCO files give one annotation per image, see :func:`pipelines.io.coco.read_coco`).
+        Which animal to read: a DeepLabCut multi-animal individual, a SLEAP track name or one of the
+        ``individuals`` of a ppmtrack JSON file. Not used by COCO files (one annotation per image, see
+        :func:`pipelines.io.coco.read_coco`).
     """
     path = Path(path)
     fmt = fmt or detect_labels_format(path)
     if fmt not in LABEL_FORMATS:
         raise _unsupported(path, f"unknown format {fmt!r}")
-    if individual is not None and fmt not in ("dlc", "sleap"):
-        raise LabelsError(f"{path}: individual= applies to DeepLabCut and SLEAP files, not to {fmt} files")
+    if individual is not None and fmt not in ("dlc", "sleap", "ppmtrack"):
+        raise LabelsError(f"{path}: individual= applies to DeepLabCut, SLEAP and ppmtrack files, not to {fmt} files")
     if fmt == "dlc":
         return read_dlc(path, individual=individual)
     if fmt == "sleap":
         return read_sleap(path, track=individual)
     if fmt == "coco":
         return read_coco(path)
-    return read_annotation(path)
+    labels = read_annotation(path)
+    if individual is None:
+        return labels
+    if individual not in labels.individuals:
+        raise LabelsError(f"{path}: has no individual {individual!r}; choose one with individual= among: "
+                          f"{', '.join(labels.individuals) or '(none: the file labels one animal)'}")
+    return dataclasses.replace(labels, keypoints=labels.instances[:, labels.individuals.index(individual)],
+                               individuals=[], instances=None)
 
 
 def write_tracks(

@@ -159,3 +159,41 @@ def write_nwb(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_nwb_multi(tracks: dict[str, Tracks], out_dir: str | Path, stem: str, *, engine_name: str,
+                    video_path: str | Path | None = None, fps: float | None = None,
+                    session_start_time: datetime.datetime | None = None, species: str | None = None) -> list[Path]:
+    """Write several animals' tracks as NWB: one file ``<stem>.<individual>.nwb`` per animal.
+
+    NWB has one ``Subject`` per file, so (as movement's own NWB export does) each animal gets its own file made
+    by :func:`write_nwb`: its ``Subject.subject_id`` and the file's ``identifier`` are the individual's name,
+    its ``Skeleton`` links to that Subject and its ``PoseEstimation`` holds the animal's keypoints. All files
+    share ``session_start_time`` (so they describe one session) and the scorer. movement reads them back as one
+    dataset with ``individuals`` of size N::
+
+        xr.merge([load_poses.from_nwb_file(p) for p in paths], join="outer", compat="no_conflicts")
+
+    Parameters
+    ----------
+    tracks : dict of str to Tracks
+        Each individual's name → its Tracks (all on one frame axis).
+    out_dir, stem : str or Path, str
+        Folder and file-name stem of the outputs.
+    engine_name, video_path, fps, session_start_time, species
+        As for :func:`write_nwb`; the session start defaults to the video file's modification time (else now)
+        once for all files.
+
+    Returns
+    -------
+    list of Path
+        The files written, in the order of ``tracks``.
+    """
+    if session_start_time is None:
+        video = Path(video_path) if video_path is not None else None
+        stamp = video.stat().st_mtime if video is not None and video.is_file() else None
+        session_start_time = (datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc) if stamp is not None
+                              else datetime.datetime.now(datetime.timezone.utc))
+    return [write_nwb(animal, Path(out_dir) / f"{stem}.{name}.nwb", engine_name=engine_name, video_path=video_path,
+                      fps=fps, session_start_time=session_start_time, subject_id=name, species=species)
+            for name, animal in tracks.items()]

@@ -58,7 +58,9 @@ def read_sleap(path: str | Path, track: str | None = None) -> Labels:
     path : str or Path
         The labels file.
     track : str, optional
-        Name of the track (animal) to read. By default the first user-labelled instance of each frame is used.
+        Name of the track (animal) to read. By default every user-labelled instance of each frame is read:
+        with several in some frame, ``Labels.instances`` holds them all (adaptation trains on all of them)
+        and ``Labels.individuals`` names them by track (``instance_<i>`` for untracked instances).
 
     Returns
     -------
@@ -95,6 +97,7 @@ def read_sleap(path: str | Path, track: str | None = None) -> Labels:
         raise LabelsError(f"{path}: the labelled instances use more than one skeleton; ppmtrack needs one")
     names, edges, flip_pairs = _skeleton_parts(skeleton)
     keypoints = np.stack([inst.numpy(invisible_as_nan=True) for _, inst in chosen]).astype(np.float64)
+    individuals, instances = _all_user_instances(chosen) if track is None else ([], None)
     return Labels(
         names=names,
         frames=[_frame_ref(path, lf) for lf, _ in chosen],
@@ -102,6 +105,8 @@ def read_sleap(path: str | Path, track: str | None = None) -> Labels:
         skeleton=edges,
         flip_pairs=flip_pairs,
         source=path,
+        individuals=individuals,
+        instances=instances,
     )
 
 
@@ -136,6 +141,31 @@ def read_sleap_skeleton(path: str | Path) -> tuple[list[str], list[tuple[str, st
     if not sl.skeletons:
         raise LabelsError(f"{path}: defines no skeleton")
     return _skeleton_parts(sl.skeletons[0])
+
+
+def _all_user_instances(chosen) -> tuple[list[str], np.ndarray | None]:
+    """Every user instance of the chosen frames, by track name (else by position): (names, (F, N, K, 2))."""
+    per_frame = [[i for i in lf.user_instances] for lf, _ in chosen]
+    if max(len(users) for users in per_frame) < 2:
+        return [], None
+    names: list[str] = []
+    placed = []
+    for users in per_frame:
+        row = {}
+        for j, inst in enumerate(users):
+            name = inst.track.name if inst.track is not None else f"instance_{j}"
+            while name in row:  # two untracked or same-track instances in one frame
+                name += "_"
+            row[name] = inst.numpy(invisible_as_nan=True)
+            if name not in names:
+                names.append(name)
+        placed.append(row)
+    k = len(chosen[0][1].skeleton.node_names)
+    instances = np.full((len(chosen), len(names), k, 2), np.nan)
+    for f, row in enumerate(placed):
+        for name, xy in row.items():
+            instances[f, names.index(name)] = xy
+    return names, instances
 
 
 def write_sleap_analysis(
@@ -224,6 +254,47 @@ def write_sleap_analysis(
             f.create_dataset("provenance", data=json.dumps(provenance))
             f.attrs["preset"] = "matlab"
             f.attrs["format"] = "analysis"
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_sleap_analysis_multi(tracks: dict[str, Tracks], path: str | Path, *, engine_name: str,
+                               video_path: str | Path | None = None, fps: float | None = None) -> Path:
+    """Write several animals' tracks (individual name → Tracks, one frame axis) as one SLEAP analysis HDF5.
+
+    The file is :func:`write_sleap_analysis`'s with one track per animal: ``tracks`` (n_tracks, 2, n_nodes,
+    n_frames), ``track_occupancy`` (n_frames, n_tracks), ``point_scores``, ``instance_scores``,
+    ``tracking_scores`` and ``track_names`` (the individuals' names).
+    """
+    import h5py
+
+    path = Path(path)
+    names = list(tracks)
+    first = tracks[names[0]]
+    tmp = path.with_name(f".{path.stem}.multi{path.suffix}")
+    try:
+        write_sleap_analysis(first, tmp, engine_name=engine_name, video_path=video_path, fps=fps)
+        n_frames = int(first.frame.max()) + 1 if len(first) else 0
+        xy = np.full((len(names), n_frames, len(first.names), 2), np.nan)
+        scores = np.full((len(names), n_frames, len(first.names)), np.nan)
+        for a, animal in enumerate(tracks.values()):
+            xy[a, animal.frame], scores[a, animal.frame] = animal.xy, animal.confidence
+        present = np.isfinite(xy).all(axis=3)
+        with np.errstate(invalid="ignore"):
+            instance = np.where(present.any(axis=2), np.nansum(np.where(present, scores, 0), axis=2)
+                                / present.sum(axis=2), np.nan)
+        data = {"tracks": xy.transpose(0, 3, 2, 1), "track_occupancy": present.any(axis=2).T.astype(np.uint8),
+                "point_scores": scores.transpose(0, 2, 1), "instance_scores": instance,
+                "tracking_scores": np.full((len(names), n_frames), np.nan)}
+        with h5py.File(tmp, "r+") as f:
+            for key, values in data.items():
+                dims = f[key].attrs["dims"]
+                del f[key]
+                f.create_dataset(key, data=values, compression="gzip", compression_opts=9).attrs["dims"] = dims
+            del f["track_names"]
+            f.create_dataset("track_names", data=np.array([n.encode() for n in names]))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

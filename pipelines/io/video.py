@@ -89,11 +89,15 @@ class AnnotatedVideoWriter:
         an unknown name falls back to the palette with a warning.
     legend : bool
         Draw the legend (keypoint name → colour, top left) and the frame index and time (bottom left).
+    colours : array-like, optional
+        (K, 3) RGB colour of each keypoint instead of the colormap (several animals: one colour per animal).
+    legend_entries : list of (str, rgb), optional
+        What the legend lists instead of each keypoint and its colour (several animals: each animal's name).
     """
 
     def __init__(self, path, width: int, height: int, fps, names, skeleton=(), trail: int = 8,
                  min_confidence: float | None = None, dot_radius: int | None = None, colormap: str | None = None,
-                 legend: bool = True):
+                 legend: bool = True, colours=None, legend_entries=None):
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
         self.names = list(names)
@@ -103,7 +107,10 @@ class AnnotatedVideoWriter:
             raise ValueError(f"{self.path}: skeleton names unknown keypoint {unknown[0]!r}")
         self.edges = [(index[a], index[b]) for a, b in skeleton]
         self.min_confidence = DEFAULT_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
-        self.colours = keypoint_colours(len(self.names), colormap)
+        self.colours = keypoint_colours(len(self.names), colormap) if colours is None else \
+            np.asarray(colours, dtype=np.float64).reshape(len(self.names), 3)
+        self.legend_entries = [(n, self.colours[k]) for k, n in enumerate(self.names)] if legend_entries is None \
+            else [(str(n), np.asarray(c, dtype=np.float64)) for n, c in legend_entries]
         short_side = min(self.width, self.height)
         self.radius = max(2, int(dot_radius)) if dot_radius else max(4, round(short_side / 80))
         self.thickness = max(1, round(self.radius / 3))  # skeleton and trail lines
@@ -131,8 +138,11 @@ class AnnotatedVideoWriter:
         self.last_pts = -1
 
     def write(self, image: np.ndarray, xy: np.ndarray, confidence: np.ndarray, visible: np.ndarray,
-              time: float | None = None, index: int | None = None, source_time: float | None = None) -> None:
+              time: float | None = None, index: int | None = None, source_time: float | None = None,
+              labels=()) -> None:
         """Draw one frame's keypoints on a copy of ``image`` (RGB uint8, H×W×3) and encode it.
+
+        ``labels``: (text, (x, y), rgb) tuples written on the frame, e.g. each animal's identity.
 
         ``xy`` is (K, 2) with NaN for a lost keypoint (not drawn); ``confidence`` and ``visible`` are (K,).
         ``time`` (seconds) sets the frame's presentation time so the output follows the input's timing;
@@ -152,6 +162,8 @@ class AnnotatedVideoWriter:
         self._draw_trails(canvas)
         self._draw_skeleton(canvas, xy, strong)
         self._draw_points(canvas, xy, strong)
+        for text, (x, y), colour in labels:
+            _put_text(canvas, str(text), (int(x), int(y)), self.font_scale, self.font_thickness, colour)
 
         pts = self.count * self.ticks_per_frame if time is None else round(time / self.time_base)
         pts = max(pts, self.last_pts + 1)
@@ -195,7 +207,8 @@ class AnnotatedVideoWriter:
                            cv2.LINE_AA)
 
     def legend_layout(self) -> list[tuple[int, int, int]]:
-        """Where the legend draws each keypoint's swatch: (k, x, y) of its centre, in keypoint order.
+        """Where the legend draws each entry's swatch: (k, x, y) of its centre, in order (entry k: keypoint k,
+        or the k-th of ``legend_entries``).
 
         Rows of swatch + name from the top-left corner, in as many columns as the frame's height needs.
         """
@@ -203,10 +216,10 @@ class AnnotatedVideoWriter:
         rows = max(1, (self.height - 3 * line) // line)
         column_width = 2 * self.radius + 12 + max(
             (cv2.getTextSize(n, cv2.FONT_HERSHEY_SIMPLEX, self.font_scale, self.font_thickness)[0][0]
-             for n in self.names), default=0)
+             for n, _ in self.legend_entries), default=0)
         pad = max(4, self.radius)
         return [(k, pad + (k // rows) * (column_width + pad) + self.radius,
-                 pad + (k % rows) * line + line // 2) for k in range(len(self.names))]
+                 pad + (k % rows) * line + line // 2) for k in range(len(self.legend_entries))]
 
     def _text_height(self) -> int:
         (_, h), baseline = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, self.font_scale, self.font_thickness)
@@ -218,14 +231,15 @@ class AnnotatedVideoWriter:
             return
         pad = max(4, self.radius)
         line = self._text_height() + max(4, self.radius)
-        right = max(x + self.radius + 8 + cv2.getTextSize(self.names[k], cv2.FONT_HERSHEY_SIMPLEX,
+        right = max(x + self.radius + 8 + cv2.getTextSize(self.legend_entries[k][0], cv2.FONT_HERSHEY_SIMPLEX,
                                                            self.font_scale, self.font_thickness)[0][0]
                     for k, x, _ in layout)
         bottom = max(y for _, _, y in layout) + line // 2
         _shade(canvas, 0, 0, min(self.width, right + pad), min(self.height, bottom + pad // 2))
         for k, x, y in layout:
-            cv2.circle(canvas, (x, y), self.radius, _rgb(self.colours[k]), -1, cv2.LINE_AA)
-            _put_text(canvas, self.names[k], (x + self.radius + 8, y), self.font_scale, self.font_thickness)
+            name, colour = self.legend_entries[k]
+            cv2.circle(canvas, (x, y), self.radius, _rgb(colour), -1, cv2.LINE_AA)
+            _put_text(canvas, name, (x + self.radius + 8, y), self.font_scale, self.font_thickness)
 
     def _draw_label(self, canvas: np.ndarray, text: str) -> None:
         (w, h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, self.font_scale, self.font_thickness)
@@ -293,11 +307,16 @@ def _shade(canvas: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> None:
     roi[:] = (roi * (1 - LEGEND_OPACITY) + np.array(LEGEND_BACKGROUND) * LEGEND_OPACITY).astype(np.uint8)
 
 
-def _put_text(canvas: np.ndarray, text: str, left_middle: tuple[int, int], scale: float, thickness: int) -> None:
+def _put_text(canvas: np.ndarray, text: str, left_middle: tuple[int, int], scale: float, thickness: int,
+              colour=None) -> None:
+    """Write ``text`` with its left middle at ``left_middle``; a coloured text gets a dark outline."""
     (_, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
     x, y = left_middle
-    cv2.putText(canvas, text, (x, y + h // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT_COLOUR, thickness,
-                cv2.LINE_AA)
+    if colour is not None:
+        cv2.putText(canvas, text, (x, y + h // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2,
+                    cv2.LINE_AA)
+    cv2.putText(canvas, text, (x, y + h // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                TEXT_COLOUR if colour is None else _rgb(colour), thickness, cv2.LINE_AA)
 
 
 def _pt(xy: np.ndarray) -> tuple[int, int]:
