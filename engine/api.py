@@ -208,23 +208,32 @@ class Engine:
             self._cached = True
 
     @torch.no_grad()
-    def predict(self, frames, return_maps: bool = False) -> Prediction:
+    def predict(self, frames, return_maps: bool = False, boxes=None, crop_size: int | None = None,
+                return_foreground: bool = False) -> Prediction:
         """Keypoints, confidences (and maps) for a batch of same-size RGB uint8 frames, in one UNet forward.
 
         `frames`: (B, H, W, 3) array or tensor, or a list of (H, W, 3) arrays of equal size.
+        `boxes`: (B, 4) square boxes ``(x0, y0, x1, y1)`` in frame pixels: the engine sees these crops
+        (`engine.geometry.crop`) instead of the letterboxed frames, at ``crop_size`` (a multiple of 64; default:
+        the engine's resolution); keypoints still come back in frame pixels. `return_foreground`: the
+        foreground map M_f only (cheaper than `return_maps`).
         """
         self._ensure_cache()
-        x, box = self.prepare(frames)
+        x, box = self.prepare(frames, boxes, crop_size)
         z = self.extractor.encode(x)
         maps = (self.map_runner or self.eager_maps)(z)
-        return self._read_out(maps, box, return_maps)
+        return self._read_out(maps, box, return_maps, return_foreground, x.shape[-1])
 
-    def prepare(self, frames) -> tuple[torch.Tensor, InputMapping]:
-        """Frames (as `predict` takes them) → the letterboxed input batch on the model's device, and its mapping.
+    def prepare(self, frames, boxes=None, crop_size: int | None = None) -> tuple[torch.Tensor, InputMapping]:
+        """Frames (as `predict` takes them) → the letterboxed (or, with ``boxes``, cropped) input batch on the
+        model's device, and its mapping.
 
         Support frames are prepared by the same function during adaptation (`engine.geometry.engine_input`).
         """
-        return engine_input(frames, self.resolution, self.model.device)
+        size = crop_size or self.resolution
+        if size % 64:
+            raise ValueError(f"the crop size must be a multiple of 64, got {size}")
+        return engine_input(frames, size, self.model.device, boxes)
 
     def eager_maps(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, L, K+1, R, R) maps of the keypoint tokens and the foreground token: one plain UNet forward."""
@@ -246,13 +255,14 @@ class Engine:
         maps = torch.stack(per_kp + [m[:, :, 1]], dim=2)
         return self._read_out(maps, box, False)
 
-    def _read_out(self, maps: torch.Tensor, box: InputMapping, return_maps: bool) -> Prediction:
+    def _read_out(self, maps: torch.Tensor, box: InputMapping, return_maps: bool, return_foreground: bool = False,
+                  input_size: int | None = None) -> Prediction:
         k = len(self.names)
         fg = maps[:, :, k].mean(dim=1)  # (B, R, R): layer-averaged foreground map M_f
         kp_maps = maps[:, :, :k].transpose(1, 2)  # (B, K, L, R, R)
         fused = fuse_layers_fgar(kp_maps, fg[:, None, None], self.fgar.reweight, self.fgar.refine)
         xy_map, peak = soft_argmax_peak(fused, self.fgar.window)
-        stride = self.resolution / maps.shape[-1]
+        stride = (input_size or self.resolution) / maps.shape[-1]
         xy = box.to_frame(grid_to_input(xy_map, stride).cpu().numpy().astype(np.float64))
         sharp = (peak / fused.mean(dim=(-2, -1)).clamp(min=1e-8)).cpu().numpy()
         return Prediction(
@@ -260,7 +270,7 @@ class Engine:
             confidence=peak.clamp(0, 1).cpu().numpy().astype(np.float64),
             sharpness=sharp.astype(np.float64),
             maps=fused.float().cpu().numpy() if return_maps else None,
-            foreground=fg.float().cpu().numpy() if return_maps else None,
+            foreground=fg.float().cpu().numpy() if return_maps or return_foreground else None,
         )
 
 

@@ -272,7 +272,8 @@ def run_track(args) -> int:
         summary = track_video(
             args.video, engine, out_dir, batch_size=args.batch_size, start=args.start, stop=args.stop,
             stride=args.stride, write_video=not args.no_video, output_formats=["csv", *formats],
-            smoothing=smoothing, smooth=args.smooth, flow=args.flow, drop_policy=args.drop_policy,
+            smoothing=smoothing, smooth=args.smooth, flow=args.flow, crop=args.crop, crop_size=args.crop_size,
+            drop_policy=args.drop_policy,
             progress=not args.quiet, stop_event=stop_event, engine_path=engine_path,
             ffmpeg_options={"rtsp_transport": args.rtsp_transport} if args.rtsp_transport else None,
             max_reconnect_s=args.max_reconnect_s, resume=args.resume, plots=args.plots, with_raw=args.with_raw,
@@ -581,6 +582,7 @@ def _debug_option() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ppmtrack`` argument parser with its subcommands."""
+    from ppmtrack.pipelines.crops import CROP_MODES
     from ppmtrack.pipelines.sources import STALL_TIMEOUT_S
     from ppmtrack.pipelines.track import FLOW_MODES, OUTPUT_FORMATS, SMOOTH_MODES
     from ppmtrack.tracker import SmoothingParams
@@ -645,6 +647,13 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--flow", choices=FLOW_MODES, default="auto",
                        help="optical flow between frames fused with the detections in the keypoint filter "
                             "(docs/smoothing.md); auto: on (Lucas-Kanade), off: detections only")
+    track.add_argument("--crop", choices=CROP_MODES, default="auto",
+                       help="auto: once the animal is found, the engine sees a square crop around where it is "
+                            "expected (it fills the engine's input), and the whole frame again when the animal is "
+                            "lost (docs/cli.md, 'Animal-centred crops'); off: always the whole frame")
+    track.add_argument("--crop-size", type=int, dest="crop_size", metavar="N",
+                       help="side the crops are resized to, a multiple of 64 (default: the engine's resolution; "
+                            "smaller is faster, see docs/performance.md)")
     track.add_argument("--drop-policy", choices=("drop_oldest", "block"), dest="drop_policy",
                        help="when frames arrive faster than they are tracked: drop the oldest waiting frame "
                             "or make decoding wait (default: drop_oldest for streams, block for files; a "

@@ -24,6 +24,7 @@ import numpy as np
 from ppmtrack.engine.errors import PpmtrackError
 from ppmtrack.pipelines.anchors import anchors_for_source, matching_anchor
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
+from ppmtrack.pipelines.crops import crop_policy_for, predict_with_crops
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
 from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
@@ -400,6 +401,8 @@ def track_video(
     smoothing: SmoothingParams | None = None,
     smooth: str = "auto",
     flow: str = "auto",
+    crop: str = "auto",
+    crop_size: int | None = None,
     live: bool | None = None,
     drop_policy: str | None = None,
     progress: bool = True,
@@ -449,6 +452,10 @@ def track_video(
         "auto": fuse Lucas-Kanade optical flow between consecutive frames with the detections (and anchor the
         engine's support frames when they lie in this video, see :mod:`pipelines.anchors`); "off": detections
         only. See docs/smoothing.md.
+    crop, crop_size
+        "auto": the engine sees square crops around where the animal is expected (resized to ``crop_size``,
+        default the engine's resolution), with a whole-frame pass when it is lost (:mod:`pipelines.crops`);
+        "off": whole frames. The summary's ``crops`` counts cropped and whole frames and re-acquisitions.
     live, drop_policy
         Passed to :func:`pipelines.sources.open_source`.
     progress
@@ -501,6 +508,7 @@ def track_video(
         raise ValueError(f"flow must be one of {', '.join(FLOW_MODES)}, got {flow!r}")
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    crops = crop_policy_for(engine, crop, crop_size)
     params = smoothing if smoothing is not None else SmoothingParams()
     check_selection(start, stop, stride)
     video_style = annotation_style(engine, None if smoothing is None else smoothing.min_confidence)
@@ -554,6 +562,7 @@ def track_video(
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "smooth": "rts" if final_rts else "causal",
                   "flow": "off" if flow == "off" else "lk",
+                  "crop": crops.settings() if crops else {"mode": "off"},
                   "smoothing": dataclasses.asdict(params), "output_formats": ["csv", *extra_formats],
                   "write_video": write_video, "video_style": video_style if write_video else None,
                   "drop_policy": drop_policy or ("drop_oldest" if is_live else "block")},
@@ -613,13 +622,13 @@ def track_video(
                 continue
             images = np.stack([f.image for f in batch.frames])
             t0 = time.perf_counter()
-            prediction = engine.predict(images)
+            prediction = engine.predict(images) if crops is None else predict_with_crops(engine, images, crops)
             summary.stages["inference"].add(time.perf_counter() - t0, len(batch.frames))
             if not writer.put(batch.frames, prediction):
                 break
             if time.monotonic() >= next_summary:  # so a killed run still tells how far it got
                 next_summary = time.monotonic() + SUMMARY_INTERVAL_S
-                _update_counts(summary, source.stats, batch_stats)
+                _update_counts(summary, source.stats, batch_stats, crops)
                 summary.write(paths["summary"], quiet=True)
             if bar is not None:
                 bar.update(len(batch.frames))
@@ -646,7 +655,7 @@ def track_video(
     failure = failure or writer.error
 
     stats = source.stats
-    _update_counts(summary, stats, batch_stats)
+    _update_counts(summary, stats, batch_stats, crops)
     if decode_cpu:
         summary.stages["decode"].add(decode_cpu, stats.frames_read)
     if failure is None:
@@ -670,8 +679,8 @@ def track_video(
     return summary
 
 
-def _update_counts(summary: RunSummary, stats, batch_stats: BatchStats) -> None:
-    """Copy the source's counters into the summary."""
+def _update_counts(summary: RunSummary, stats, batch_stats: BatchStats, crops=None) -> None:
+    """Copy the source's counters (and the crop policy's) into the summary."""
     summary.frames_read = stats.frames_read
     summary.frames_dropped = stats.frames_dropped
     summary.decode_errors = stats.decode_errors
@@ -680,6 +689,8 @@ def _update_counts(summary: RunSummary, stats, batch_stats: BatchStats) -> None:
     summary.truncated = stats.truncated
     summary.reconnects = stats.reconnects
     summary.waiting_for_frames_s = batch_stats.waiting_s
+    if crops is not None:
+        summary.crops = crops.stats.to_dict()
 
 
 def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: dict, extra_formats: list[str],
