@@ -144,6 +144,7 @@ class Engine:
         }
         if support.display:
             info["display"] = dict(support.display)
+        info["crop"] = cfg.crop.to_dict()  # the crops it was adapted on; tracking crops with its margin and zoom
         eng = cls(dm, support.names, prompts, pf, cfg, support.skeleton, support.flip_pairs, info=info)
         return eng
 

@@ -78,6 +78,8 @@ def _adapt_config(args):
         value = getattr(args, option)
         if value is not None:
             setattr(config, option, value)
+    if getattr(args, "crop_views", None) is not None:
+        config.crop.views_per_frame = args.crop_views
     if args.no_augment:
         config.views_per_frame = 1
     config.augment.flip = args.flip
@@ -544,6 +546,10 @@ def _adapt_options(with_defaults: bool) -> argparse.ArgumentParser:
                             f"(default: {base.loss})")
     group.add_argument("--views-per-frame", type=int, dest="views_per_frame",
                        help=f"augmented views per support frame (default: {base.views_per_frame})")
+    group.add_argument("--crop-views", type=int, dest="crop_views", metavar="N",
+                       help="also train on N crops of each support frame around its labelled animal, jittered in "
+                            "scale and position, as 'track --crop auto' shows it "
+                            f"(default: {base.crop.views_per_frame})")
     group.add_argument("--no-augment", action="store_true",
                        help="no augmentation: one view per support frame (overrides --views-per-frame)")
     group.add_argument("--foreground", metavar="FILE",
