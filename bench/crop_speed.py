@@ -49,7 +49,7 @@ def run_once(engine, frames: np.ndarray, batch: int, crop_size: int | None) -> t
     """Seconds for all frames, and the crop statistics (None for whole frames)."""
     from ppmtrack.pipelines.crops import crop_policy_for, predict_with_crops
 
-    policy = None if crop_size == 0 else crop_policy_for(engine, "auto", crop_size)
+    policy = None if crop_size == 0 else crop_policy_for(engine, "on", crop_size)
     t0 = time.perf_counter()
     for i in range(0, len(frames), batch):
         chunk = frames[i:i + batch]

@@ -654,9 +654,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="optical flow between frames fused with the detections in the keypoint filter "
                             "(docs/smoothing.md); auto: on (Lucas-Kanade), off: detections only")
     track.add_argument("--crop", choices=CROP_MODES, default="auto",
-                       help="auto: once the animal is found, the engine sees a square crop around where it is "
+                       help="on: once the animal is found, the engine sees a square crop around where it is "
                             "expected (it fills the engine's input), and the whole frame again when the animal is "
-                            "lost (docs/cli.md, 'Animal-centred crops'); off: always the whole frame")
+                            "lost (docs/cli.md, 'Animal-centred crops'); off: always the whole frame; auto: on when "
+                            "the engine was adapted on crops ('adapt --crop-views N'), else off")
     track.add_argument("--crop-size", type=int, dest="crop_size", metavar="N",
                        help="side the crops are resized to, a multiple of 64 (default: the engine's resolution; "
                             "smaller is faster, see docs/performance.md)")

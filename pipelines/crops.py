@@ -37,7 +37,7 @@ import numpy as np
 
 from ppmtrack.engine.geometry import square_box
 
-CROP_MODES = ("auto", "off")
+CROP_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -98,8 +98,9 @@ class CropPolicy:
     params : CropParams, optional
     """
 
-    def __init__(self, resolution: int, params: CropParams | None = None):
+    def __init__(self, resolution: int, params: CropParams | None = None, mode: str = "on"):
         self.params = params or CropParams()
+        self.mode = mode
         self.resolution = int(resolution)
         self.size = int(self.params.size or resolution)
         self.stats = CropStats()
@@ -110,7 +111,7 @@ class CropPolicy:
 
     def settings(self) -> dict:
         """The parameters, for the run summary."""
-        return {"mode": "auto", **asdict(self.params), "size": self.size}
+        return {"mode": self.mode, "active": True, **asdict(self.params), "size": self.size}
 
     def boxes(self, n: int, frame_size: tuple[int, int]) -> np.ndarray | None:
         """``(n, 4)`` square crop boxes for the next ``n`` frames of ``frame_size`` (width, height), or None:
@@ -183,18 +184,29 @@ class CropPolicy:
 
 
 def crop_policy_for(engine, mode: str = "auto", size: int | None = None) -> CropPolicy | None:
-    """The crop policy of a tracking run (``--crop``, ``--crop-size``), or None for whole frames (``off``).
+    """The crop policy of a tracking run (``--crop``, ``--crop-size``), or None for whole frames.
 
-    The margin and zoom limit are those the engine was adapted with (``engine.info["crop"]``) when it was
-    adapted on crops; the crop size defaults to the engine's resolution.
+    ``on``: crops; ``off``: whole frames; ``auto``: crops when the engine was adapted on crops
+    (``engine.info["crop"]["views_per_frame"]`` > 0, ``ppmtrack adapt --crop-views``), else whole frames — an
+    engine adapted on whole frames only tracks worse on crops (docs/performance.md). The margin and zoom limit
+    are those the engine was adapted with; the crop size defaults to the engine's resolution.
     """
     if mode not in CROP_MODES:
         raise ValueError(f"crop must be one of {', '.join(CROP_MODES)}, got {mode!r}")
-    if mode == "off":
-        return None
+    params = CropParams(size=size)  # checks the size whatever the mode
     adapted = (getattr(engine, "info", None) or {}).get("crop") or {}
+    if mode == "off" or (mode == "auto" and not adapted.get("views_per_frame")):
+        return None
     known = {k: adapted[k] for k in ("margin", "max_zoom") if k in adapted}
-    return CropPolicy(engine.resolution, CropParams(size=size, **known))
+    return CropPolicy(engine.resolution, CropParams(size=size, **known) if known else params, mode)
+
+
+def crop_settings(engine, mode: str, policy: CropPolicy | None) -> dict:
+    """``settings.crop`` of the run summary: the policy's parameters, or why whole frames were used."""
+    if policy is not None:
+        return policy.settings()
+    why = "--crop off" if mode == "off" else "the engine was not adapted on crops (adapt --crop-views N)"
+    return {"mode": mode, "active": False, "why": why}
 
 
 def _inner_edges(box: np.ndarray, frame_size: tuple[int, int]) -> tuple[bool, bool, bool, bool]:
@@ -279,4 +291,5 @@ def _replace_rows(pred, rows: list[int], other):
     return dataclasses.replace(pred, **fields)
 
 
-__all__ = ["CROP_MODES", "CropParams", "CropPolicy", "CropStats", "crop_policy_for", "predict_with_crops"]
+__all__ = ["CROP_MODES", "CropParams", "CropPolicy", "CropStats", "crop_policy_for", "crop_settings",
+           "predict_with_crops"]

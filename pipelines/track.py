@@ -24,7 +24,7 @@ import numpy as np
 from ppmtrack.engine.errors import PpmtrackError
 from ppmtrack.pipelines.anchors import anchors_for_source, matching_anchor
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
-from ppmtrack.pipelines.crops import crop_policy_for, predict_with_crops
+from ppmtrack.pipelines.crops import crop_policy_for, crop_settings, predict_with_crops
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
 from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
@@ -453,9 +453,10 @@ def track_video(
         engine's support frames when they lie in this video, see :mod:`pipelines.anchors`); "off": detections
         only. See docs/smoothing.md.
     crop, crop_size
-        "auto": the engine sees square crops around where the animal is expected (resized to ``crop_size``,
+        "on": the engine sees square crops around where the animal is expected (resized to ``crop_size``,
         default the engine's resolution), with a whole-frame pass when it is lost (:mod:`pipelines.crops`);
-        "off": whole frames. The summary's ``crops`` counts cropped and whole frames and re-acquisitions.
+        "off": whole frames; "auto": crops when the engine was adapted on crops (``adapt --crop-views``).
+        The summary's ``crops`` counts cropped and whole frames and re-acquisitions.
     live, drop_policy
         Passed to :func:`pipelines.sources.open_source`.
     progress
@@ -562,7 +563,7 @@ def track_video(
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "smooth": "rts" if final_rts else "causal",
                   "flow": "off" if flow == "off" else "lk",
-                  "crop": crops.settings() if crops else {"mode": "off"},
+                  "crop": crop_settings(engine, crop, crops),
                   "smoothing": dataclasses.asdict(params), "output_formats": ["csv", *extra_formats],
                   "write_video": write_video, "video_style": video_style if write_video else None,
                   "drop_policy": drop_policy or ("drop_oldest" if is_live else "block")},

@@ -10,7 +10,7 @@ import torch
 
 from ppmtrack.engine.api import Prediction
 from ppmtrack.engine.geometry import crop, crop_mapping, grid_to_input, input_to_grid, square_box
-from ppmtrack.pipelines.crops import CropParams, CropPolicy, crop_policy_for, predict_with_crops
+from ppmtrack.pipelines.crops import CropParams, CropPolicy, crop_policy_for, crop_settings, predict_with_crops
 
 W, H = 320, 240
 
@@ -208,18 +208,27 @@ def test_whole_frames_when_a_crop_would_not_enlarge_the_animal():
     assert (boxes[:, 2] - boxes[:, 0] >= 256 / policy.params.max_zoom - 1e-9).all()
 
 
-def test_crop_policy_settings_and_bad_crop_size():
+def test_crop_policy_modes_settings_and_bad_crop_size():
     class FakeEngine:
         resolution = 256
-        info = {"crop": {"margin": 0.4, "max_zoom": 3.0}}
+        info = {"crop": {"views_per_frame": 4, "margin": 0.4, "max_zoom": 3.0}}
+
+    class WholeFrameEngine:
+        resolution = 256
+        info = {"crop": {"views_per_frame": 0, "margin": 0.25, "max_zoom": 2.0}}
 
     assert crop_policy_for(FakeEngine(), "off") is None
     policy = crop_policy_for(FakeEngine(), "auto", 128)
     assert policy.size == 128 and policy.params.margin == 0.4 and policy.params.max_zoom == 3.0
+    assert policy.settings()["active"] and policy.settings()["mode"] == "auto"
+    # auto: an engine adapted on whole frames only tracks on whole frames; "on" forces crops
+    assert crop_policy_for(WholeFrameEngine(), "auto") is None
+    assert crop_policy_for(WholeFrameEngine(), "on").size == 256
+    assert "not adapted on crops" in crop_settings(WholeFrameEngine(), "auto", None)["why"]
     with pytest.raises(ValueError, match="multiple of 64"):
         crop_policy_for(FakeEngine(), "auto", 100)
     with pytest.raises(ValueError, match="crop must be one of"):
-        crop_policy_for(FakeEngine(), "on")
+        crop_policy_for(FakeEngine(), "sometimes")
     assert CropParams().size is None
 
 
@@ -227,21 +236,28 @@ def test_crop_policy_settings_and_bad_crop_size():
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_tracking_run_with_crops_records_crop_statistics(adapted_engine, tmp_path):
+    from ppmtrack.pipelines.io.csv import read_tracks_csv
     from ppmtrack.pipelines.track import track_video
 
     summary = track_video("samples/sample.mp4", adapted_engine, tmp_path, batch_size=4, stop=12,
-                          write_video=False, progress=False, crop="auto", flow="off")
+                          write_video=False, progress=False, crop="on", flow="off")
     doc = json.loads((tmp_path / "sample.summary.json").read_text())
     crops = doc["crops"]
     assert doc["status"] == "complete" and doc["frames_processed"] == 12
-    assert doc["settings"]["crop"]["mode"] == "auto" and doc["settings"]["crop"]["size"] == adapted_engine.resolution
+    assert doc["settings"]["crop"]["active"] and doc["settings"]["crop"]["size"] == adapted_engine.resolution
     assert crops == summary.crops
     # every frame is either cropped (and kept) or seen whole; a re-acquired frame was both
     assert crops["crop_frames"] + crops["whole_frames"] - crops["reacquisitions"] == 12
     assert crops["whole_frames"] >= 4  # nothing is known before the first batch
     assert crops["crop_frames"] > 0  # the sample's animal is small enough to be cropped
-    rows = (tmp_path / "sample.csv").read_text().strip().splitlines()
-    assert len([r for r in rows if r[:1].isdigit()]) == 12
+    tracks = read_tracks_csv(tmp_path / "sample.csv")
+    assert tracks.frame.tolist() == list(range(12)) and np.isfinite(tracks.raw_xy).all()
+    # auto, with an engine adapted on whole frames only: whole frames, and the summary says why
+    track_video("samples/sample.mp4", adapted_engine, tmp_path / "auto", batch_size=4, stop=4, write_video=False,
+                progress=False, crop="auto", flow="off")
+    doc = json.loads((tmp_path / "auto" / "sample.summary.json").read_text())
+    assert doc["crops"] is None and doc["settings"]["crop"]["active"] is False
+    assert "not adapted on crops" in doc["settings"]["crop"]["why"]
 
 
 # ---- adaptation on crops -------------------------------------------------------------------------------------
