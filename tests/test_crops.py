@@ -317,3 +317,16 @@ def test_adapting_on_crop_views_records_the_crop_policy_in_the_engine_file(tmp_p
     assert loaded.info["crop"] == engine.info["crop"]
     assert loaded.config.crop == config.crop
     assert crop_policy_for(loaded, "auto").params.margin == 0.3
+
+
+def test_cli_crop_options_reach_the_adaptation_config_and_the_run():
+    from ppmtrack.pipelines.cli import _adapt_config, build_parser
+
+    args = build_parser().parse_args(["adapt", "samples/support.json", "-o", "x.engine", "--crop-views", "3"])
+    assert _adapt_config(args).crop.views_per_frame == 3
+    assert _adapt_config(build_parser().parse_args(["adapt", "samples/support.json", "-o", "x.engine"])
+                         ).crop.views_per_frame == 0
+    args = build_parser().parse_args(["track", "v.mp4", "--engine", "e.engine", "-o", "out", "--crop", "on",
+                                      "--crop-size", "128"])
+    assert args.crop == "on" and args.crop_size == 128
+    assert build_parser().parse_args(["track", "v.mp4", "--engine", "e.engine", "-o", "out"]).crop == "auto"
