@@ -243,7 +243,9 @@ def predict_with_crops(engine, images: np.ndarray, policy: CropPolicy):
     """The engine's prediction for a batch of frames, through animal-centred crops where the policy has a box.
 
     Crops that lost the animal are run again as whole frames; the policy takes in every frame's final result.
-    Returns the engine's ``Prediction`` (keypoints in frame pixels; ``foreground`` over each frame's own input).
+    Returns the engine's ``Prediction`` (keypoints in frame pixels; ``foreground`` over each frame's own input,
+    None when crops and re-run whole frames of the batch have maps of different sizes: ``--crop-size`` below the
+    engine's resolution).
     """
     n, h, w = images.shape[:3]
     frame_size = (w, h)
@@ -276,13 +278,14 @@ def predict_with_crops(engine, images: np.ndarray, policy: CropPolicy):
 
 
 def _replace_rows(pred, rows: list[int], other):
-    """``pred`` with the batch rows ``rows`` taken from ``other`` (a prediction of those frames only)."""
+    """``pred`` with the batch rows ``rows`` taken from ``other`` (a prediction of those frames only); maps of
+    different sizes in the two are dropped (None)."""
     import dataclasses
 
     fields = {}
     for f in dataclasses.fields(pred):
         a, b = getattr(pred, f.name), getattr(other, f.name)
-        if a is None or b is None:
+        if a is None or b is None or np.shape(a)[1:] != np.shape(b)[1:]:
             fields[f.name] = None
             continue
         a = np.array(a, copy=True)

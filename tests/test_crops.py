@@ -107,7 +107,7 @@ class SyntheticDetector:
         index = [int(v) for v in np.asarray(images)[:, 0, 0, 0]]
         self.calls.append((index, None if boxes is None else np.array(boxes)))
         kps, confs, fgs = [], [], []
-        r = 32
+        r = (self.resolution if boxes is None else crop_size or self.resolution) // 8  # the maps' side
         for i, f in enumerate(index):
             truth = self.centres[f] + self.offsets
             box = np.array([0, 0, W, H], float) if boxes is None else boxes[i]
@@ -151,10 +151,11 @@ def test_crops_follow_a_moving_animal_without_reacquisition():
         assert np.abs((boxes[:, :2] + boxes[:, 2:]) / 2 - centres[index]).max() < 8
 
 
-def test_an_animal_that_jumps_out_of_the_crop_is_reacquired_by_a_whole_frame_pass():
+@pytest.mark.parametrize("crop_size", [None, 128])  # 128: crops' maps are smaller than the whole frames'
+def test_an_animal_that_jumps_out_of_the_crop_is_reacquired_by_a_whole_frame_pass(crop_size):
     centres = np.array([[80.0, 80.0]] * 10 + [[250.0, 180.0]] * 10)
     detector = SyntheticDetector(centres)
-    policy = CropPolicy(256)
+    policy = CropPolicy(256, CropParams(size=crop_size, min_gain=0.0))
     kp = _run(detector, policy, batch=5)
     # every frame ends with the true keypoints, the jump frame too (its crop was run again whole)
     assert np.abs(kp - (centres[:, None] + detector.offsets)).max() < 1e-9
