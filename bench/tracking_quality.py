@@ -7,13 +7,15 @@ engine is adapted on the support frames (cached), the engine's detections on eve
 - ``detection``: today's tracker (detections + constant-velocity RTS smoothing);
 - ``+flow``: detections fused with pyramidal Lucas-Kanade flow in the Kalman filter (:mod:`tracker.fusion`),
   anchored at the support frames that lie in the video, RTS pass;
-- ``+crops`` / ``+both``: the same with animal-centred crops (when ``engine.geometry`` crops are available);
+- ``+crops`` / ``+crops+flow``: the same two with the detections made through animal-centred crops
+  (:mod:`pipelines.crops`, run causally in batches of 8 as ``ppmtrack track --crop auto`` does);
 - ``pure LK``: Lucas-Kanade flow chained from the first support frame (forward and backward), no detections.
 
 Scoring: BADJA clips use the BADJA protocol (correct when the error is at most α·√(silhouette area)); the sample
 and the DLC clip use ppmtrack's own (α·max(w, h) of the frame's labelled keypoints, ``pipelines.evaluate``).
 
     python bench/tracking_quality.py [--clips sample,camel,cows,reaching] [--support 1,3] [--cache DIR]
+                                     [--crops] [--crop-views N] [--frames N]
 
 Needs ../shared/data (skipped clip by clip when absent). CPU: adapting one engine takes ~1 min, detecting
 ~0.5 s per frame with the tiny model at 256².
@@ -110,12 +112,14 @@ def support_of(clip: Clip, frames: np.ndarray, support_frames: list[int]):
 QUICK_ADAPT = dict(steps=40, fg_steps=10, views_per_frame=4)  # --quick: ~4x cheaper adaptation (loaded CPUs)
 
 
-def engine_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, quick: bool = False):
-    """Adapt (or load the cached) tiny engine on the clip's first ``n_support`` labelled frames."""
+def engine_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, quick: bool = False,
+               crop_views: int = 0):
+    """Adapt (or load the cached) tiny engine on the clip's first ``n_support`` labelled frames (with
+    ``crop_views`` crop views per frame, `engine.crop_views`)."""
     from ppmtrack.engine import AdaptConfig, Engine
 
-    path = cache / f"{clip.name}_s{n_support}.engine"
-    if clip.name == "sample" and n_support == 4 and not path.is_file():
+    path = cache / f"{clip.name}_s{n_support}{_views_suffix(crop_views)}.engine"
+    if clip.name == "sample" and n_support == 4 and not crop_views and not path.is_file():
         shared = ROOT.parent / "helpers" / "sample.engine"
         if shared.is_file():
             return Engine.load(shared)
@@ -123,6 +127,7 @@ def engine_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, quic
         return Engine.load(path)
     t0 = time.perf_counter()
     config = AdaptConfig(**QUICK_ADAPT) if quick else AdaptConfig()
+    config.crop.views_per_frame = crop_views
     engine = Engine.adapt(support_of(clip, frames, clip.support_sets[n_support]), model="tiny", config=config)
     engine.save(path)
     print(f"  adapted {path.name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -130,13 +135,13 @@ def engine_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, quic
 
 
 def detections_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, batch: int = 8,
-                   quick: bool = False):
+                   quick: bool = False, crop_views: int = 0):
     """(T, K, 2) raw detections and (T, K) confidences of the engine on every frame (cached)."""
-    path = cache / f"{clip.name}_s{n_support}.detections.npz"
+    path = cache / f"{clip.name}_s{n_support}{_views_suffix(crop_views)}.detections.npz"
     if path.is_file():
         d = np.load(path)
-        return d["xy"], d["confidence"]
-    engine = engine_for(clip, frames, n_support, cache, quick)
+        return d["xy"][:len(frames)], d["confidence"][:len(frames)]
+    engine = engine_for(clip, frames, n_support, cache, quick, crop_views)
     xy, conf = [], []
     t0 = time.perf_counter()
     for i in range(0, len(frames), batch):
@@ -147,6 +152,40 @@ def detections_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, 
     np.savez(path, xy=xy, confidence=conf)
     print(f"  detected {len(frames)} frames of {clip.name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return xy, conf
+
+
+def crop_detections_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, batch: int = 8,
+                        quick: bool = False, crop_views: int = 0):
+    """(T, K, 2) detections and (T, K) confidences through animal-centred crops, the crop statistics and the
+    inference ms/frame of that run (cached), with the engine of `engine_for`."""
+    from ppmtrack.pipelines.crops import crop_policy_for, predict_with_crops
+
+    stem = f"{clip.name}_s{n_support}{_views_suffix(crop_views)}.crops"
+    path = cache / f"{stem}.T{len(frames)}.npz"
+    longer = [p for p in cache.glob(f"{stem}.T*.npz") if int(p.stem.rsplit(".T", 1)[1]) >= len(frames)]
+    if longer:  # the policy is causal: the first frames of a longer run are this run
+        d = np.load(longer[0])
+        return (d["xy"][:len(frames)], d["confidence"][:len(frames)], json.loads(str(d["stats"])) | {"of_frames": int(
+            longer[0].stem.rsplit(".T", 1)[1])}, float(d["ms"]))
+    engine = engine_for(clip, frames, n_support, cache, quick, crop_views)
+    policy = crop_policy_for(engine, "on")
+    xy, conf = [], []
+    t0 = time.perf_counter()
+    for i in range(0, len(frames), batch):
+        p = predict_with_crops(engine, frames[i:i + batch], policy)
+        xy.append(p.keypoints)
+        conf.append(p.confidence)
+    ms = 1000 * (time.perf_counter() - t0) / len(frames)
+    xy, conf = np.concatenate(xy), np.concatenate(conf)
+    stats = policy.stats.to_dict()
+    np.savez(path, xy=xy, confidence=conf, stats=json.dumps(stats), ms=ms)
+    print(f"  detected {len(frames)} frames of {clip.name} through crops in {ms * len(frames) / 1000:.0f} s: {stats}",
+          file=sys.stderr)
+    return xy, conf, stats, ms
+
+
+def _views_suffix(crop_views: int) -> str:
+    return f"_cv{crop_views}" if crop_views else ""
 
 
 def pck(clip: Clip, xy: np.ndarray, query: np.ndarray, alpha: float) -> float:
@@ -168,6 +207,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cached-only", action="store_true",
                         help="score only the clip/support pairs whose detections are cached (no adaptation)")
     parser.add_argument("--json", help="also write the table as JSON here")
+    parser.add_argument("--crops", action="store_true", help="also score +crops and +crops+flow")
+    parser.add_argument("--crop-views", type=int, default=0, dest="crop_views",
+                        help="adapt the engines with this many crop views per support frame (own cache names)")
+    parser.add_argument("--frames", type=int, help="only the first N frames of each clip (short spans)")
     parser.add_argument("--quick", action="store_true",
                         help=f"adapt with {QUICK_ADAPT} instead of the defaults (use a separate --cache)")
     args = parser.parse_args(argv)
@@ -183,16 +226,22 @@ def main(argv=None) -> int:
         if clip is None:
             print(f"{name}: data not found under {DATA}, skipped", file=sys.stderr)
             continue
-        frames, fps = read_video(clip.video)
+        all_frames, fps = read_video(clip.video)
+        frames = all_frames[:args.frames] if args.frames else all_frames
         for n in sizes + ([4] if name == "sample" else []):
             if n not in clip.support_sets:
                 continue
-            if args.cached_only and not (cache / f"{clip.name}_s{n}.detections.npz").is_file():
+            if args.cached_only and not (cache / f"{clip.name}_s{n}{_views_suffix(args.crop_views)}.detections.npz"
+                                         ).is_file():
                 continue
-            raw_xy, conf = detections_for(clip, frames, n, cache, quick=args.quick)
+            if args.frames:  # adapt on the support frames even where they lie beyond the span (cached engine)
+                engine_for(clip, all_frames, n, cache, args.quick, args.crop_views)
+            raw_xy, conf = detections_for(clip, frames, n, cache, quick=args.quick, crop_views=args.crop_views)
+            cropped = crop_detections_for(clip, frames, n, cache, quick=args.quick, crop_views=args.crop_views) \
+                if args.crops else None
             if args.detect_only:
                 continue
-            rows.append(score_variants(clip, frames, fps, n, raw_xy, conf))
+            rows.append(score_variants(clip, frames, fps, n, raw_xy, conf, cropped))
             print(format_row(rows[-1]), flush=True)
     if rows:
         print(format_table(rows))
@@ -202,13 +251,14 @@ def main(argv=None) -> int:
 
 
 def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, raw_xy: np.ndarray,
-                   conf: np.ndarray) -> dict:
+                   conf: np.ndarray, cropped=None) -> dict:
+    """PCK of every variant on the query frames among ``frames``; ``cropped``: `crop_detections_for`'s result."""
     from ppmtrack.tracker import smooth_keypoints
     from ppmtrack.tracker.flow import FlowParams, track_points_flow
     from ppmtrack.tracker.fusion import Anchors, fuse_keypoints, measure_flow
 
     support_frames = clip.support_sets[n_support]
-    query = np.flatnonzero(~np.isin(clip.label_frames, support_frames))
+    query = np.flatnonzero(~np.isin(clip.label_frames, support_frames) & (clip.label_frames < len(frames)))
     t = np.arange(len(frames)) / fps
     rows = {}
     xy, _ = smooth_keypoints(raw_xy, conf, t)
@@ -226,18 +276,24 @@ def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, r
     rows["pure LK"] = track_points_flow(frames, support_frames[0], clip.label_xy[sup_rows[0]], params)
     result = {"clip": clip.name, "support": n_support, "query_frames": int(len(query)),
               "flow_ms_per_frame": round(flow_ms, 1)}
+    if cropped is not None:
+        crop_xy, crop_conf, stats, ms = cropped
+        rows["+crops"] = smooth_keypoints(crop_xy, crop_conf, t)[0]
+        crop_flow = measure_flow(frames, crop_xy, crop_conf, t, anchors, flow_params=params)
+        rows["+crops+flow"] = fuse_keypoints(crop_xy, crop_conf, t, crop_flow, anchors=anchors, smooth=True)[0]
+        result.update(crop_stats=stats, crop_inference_ms_per_frame=round(ms, 1))
     for variant, pos in rows.items():
         result[variant] = {a: round(pck(clip, pos, query, a), 3) for a in (0.1, 0.2)}
     return result
 
 
 def format_row(r: dict) -> str:
-    parts = [f"{k} {v[0.1]:.3f}/{v[0.2]:.3f}" for k, v in r.items() if isinstance(v, dict)]
+    parts = [f"{k} {v[0.1]:.3f}/{v[0.2]:.3f}" for k, v in r.items() if isinstance(v, dict) and 0.1 in v]
     return f"{r['clip']} support {r['support']} ({r['query_frames']} query frames): " + ", ".join(parts)
 
 
 def format_table(rows: list[dict]) -> str:
-    variants = [k for k, v in rows[0].items() if isinstance(v, dict)]
+    variants = [k for k, v in rows[0].items() if isinstance(v, dict) and 0.1 in v]
     lines = [f"machine: {platform.node()} ({platform.processor() or platform.machine()}), tiny model, CPU",
              "", "| clip | support | query frames | " + " | ".join(f"{v} PCK@0.1 / @0.2" for v in variants) + " |",
              "|---|---|---|" + "---|" * len(variants)]

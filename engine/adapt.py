@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ppmtrack.engine.augment import AugmentConfig, flip_permutation, random_affine, warp_view
+from ppmtrack.engine.crop_views import CropViewConfig, crop_views
 from ppmtrack.engine.errors import PpmtrackError, UsageError
 from ppmtrack.engine.fara import fara_mask
 from ppmtrack.engine.geometry import InputMapping, engine_input, input_to_grid
@@ -78,6 +79,9 @@ class AdaptConfig:
         Train keypoints marked missing in a support frame towards an empty map there.
     fara_delta : float
         FARA's Gaussian distance scale, as a fraction of the image size (paper: 0.1).
+    crop : CropViewConfig
+        Views cropped around the labelled animal, as tracking with ``--crop auto`` shows it
+        (`engine.crop_views`); ``crop.views_per_frame`` of them per support frame, beside the letterboxed views.
     seed : int
         Seed of the prompt initialisation, the augmentation and the batch order.
     """
@@ -99,6 +103,7 @@ class AdaptConfig:
     heatmap_sigma: float = 1.0
     missing_as_empty: bool = True
     fara_delta: float = 0.1
+    crop: CropViewConfig = field(default_factory=CropViewConfig)
     seed: int = 0
 
     def __post_init__(self):
@@ -115,6 +120,8 @@ class AdaptConfig:
                                        f"got {value!r}")
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig(**self.augment)
+        if isinstance(self.crop, dict):
+            self.crop = CropViewConfig(**self.crop)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -281,6 +288,13 @@ def build_views(extractor: MapExtractor, support: SupportSet, size: int, fg_init
             vmasks.append(mask)
             owner.append(i)
             original.append(v == 0)
+            if len(pending) == 8:
+                encode_pending()
+    for i, (image, kp_frame) in enumerate(zip(support.images, support.keypoints, strict=True)):  # crop views
+        for view, kp, mask, out in crop_views(image, kp_frame, masks[i], inputs[i][1], size, cfg.crop, rng, device):
+            for store, value in ((pending, view), (vkps, kp), (vign, out), (vmasks, mask), (owner, i),
+                                 (original, False)):
+                store.append(value)
             if len(pending) == 8:
                 encode_pending()
     if pending:

@@ -188,6 +188,7 @@ class Engine:
             info["display"] = dict(support.display)
         if validated is not None:
             info["validation"] = validated
+        info["crop"] = cfg.crop.to_dict()  # the crops it was adapted on; tracking crops with its margin and zoom
         eng = cls(dm, support.names, prompts, pf, cfg, support.skeleton, support.flip_pairs, info=info)
         return eng
 
@@ -264,23 +265,32 @@ class Engine:
         self._kv_conditioning = cond.clone()
 
     @torch.no_grad()
-    def predict(self, frames, return_maps: bool = False) -> Prediction:
+    def predict(self, frames, return_maps: bool = False, boxes=None, crop_size: int | None = None,
+                return_foreground: bool = False) -> Prediction:
         """Keypoints, confidences (and maps) for a batch of same-size RGB uint8 frames, in one UNet forward.
 
         `frames`: (B, H, W, 3) array or tensor, or a list of (H, W, 3) arrays of equal size.
+        `boxes`: (B, 4) square boxes ``(x0, y0, x1, y1)`` in frame pixels: the engine sees these crops
+        (`engine.geometry.crop`) instead of the letterboxed frames, at ``crop_size`` (a multiple of 64; default:
+        the engine's resolution); keypoints still come back in frame pixels. `return_foreground`: the
+        foreground map M_f only (cheaper than `return_maps`).
         """
         self.cache_prompt()
-        x, box = self.prepare(frames)
+        x, box = self.prepare(frames, boxes, crop_size)
         z = self.extractor.encode(x)
         maps = (self.map_runner or self.eager_maps)(z)
-        return self.read_out(maps, box, return_maps)
+        return self.read_out(maps, box, return_maps, return_foreground, x.shape[-1])
 
-    def prepare(self, frames) -> tuple[torch.Tensor, InputMapping]:
-        """Frames (as `predict` takes them) → the letterboxed input batch on the model's device, and its mapping.
+    def prepare(self, frames, boxes=None, crop_size: int | None = None) -> tuple[torch.Tensor, InputMapping]:
+        """Frames (as `predict` takes them) → the letterboxed (or, with ``boxes``, cropped) input batch on the
+        model's device, and its mapping.
 
         Support frames are prepared by the same function during adaptation (`engine.geometry.engine_input`).
         """
-        return engine_input(frames, self.resolution, self.model.device)
+        size = crop_size or self.resolution
+        if size % 64:
+            raise ValueError(f"the crop size must be a multiple of 64, got {size}")
+        return engine_input(frames, size, self.model.device, boxes)
 
     def eager_maps(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, L, K+1, R, R) maps of the keypoint tokens and the foreground token: one plain UNet forward."""
@@ -360,14 +370,18 @@ class Engine:
         out = read_out(maps, len(self.names), self.fgar, self.resolution)
         return out.maps, out.foreground
 
-    def read_out(self, maps: torch.Tensor, box: InputMapping, return_maps: bool = False) -> Prediction:
-        """(B, L, K+1, R, R) maps → keypoints in frame pixels (`engine.localize.read_out`, then `box`)."""
-        out = read_out(maps, len(self.names), self.fgar, self.resolution)
+    def read_out(self, maps: torch.Tensor, box: InputMapping, return_maps: bool = False,
+                 return_foreground: bool = False, input_size: int | None = None) -> Prediction:
+        """(B, L, K+1, R, R) maps → keypoints in frame pixels (`engine.localize.read_out`, then `box`).
+
+        `input_size`: the side of the engine input the maps were computed on (crops may be smaller than the
+        engine's resolution); `return_foreground`: the foreground map M_f without the keypoint maps."""
+        out = read_out(maps, len(self.names), self.fgar, input_size or self.resolution)
         return Prediction(
             keypoints=box.to_frame(out.keypoints.cpu().numpy().astype(np.float64)),
             confidence=out.confidence.cpu().numpy().astype(np.float64),
             sharpness=out.sharpness.cpu().numpy().astype(np.float64),
             maps=out.maps.float().cpu().numpy() if return_maps else None,
-            foreground=out.foreground.float().cpu().numpy() if return_maps else None,
+            foreground=out.foreground.float().cpu().numpy() if return_maps or return_foreground else None,
         )
 

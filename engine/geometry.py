@@ -156,6 +156,33 @@ def crop(frames: torch.Tensor, boxes, size: int) -> tuple[torch.Tensor, InputMap
     return torch.cat(out) / 127.5 - 1.0, crop_mapping(px, size)
 
 
+def square_box(x0: float, y0: float, x1: float, y1: float, margin: float = 0.0, min_side: float = 0.0,
+               frame_size: tuple[int, int] | None = None) -> np.ndarray:
+    """A square box ``(x0, y0, x1, y1)`` (pixel edges) around a region, for `crop`.
+
+    Parameters
+    ----------
+    x0, y0, x1, y1 : float
+        The region (e.g. the extent of an animal's keypoints), in frame pixel edges.
+    margin : float
+        Added on every side, as a fraction of the region's longer side: the square's side is
+        ``max(w, h) * (1 + 2 * margin)``, at least ``min_side``.
+    frame_size : (width, height), optional
+        Shift the square, without resizing it, to lie inside the frame along each axis where it fits (so less
+        of the crop is grey padding); where it is longer than the frame, it is centred on the frame.
+    """
+    side = max(x1 - x0, y1 - y0, 0.0) * (1.0 + 2.0 * margin)
+    side = max(side, float(min_side), 1.0)
+    centre = np.array([(x0 + x1) / 2.0, (y0 + y1) / 2.0])
+    if frame_size is not None:
+        for axis, length in enumerate(frame_size):
+            if side <= length:
+                centre[axis] = np.clip(centre[axis], side / 2.0, length - side / 2.0)
+            else:
+                centre[axis] = length / 2.0
+    return np.array([centre[0] - side / 2.0, centre[1] - side / 2.0, centre[0] + side / 2.0, centre[1] + side / 2.0])
+
+
 def grid_to_input(xy_grid, stride: float):
     """Map-grid coordinates (cell centres at integers) → engine-input pixels; ``stride`` = input px per cell."""
     return (xy_grid + 0.5) * stride - 0.5
@@ -166,12 +193,15 @@ def input_to_grid(xy_input, stride: float):
     return (xy_input + 0.5) / stride - 0.5
 
 
-def engine_input(frames, size: int, device: torch.device) -> tuple[torch.Tensor, InputMapping]:
-    """Frames (see `to_uint8_batch`) → the letterboxed ``(B, 3, size, size)`` input on ``device`` and its mapping.
+def engine_input(frames, size: int, device: torch.device, boxes=None) -> tuple[torch.Tensor, InputMapping]:
+    """Frames (see `to_uint8_batch`) → the ``(B, 3, size, size)`` input on ``device`` and its mapping.
 
-    The one preprocessing of whole frames: `Engine.predict`, adaptation's support frames and the ONNX runtime.
+    Letterboxed whole frames, or with ``boxes`` (see `crop`) the crops of those boxes. The one preprocessing
+    of frames: `Engine.predict`, adaptation's support frames and the ONNX runtime.
     """
-    return letterbox(to_uint8_batch(frames, device), size)
+    if boxes is None:
+        return letterbox(to_uint8_batch(frames, device), size)
+    return crop(to_uint8_batch(frames, device), boxes, size)
 
 
 def to_uint8_batch(frames, device: torch.device) -> torch.Tensor:

@@ -131,23 +131,29 @@ class OnnxEngine:
         """The engine name given at export (by default the ONNX file's stem)."""
         return self.metadata.get("name", self.path.stem)
 
-    def predict(self, frames, return_maps: bool = False) -> Prediction:
+    def predict(self, frames, return_maps: bool = False, boxes=None, crop_size: int | None = None,
+                return_foreground: bool = False) -> Prediction:
         """Keypoints, confidences (and maps) for a batch of same-size RGB uint8 frames, as `Engine.predict`.
 
         `frames`: (B, H, W, 3) array or tensor, or a list of (H, W, 3) arrays of equal size. Keypoints come
-        back in original-frame pixels. ``return_maps`` needs a graph exported with ``with_maps=True``.
+        back in original-frame pixels. ``return_maps`` needs a graph exported with ``with_maps=True``;
+        ``return_foreground`` gives the foreground map only where the graph has it (else None). ``boxes``:
+        crops as in `Engine.predict`, at the graph's resolution (``crop_size`` may only repeat it).
         """
+        if crop_size not in (None, self.resolution):
+            raise ValueError(f"{self.path} takes {self.resolution}² inputs only; a crop size of {crop_size} needs "
+                             "the engine file (--backend torch)")
         if return_maps and not self.with_maps:
             raise ValueError(f"{self.path} was exported without maps; export again with with_maps=True "
                              f"(`ppmtrack export-onnx --with-maps`) to get them")
-        x, box = engine_input(frames, self.resolution, torch.device("cpu"))
+        x, box = engine_input(frames, self.resolution, torch.device("cpu"), boxes)
         out = self._run(x.numpy())
         return Prediction(
             keypoints=box.to_frame(out["keypoints"].astype(np.float64)),
             confidence=out["confidence"].astype(np.float64),
             sharpness=out["sharpness"].astype(np.float64),
             maps=out["maps"] if return_maps else None,
-            foreground=out["foreground"] if return_maps else None,
+            foreground=out["foreground"] if return_maps or (return_foreground and self.with_maps) else None,
         )
 
     def reset_stream(self) -> None:

@@ -81,6 +81,8 @@ def _adapt_config(args):
         values["views_per_frame"] = 1
     config = AdaptConfig(**values)  # validates the values (e.g. a learning rate must be finite and above 0)
     config.augment.flip = args.flip
+    if getattr(args, "crop_views", None) is not None:
+        config.crop.views_per_frame = args.crop_views
     return config
 
 
@@ -331,7 +333,8 @@ def _track_kwargs(args, formats: list[str]) -> dict:
                 smooth=args.smooth, flow=args.flow, drop_policy=args.drop_policy,
                 ffmpeg_options={"rtsp_transport": args.rtsp_transport} if args.rtsp_transport else None,
                 max_reconnect_s=args.max_reconnect_s, resume=args.resume, plots=args.plots,
-                with_raw=args.with_raw, subject_id=args.subject_id, species=args.species)
+                with_raw=args.with_raw, subject_id=args.subject_id, species=args.species, crop=args.crop,
+                crop_size=args.crop_size)
 
 
 def _is_batch(args, inputs: list[str]) -> bool:
@@ -817,6 +820,10 @@ def _adapt_options(with_defaults: bool) -> argparse.ArgumentParser:
                             f"(default: {base.loss})")
     group.add_argument("--views-per-frame", type=int, dest="views_per_frame",
                        help=f"augmented views per support frame (default: {base.views_per_frame})")
+    group.add_argument("--crop-views", type=int, dest="crop_views", metavar="N",
+                       help="also train on N crops of each support frame around its labelled animal, jittered in "
+                            "scale and position, as 'track --crop auto' shows it "
+                            f"(default: {base.crop.views_per_frame})")
     group.add_argument("--no-augment", action="store_true",
                        help="no augmentation: one view per support frame (overrides --views-per-frame)")
     group.add_argument("--foreground", metavar="FILE",
@@ -855,6 +862,7 @@ def _debug_option() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ppmtrack`` argument parser with its subcommands."""
+    from ppmtrack.pipelines.crops import CROP_MODES
     from ppmtrack.pipelines.sources import STALL_TIMEOUT_S
     from ppmtrack.pipelines.track import FLOW_MODES, OUTPUT_FORMATS, SMOOTH_MODES
     from ppmtrack.tracker import SmoothingParams
@@ -923,6 +931,14 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--flow", choices=FLOW_MODES, default="auto",
                        help="optical flow between frames fused with the detections in the keypoint filter "
                             "(docs/smoothing.md); auto: on (Lucas-Kanade), off: detections only")
+    track.add_argument("--crop", choices=CROP_MODES, default="auto",
+                       help="on: once the animal is found, the engine sees a square crop around where it is "
+                            "expected (it fills the engine's input), and the whole frame again when the animal is "
+                            "lost (docs/cli.md, 'Animal-centred crops'); off: always the whole frame; auto: on when "
+                            "the engine was adapted on crops ('adapt --crop-views N'), else off")
+    track.add_argument("--crop-size", type=int, dest="crop_size", metavar="N",
+                       help="side the crops are resized to, a multiple of 64 (default: the engine's resolution; "
+                            "smaller is faster, see docs/performance.md)")
     track.add_argument("--drop-policy", choices=("drop_oldest", "block"), dest="drop_policy",
                        help="when frames arrive faster than they are tracked: drop the oldest waiting frame "
                             "or make decoding wait (default: drop_oldest for streams, block for files; a "

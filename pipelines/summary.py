@@ -43,7 +43,8 @@ class RunSummary:
     ``"failed: <reason>"``. While the run goes, the file is rewritten every few seconds, so a killed run
     still tells how far it got (``frames_processed``, ``last_frame``: the last frame written to the CSV).
     ``frames_damaged``, ``frames_missing`` and ``truncated`` account for the frames of a damaged file that
-    were read but not tracked, or never decoded (see docs/sources.md); ``resumed`` is set by ``--resume``.
+    were read but not tracked, or never decoded (see docs/sources.md); ``resumed`` is set by ``--resume``;
+    ``crops`` counts the frames the engine saw as animal-centred crops or whole, and the re-acquisitions.
     """
 
     input: dict
@@ -65,6 +66,7 @@ class RunSummary:
     first_frame: int | None = None
     last_frame: int | None = None
     resumed: dict | None = None
+    crops: dict | None = None  # pipelines.crops.CropStats of a run with --crop auto
     started_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     finished_at: str | None = None
     wall_time_s: float = 0.0

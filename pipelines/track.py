@@ -26,6 +26,7 @@ import numpy as np
 from ppmtrack.engine.errors import MissingExtraError, PpmtrackError, UsageError
 from ppmtrack.pipelines.anchors import anchors_for_source, matching_anchor
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
+from ppmtrack.pipelines.crops import crop_policy_for, crop_settings, predict_with_crops
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
 from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
@@ -423,6 +424,8 @@ def track_video(
     smoothing: SmoothingParams | None = None,
     smooth: str = "auto",
     flow: str = "auto",
+    crop: str = "auto",
+    crop_size: int | None = None,
     live: bool | None = None,
     drop_policy: str | None = None,
     progress: bool = True,
@@ -477,6 +480,11 @@ def track_video(
         "auto": fuse Lucas-Kanade optical flow between consecutive frames with the detections (and anchor the
         engine's support frames when they lie in this video, see :mod:`pipelines.anchors`); "off": detections
         only. See docs/smoothing.md.
+    crop, crop_size
+        "on": the engine sees square crops around where the animal is expected (resized to ``crop_size``,
+        default the engine's resolution), with a whole-frame pass when it is lost (:mod:`pipelines.crops`);
+        "off": whole frames; "auto": crops when the engine was adapted on crops (``adapt --crop-views``).
+        The summary's ``crops`` counts cropped and whole frames and re-acquisitions.
     live, drop_policy
         Passed to :func:`pipelines.sources.open_source`.
     progress
@@ -536,6 +544,7 @@ def track_video(
         raise UsageError(f"flow must be one of {', '.join(FLOW_MODES)}, got {flow!r}")
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    crops = crop_policy_for(engine, crop, crop_size)
     params = smoothing if smoothing is not None else SmoothingParams()
     check_selection(start, stop, stride)
     video_style = annotation_style(engine, None if smoothing is None else smoothing.min_confidence)
@@ -603,6 +612,7 @@ def track_video(
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "smooth": "rts" if final_rts else "causal",
                   "flow": "off" if flow == "off" else "lk",
+                  "crop": crop_settings(engine, crop, crops),
                   "smoothing": dataclasses.asdict(params), "output_formats": ["csv", *extra_formats],
                   "write_video": write_video, "video_style": video_style if write_video else None,
                   "drop_policy": drop_policy or ("drop_oldest" if is_live else "block")},
@@ -666,13 +676,13 @@ def track_video(
                 continue
             images = np.stack([f.image for f in batch.frames])
             t0 = time.perf_counter()
-            prediction = engine.predict(images)
+            prediction = engine.predict(images) if crops is None else predict_with_crops(engine, images, crops)
             summary.stages["inference"].add(time.perf_counter() - t0, len(batch.frames))
             if not writer.put(batch.frames, prediction):
                 break
             if time.monotonic() >= next_summary:  # so a killed run still tells how far it got
                 next_summary = time.monotonic() + SUMMARY_INTERVAL_S
-                _update_counts(summary, source.stats, batch_stats)
+                _update_counts(summary, source.stats, batch_stats, crops)
                 summary.write(paths["summary"], quiet=True)
             if bar is not None:
                 bar.update(len(batch.frames))
@@ -699,7 +709,7 @@ def track_video(
     failure = failure or writer.error
 
     stats = source.stats
-    _update_counts(summary, stats, batch_stats)
+    _update_counts(summary, stats, batch_stats, crops)
     if writer.latencies:
         latency = np.array(writer.latencies)
         summary.latency_s = {"p50": float(np.percentile(latency, 50)), "p95": float(np.percentile(latency, 95)),
@@ -727,8 +737,8 @@ def track_video(
     return summary
 
 
-def _update_counts(summary: RunSummary, stats, batch_stats: BatchStats) -> None:
-    """Copy the source's counters into the summary."""
+def _update_counts(summary: RunSummary, stats, batch_stats: BatchStats, crops=None) -> None:
+    """Copy the source's counters (and the crop policy's) into the summary."""
     summary.frames_read = stats.frames_read
     summary.frames_dropped = stats.frames_dropped
     summary.decode_errors = stats.decode_errors
@@ -742,6 +752,8 @@ def _update_counts(summary: RunSummary, stats, batch_stats: BatchStats) -> None:
         if round(gap.start_time, 3) not in seen:
             summary.gaps.append({"start_time": round(gap.start_time, 3), "end_time": round(gap.end_time, 3),
                                  "duration_s": round(gap.duration, 3), "reason": gap.reason})
+    if crops is not None:
+        summary.crops = crops.stats.to_dict()
 
 
 def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: dict, extra_formats: list[str],
