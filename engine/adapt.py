@@ -290,10 +290,13 @@ def build_views(extractor: MapExtractor, support: SupportSet, size: int, fg_init
             original.append(v == 0)
             if len(pending) == 8:
                 encode_pending()
-    for i, (image, kp_frame) in enumerate(zip(support.images, support.keypoints, strict=True)):  # crop views
-        for view, kp, mask, out in crop_views(image, kp_frame, masks[i], inputs[i][1], size, cfg.crop, rng, device):
-            for store, value in ((pending, view), (vkps, kp), (vign, out), (vmasks, mask), (owner, i),
-                                 (original, False)):
+    k = len(support.names)
+    for i, (image, kp_frame) in enumerate(zip(support.images, support.instances(), strict=True)):  # crop views
+        # every animal's keypoints go into the crop (a crop around all labelled animals of the frame)
+        for view, kp, mask, out in crop_views(image, kp_frame.reshape(-1, 2), masks[i], inputs[i][1], size,
+                                              cfg.crop, rng, device):
+            for store, value in ((pending, view), (vkps, kp.reshape(-1, k, 2)), (vign, out.reshape(-1, k).any(axis=0)),
+                                 (vmasks, mask), (owner, i), (original, False)):
                 store.append(value)
             if len(pending) == 8:
                 encode_pending()

@@ -538,14 +538,19 @@ def run_eval(args) -> int:
     from ppmtrack.pipelines.io.formats import read_labels
 
     truth = read_labels(args.truth, fmt=None if args.format == "auto" else args.format, individual=args.individual)
-    with open(args.tracks, encoding="utf-8") as f:
-        several = f.readline().rstrip("\r\n") == MULTI_HEADER
+    try:
+        with open(args.tracks, encoding="utf-8") as f:
+            several = f.readline().rstrip("\r\n") == MULTI_HEADER
+    except (OSError, UnicodeDecodeError) as exc:
+        from ppmtrack.pipelines.io.csv import TracksFileError
+
+        raise TracksFileError(f"{args.tracks}: cannot read the tracks CSV ({exc})") from None
     if several:
         result = evaluate_multi(read_multi_tracks_csv(args.tracks), truth, use="raw" if args.raw else "xy")
         sys.stdout.write(format_multi_report(result))
         return 0
     if truth.instances is not None:  # one animal's tracks against several animals' truth: which one is meant?
-        raise ValueError(f"{args.truth}: labels {len(truth.individuals)} animals ({', '.join(truth.individuals)}) "
+        raise UsageError(f"{args.truth}: labels {len(truth.individuals)} animals ({', '.join(truth.individuals)}) "
                          f"but {args.tracks} tracks one; score it against one of them with --individual NAME, "
                          "or track with --animals")
     tracks = read_tracks_csv(args.tracks)

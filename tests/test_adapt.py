@@ -11,8 +11,10 @@ from ppmtrack.engine.models import load_model
 # Measured on the bundled sample with the default AdaptConfig (docs/method.md): see the closing notes.
 SUPPORT_MEAN_ERROR_PX = 12.0
 # PEI vs one forward per keypoint: the UNet's softmax attention mixes tokens, so maps differ; on the untrained
-# tiny model (flat maps) the median shift measured 9.7 px on a ~120 px animal, and accuracy barely moves.
-PEI_MEDIAN_SHIFT_PX = 15.0
+# tiny model (flat maps) the median shift measured 9.7 px on a ~120 px animal with the 20-step foreground prompt,
+# 17.0 px since the foreground prompt trains to its loss plateau (up to 100 steps), and accuracy barely moves
+# (the PCK bound below is the claim that matters).
+PEI_MEDIAN_SHIFT_PX = 20.0
 PEI_PCK_CHANGE = 0.15
 
 

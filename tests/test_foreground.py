@@ -63,13 +63,16 @@ def test_foreground_file_for_another_model_is_refused(base_set, tmp_path):
 
 
 def test_pretrain_foreground_reads_the_individual_asked_for(tmp_path):
-    """A multi-animal DeepLabCut base set needs --individual, and pretrain-foreground honours it."""
+    """A multi-animal DeepLabCut base set trains on every animal, or on the one --individual names."""
     from test_io_dlc import make_project
 
     folder = make_project(tmp_path, multi=True, size=(128, 96))
     labels = folder / "CollectedData_me.csv"
     fg = tmp_path / "x.fg"
     quick = ["--model", "tiny", "--resolution", "128", "--fg-steps", "1", "--views-per-frame", "1"]
-    assert main(["pretrain-foreground", str(labels), "-o", str(fg), *quick]) == 2  # which animal? refused
+    assert main(["pretrain-foreground", str(labels), "-o", str(fg), "--individual", "mouse9", *quick]) == 2
+    assert not fg.exists()  # an animal the file does not have: refused, nothing written
     assert main(["pretrain-foreground", str(labels), "-o", str(fg), "--individual", "mouse2", *quick]) == 0
     assert fg.is_file()
+    every = tmp_path / "every.fg"
+    assert main(["pretrain-foreground", str(labels), "-o", str(every), *quick]) == 0  # all animals' keypoints
