@@ -369,6 +369,19 @@ def run_batch(
     threads = [threading.Thread(target=work, args=(name, loader), daemon=True, name=f"ppmtrack-worker {name}")
                for name, loader in engines]
     try:
+        run_threads(threads, halt)
+    finally:
+        if bar is not None:
+            bar.close()
+    for item in items:
+        if item.status == "not run" and not halt.is_set():
+            item.status, item.error = "failed", "no worker could load the engine"
+    return items
+
+
+def run_threads(threads: list[threading.Thread], halt: threading.Event) -> None:
+    """Start ``threads`` and wait for them, still answering Ctrl-C: it sets ``halt`` and waits for them to end."""
+    try:
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -378,13 +391,6 @@ def run_batch(
         halt.set()
         for thread in threads:
             thread.join()
-    finally:
-        if bar is not None:
-            bar.close()
-    for item in items:
-        if item.status == "not run" and not halt.is_set():
-            item.status, item.error = "failed", "no worker could load the engine"
-    return items
 
 
 def _reason(exc: BaseException) -> str:

@@ -129,6 +129,7 @@ def track_streams(urls: list[str], engine, out_dir, *, stems: dict[str, str] | N
     fails does not stop the others. ``stems`` maps :func:`pipelines.outputs.input_identity` of each URL to
     its output stem (default: each URL's own). ``track_kwargs`` go to :func:`pipelines.track.track_video`.
     """
+    from ppmtrack.pipelines.batch import run_threads
     from ppmtrack.pipelines.outputs import input_identity
     from ppmtrack.pipelines.track import track_video
 
@@ -147,15 +148,7 @@ def track_streams(urls: list[str], engine, out_dir, *, stems: dict[str, str] | N
     threads = [threading.Thread(target=run, args=(url,), daemon=True, name=f"ppmtrack-stream {i}")
                for i, url in enumerate(urls)]
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)
-    except KeyboardInterrupt:
-        halt.set()
-        for thread in threads:
-            thread.join()
+        run_threads(threads, halt)
     finally:
         shared.close()
     logger.debug("shared batcher: %d engine calls, %d frames", shared.calls, shared.frames)

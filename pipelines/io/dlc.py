@@ -312,18 +312,22 @@ def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: st
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix in (".raw.h5", ".raw.csv") if raw else (".h5", ".csv"):
-        path = out_dir / f"{stem}{scorer}{suffix}"
-        tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-        try:
-            if suffix.endswith(".h5"):
-                df.to_hdf(tmp, key="df_with_missing", format="table", mode="w")
-            else:
-                df.to_csv(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        written.append(path)
+        written.append(_write_table(df, out_dir / f"{stem}{scorer}{suffix}"))
     return written
+
+
+def _write_table(df, path: Path) -> Path:
+    """Write a DeepLabCut table as ``.h5`` (key ``df_with_missing``) or ``.csv`` atomically (temp file, rename)."""
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        if path.suffix == ".h5":
+            df.to_hdf(tmp, key="df_with_missing", format="table", mode="w")
+        else:
+            df.to_csv(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def read_dlc_config(path: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
@@ -432,15 +436,5 @@ def write_dlc_multi(tracks: dict[str, Tracks], out_dir: str | Path, stem: str, *
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix in (".h5", ".csv"):
-        path = out_dir / f"{stem}{scorer}{suffix}"
-        tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-        try:
-            if suffix == ".h5":
-                df.to_hdf(tmp, key="df_with_missing", format="table", mode="w")
-            else:
-                df.to_csv(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        written.append(path)
+        written.append(_write_table(df, out_dir / f"{stem}{scorer}{suffix}"))
     return written
