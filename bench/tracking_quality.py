@@ -211,6 +211,9 @@ def main(argv=None) -> int:
     parser.add_argument("--crop-views", type=int, default=0, dest="crop_views",
                         help="adapt the engines with this many crop views per support frame (own cache names)")
     parser.add_argument("--frames", type=int, help="only the first N frames of each clip (short spans)")
+    parser.add_argument("--detection-noise", type=float, action="append", dest="detection_noise", metavar="PX",
+                        help="also score +flow with this detection noise (SmoothingParams.measurement_noise_px, "
+                             "the standard deviation of a detection at confidence 1; default 2 px); repeatable")
     parser.add_argument("--quick", action="store_true",
                         help=f"adapt with {QUICK_ADAPT} instead of the defaults (use a separate --cache)")
     args = parser.parse_args(argv)
@@ -241,7 +244,7 @@ def main(argv=None) -> int:
                 if args.crops else None
             if args.detect_only:
                 continue
-            rows.append(score_variants(clip, frames, fps, n, raw_xy, conf, cropped))
+            rows.append(score_variants(clip, frames, fps, n, raw_xy, conf, cropped, args.detection_noise or ()))
             print(format_row(rows[-1]), flush=True)
     if rows:
         print(format_table(rows))
@@ -251,9 +254,10 @@ def main(argv=None) -> int:
 
 
 def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, raw_xy: np.ndarray,
-                   conf: np.ndarray, cropped=None) -> dict:
-    """PCK of every variant on the query frames among ``frames``; ``cropped``: `crop_detections_for`'s result."""
-    from ppmtrack.tracker import smooth_keypoints
+                   conf: np.ndarray, cropped=None, detection_noise=()) -> dict:
+    """PCK of every variant on the query frames among ``frames``; ``cropped``: `crop_detections_for`'s result;
+    ``detection_noise``: extra ``+flow`` rows with these detection noises (px at confidence 1)."""
+    from ppmtrack.tracker import SmoothingParams, smooth_keypoints
     from ppmtrack.tracker.flow import FlowParams, track_points_flow
     from ppmtrack.tracker.fusion import Anchors, fuse_keypoints, measure_flow
 
@@ -270,6 +274,9 @@ def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, r
     flow = measure_flow(frames, raw_xy, conf, t, anchors, flow_params=params)
     flow_ms = 1000 * (time.perf_counter() - t0) / len(frames)
     rows["+flow"] = fuse_keypoints(raw_xy, conf, t, flow, anchors=anchors, smooth=True)[0]
+    for noise in detection_noise:
+        rows[f"+flow, noise {noise:g} px"] = fuse_keypoints(raw_xy, conf, t, flow, anchors=anchors, smooth=True,
+                                                            params=SmoothingParams(measurement_noise_px=noise))[0]
     unanchored = measure_flow(frames, raw_xy, conf, t, None, flow_params=params)
     rows["+flow, no anchor"] = fuse_keypoints(raw_xy, conf, t, unanchored, smooth=True)[0]
     rows["+flow, causal"] = fuse_keypoints(raw_xy, conf, t, flow, anchors=anchors, smooth=False)[0]
