@@ -666,11 +666,7 @@ def track_video(
         for batch in batches:
             decode_cpu = source.decode_cpu_seconds() or decode_cpu
             if batch.gap is not None:
-                gap = batch.gap
-                if all(g["start_time"] != round(gap.start_time, 3) for g in summary.gaps):
-                    summary.gaps.append({"start_time": round(gap.start_time, 3),
-                                         "end_time": round(gap.end_time, 3),
-                                         "duration_s": round(gap.duration, 3), "reason": gap.reason})
+                gap = batch.gap  # recorded in the summary from the source's outages (_update_counts)
                 logger.warning("stream gap of %.1f s (%s)", gap.duration, gap.reason)
                 engine.reset_stream()  # the frames after a gap do not follow the ones before
                 continue
@@ -691,7 +687,7 @@ def track_video(
                 elapsed = time.perf_counter() - t_start
                 logger.info("%d frames processed (%.1f fps), %d dropped, %d decode errors, %d gaps",
                             summary.stages["inference"].frames, summary.stages["inference"].frames / elapsed,
-                            source.stats.frames_dropped, source.stats.decode_errors, len(summary.gaps))
+                            source.stats.frames_dropped, source.stats.decode_errors, source.stats.gaps)
     except KeyboardInterrupt:
         keyboard_interrupt = True
         halt.set()
@@ -747,11 +743,10 @@ def _update_counts(summary: RunSummary, stats, batch_stats: BatchStats, crops=No
     summary.truncated = stats.truncated
     summary.reconnects = stats.reconnects
     summary.waiting_for_frames_s = batch_stats.waiting_s
-    seen = {round(g["start_time"], 3) for g in summary.gaps}
-    for gap in getattr(stats, "outages", []):  # outages the run ended in, or whose marker was never taken
-        if round(gap.start_time, 3) not in seen:
-            summary.gaps.append({"start_time": round(gap.start_time, 3), "end_time": round(gap.end_time, 3),
-                                 "duration_s": round(gap.duration, 3), "reason": gap.reason})
+    # the source's list of outages is the one record of gaps: also one the run ended in, or whose gap marker the
+    # run never took from the queue
+    summary.gaps = [{"start_time": round(gap.start_time, 3), "end_time": round(gap.end_time, 3),
+                     "duration_s": round(gap.duration, 3), "reason": gap.reason} for gap in stats.outages]
     if crops is not None:
         summary.crops = crops.stats.to_dict()
 

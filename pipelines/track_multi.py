@@ -228,10 +228,7 @@ def track_video_multi(
     batches = iter_batches(source, batch_size, fill=not info.is_live, stop_event=halt, stats=batch_stats)
     try:
         for batch in batches:
-            if batch.gap is not None:
-                gap = batch.gap
-                summary.gaps.append({"start_time": round(gap.start_time, 3), "end_time": round(gap.end_time, 3),
-                                     "duration_s": round(gap.duration, 3), "reason": gap.reason})
+            if batch.gap is not None:  # recorded from the source's outages at the end (_update_counts)
                 continue
             t0 = time.perf_counter()
             found = engine.predict_animals(np.stack([f.image for f in batch.frames]), n_max, exact=exact,
