@@ -113,13 +113,15 @@ QUICK_ADAPT = dict(steps=40, fg_steps=10, views_per_frame=4)  # --quick: ~4x che
 
 
 def engine_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, quick: bool = False,
-               crop_views: int = 0):
+               crop_views: int = 0, validate: bool = False):
     """Adapt (or load the cached) tiny engine on the clip's first ``n_support`` labelled frames (with
-    ``crop_views`` crop views per frame, `engine.crop_views`)."""
+    ``crop_views`` crop views per frame, `engine.crop_views`; with ``validate``, as ``ppmtrack adapt`` does by
+    default: held-out validation choosing the learning rate and step count, `engine.validate`)."""
     from ppmtrack.engine import AdaptConfig, Engine
+    from ppmtrack.engine.validate import ValidationConfig
 
-    path = cache / f"{clip.name}_s{n_support}{_views_suffix(crop_views)}.engine"
-    if clip.name == "sample" and n_support == 4 and not crop_views and not path.is_file():
+    path = cache / f"{clip.name}_s{n_support}{_views_suffix(crop_views, validate)}.engine"
+    if clip.name == "sample" and n_support == 4 and not crop_views and not validate and not path.is_file():
         shared = ROOT.parent / "helpers" / "sample.engine"
         if shared.is_file():
             return Engine.load(shared)
@@ -128,20 +130,21 @@ def engine_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, quic
     t0 = time.perf_counter()
     config = AdaptConfig(**QUICK_ADAPT) if quick else AdaptConfig()
     config.crop.views_per_frame = crop_views
-    engine = Engine.adapt(support_of(clip, frames, clip.support_sets[n_support]), model="tiny", config=config)
+    engine = Engine.adapt(support_of(clip, frames, clip.support_sets[n_support]), model="tiny", config=config,
+                          validation=ValidationConfig() if validate else None)
     engine.save(path)
     print(f"  adapted {path.name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return engine
 
 
 def detections_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, batch: int = 8,
-                   quick: bool = False, crop_views: int = 0):
+                   quick: bool = False, crop_views: int = 0, validate: bool = False):
     """(T, K, 2) raw detections and (T, K) confidences of the engine on every frame (cached)."""
-    path = cache / f"{clip.name}_s{n_support}{_views_suffix(crop_views)}.detections.npz"
+    path = cache / f"{clip.name}_s{n_support}{_views_suffix(crop_views, validate)}.detections.npz"
     if path.is_file():
         d = np.load(path)
         return d["xy"][:len(frames)], d["confidence"][:len(frames)]
-    engine = engine_for(clip, frames, n_support, cache, quick, crop_views)
+    engine = engine_for(clip, frames, n_support, cache, quick, crop_views, validate)
     xy, conf = [], []
     t0 = time.perf_counter()
     for i in range(0, len(frames), batch):
@@ -155,19 +158,19 @@ def detections_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, 
 
 
 def crop_detections_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, batch: int = 8,
-                        quick: bool = False, crop_views: int = 0):
+                        quick: bool = False, crop_views: int = 0, validate: bool = False):
     """(T, K, 2) detections and (T, K) confidences through animal-centred crops, the crop statistics and the
     inference ms/frame of that run (cached), with the engine of `engine_for`."""
     from ppmtrack.pipelines.crops import crop_policy_for, predict_with_crops
 
-    stem = f"{clip.name}_s{n_support}{_views_suffix(crop_views)}.crops"
+    stem = f"{clip.name}_s{n_support}{_views_suffix(crop_views, validate)}.crops"
     path = cache / f"{stem}.T{len(frames)}.npz"
     longer = [p for p in cache.glob(f"{stem}.T*.npz") if int(p.stem.rsplit(".T", 1)[1]) >= len(frames)]
     if longer:  # the policy is causal: the first frames of a longer run are this run
         d = np.load(longer[0])
         return (d["xy"][:len(frames)], d["confidence"][:len(frames)], json.loads(str(d["stats"])) | {"of_frames": int(
             longer[0].stem.rsplit(".T", 1)[1])}, float(d["ms"]))
-    engine = engine_for(clip, frames, n_support, cache, quick, crop_views)
+    engine = engine_for(clip, frames, n_support, cache, quick, crop_views, validate)
     policy = crop_policy_for(engine, "on")
     xy, conf = [], []
     t0 = time.perf_counter()
@@ -184,8 +187,17 @@ def crop_detections_for(clip: Clip, frames: np.ndarray, n_support: int, cache: P
     return xy, conf, stats, ms
 
 
-def _views_suffix(crop_views: int) -> str:
-    return f"_cv{crop_views}" if crop_views else ""
+def engine_info(path: Path) -> dict:
+    """The ``info`` of a cached engine file (validation, support sizes); {} when there is none."""
+    from ppmtrack.engine.engine_file import read_engine_file
+
+    if not path.is_file():
+        return {}
+    return read_engine_file(path)[1].get("info", {})
+
+
+def _views_suffix(crop_views: int, validate: bool = False) -> str:
+    return (f"_cv{crop_views}" if crop_views else "") + ("_val" if validate else "")
 
 
 def pck(clip: Clip, xy: np.ndarray, query: np.ndarray, alpha: float) -> float:
@@ -214,6 +226,9 @@ def main(argv=None) -> int:
     parser.add_argument("--detection-noise", type=float, action="append", dest="detection_noise", metavar="PX",
                         help="also score +flow with this detection noise (SmoothingParams.measurement_noise_px, "
                              "the standard deviation of a detection at confidence 1; default 2 px); repeatable")
+    parser.add_argument("--validate", action="store_true",
+                        help="adapt as `ppmtrack adapt` does by default: held-out validation chooses the learning "
+                             "rate and step count and measures the engine's accuracy (own cache names)")
     parser.add_argument("--quick", action="store_true",
                         help=f"adapt with {QUICK_ADAPT} instead of the defaults (use a separate --cache)")
     args = parser.parse_args(argv)
@@ -234,17 +249,20 @@ def main(argv=None) -> int:
         for n in sizes + ([4] if name == "sample" else []):
             if n not in clip.support_sets:
                 continue
-            if args.cached_only and not (cache / f"{clip.name}_s{n}{_views_suffix(args.crop_views)}.detections.npz"
-                                         ).is_file():
+            suffix = _views_suffix(args.crop_views, args.validate)
+            if args.cached_only and not (cache / f"{clip.name}_s{n}{suffix}.detections.npz").is_file():
                 continue
             if args.frames:  # adapt on the support frames even where they lie beyond the span (cached engine)
-                engine_for(clip, all_frames, n, cache, args.quick, args.crop_views)
-            raw_xy, conf = detections_for(clip, frames, n, cache, quick=args.quick, crop_views=args.crop_views)
-            cropped = crop_detections_for(clip, frames, n, cache, quick=args.quick, crop_views=args.crop_views) \
-                if args.crops else None
+                engine_for(clip, all_frames, n, cache, args.quick, args.crop_views, args.validate)
+            raw_xy, conf = detections_for(clip, frames, n, cache, quick=args.quick, crop_views=args.crop_views,
+                                          validate=args.validate)
+            cropped = crop_detections_for(clip, frames, n, cache, quick=args.quick, crop_views=args.crop_views,
+                                          validate=args.validate) if args.crops else None
             if args.detect_only:
                 continue
-            rows.append(score_variants(clip, frames, fps, n, raw_xy, conf, cropped, args.detection_noise or ()))
+            info = engine_info(cache / f"{clip.name}_s{n}{suffix}.engine")
+            rows.append(score_variants(clip, frames, fps, n, raw_xy, conf, cropped, args.detection_noise or (),
+                                       info))
             print(format_row(rows[-1]), flush=True)
     if rows:
         print(format_table(rows))
@@ -254,9 +272,12 @@ def main(argv=None) -> int:
 
 
 def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, raw_xy: np.ndarray,
-                   conf: np.ndarray, cropped=None, detection_noise=()) -> dict:
+                   conf: np.ndarray, cropped=None, detection_noise=(), info: dict | None = None) -> dict:
     """PCK of every variant on the query frames among ``frames``; ``cropped``: `crop_detections_for`'s result;
-    ``detection_noise``: extra ``+flow`` rows with these detection noises (px at confidence 1)."""
+    ``detection_noise``: extra ``+flow`` rows with these detection noises (px at confidence 1); ``info``: the
+    engine's info — with a validation record, ``+flow`` weighs the detections by its held-out errors as
+    ``ppmtrack track`` does (``--detection-noise auto``), and the row carries the validation's numbers."""
+    from ppmtrack.pipelines.detection_noise import resolve_detection_noise
     from ppmtrack.tracker import SmoothingParams, smooth_keypoints
     from ppmtrack.tracker.flow import FlowParams, track_points_flow
     from ppmtrack.tracker.fusion import Anchors, fuse_keypoints, measure_flow
@@ -274,6 +295,14 @@ def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, r
     flow = measure_flow(frames, raw_xy, conf, t, anchors, flow_params=params)
     flow_ms = 1000 * (time.perf_counter() - t0) / len(frames)
     rows["+flow"] = fuse_keypoints(raw_xy, conf, t, flow, anchors=anchors, smooth=True)[0]
+    auto, noise_record = resolve_detection_noise(info or {}, clip.names, SmoothingParams(), "auto",
+                                                 frames.shape[1:3])
+    if "why_not_validation" not in noise_record:  # what `ppmtrack track` does with a validated engine
+        auto_flow = measure_flow(frames, raw_xy, conf, t, anchors, params=auto, flow_params=params)
+        rows["+flow, auto noise"] = fuse_keypoints(raw_xy, conf, t, auto_flow, anchors=anchors, params=auto,
+                                                   smooth=True)[0]
+        rows["+flow, auto noise, causal"] = fuse_keypoints(raw_xy, conf, t, auto_flow, anchors=anchors,
+                                                           params=auto, smooth=False)[0]
     for noise in detection_noise:
         rows[f"+flow, noise {noise:g} px"] = fuse_keypoints(raw_xy, conf, t, flow, anchors=anchors, smooth=True,
                                                             params=SmoothingParams(measurement_noise_px=noise))[0]
@@ -283,6 +312,13 @@ def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, r
     rows["pure LK"] = track_points_flow(frames, support_frames[0], clip.label_xy[sup_rows[0]], params)
     result = {"clip": clip.name, "support": n_support, "query_frames": int(len(query)),
               "flow_ms_per_frame": round(flow_ms, 1)}
+    validation = (info or {}).get("validation") or {}
+    if "error_px" in validation:
+        result["validation"] = {"mode": validation["mode"], "pck@0.1": validation["pck@0.1"],
+                                "pck@0.2": validation["pck@0.2"], "error_px": round(validation["error_px"], 1),
+                                "chosen": validation["chosen"]}
+        result["detection_error_px"] = round(float(np.nanmean(np.linalg.norm(
+            raw_xy[clip.label_frames[query]] - clip.label_xy[query], axis=-1))), 1)
     if cropped is not None:
         crop_xy, crop_conf, stats, ms = cropped
         rows["+crops"] = smooth_keypoints(crop_xy, crop_conf, t)[0]
@@ -300,13 +336,24 @@ def format_row(r: dict) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    variants = [k for k, v in rows[0].items() if isinstance(v, dict) and 0.1 in v]
+    variants = list(dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, dict) and 0.1 in v))
     lines = [f"machine: {platform.node()} ({platform.processor() or platform.machine()}), tiny model, CPU",
              "", "| clip | support | query frames | " + " | ".join(f"{v} PCK@0.1 / @0.2" for v in variants) + " |",
              "|---|---|---|" + "---|" * len(variants)]
     for r in rows:
-        cells = " | ".join(f"{r[v][0.1]:.2f} / {r[v][0.2]:.2f}" for v in variants)
+        cells = " | ".join(f"{r[v][0.1]:.2f} / {r[v][0.2]:.2f}" if v in r else "–" for v in variants)
         lines.append(f"| {r['clip']} | {r['support']} | {r['query_frames']} | {cells} |")
+    validated = [r for r in rows if "validation" in r]
+    if validated:
+        lines += ["", "Does the validation predict the result? Held-out numbers `adapt` printed beside the detections"
+                  " on the video's query frames:", "",
+                  "| clip | support | validation | held-out PCK@0.1 / @0.2 | held-out error px | detection PCK@0.1 / "
+                  "@0.2 on the video | detection error px on the video |", "|---|---|---|---|---|---|---|"]
+        for r in validated:
+            v = r["validation"]
+            lines.append(f"| {r['clip']} | {r['support']} | {v['mode']} | {v['pck@0.1']:.2f} / {v['pck@0.2']:.2f} | "
+                         f"{v['error_px']:.1f} | {r['detection'][0.1]:.2f} / {r['detection'][0.2]:.2f} | "
+                         f"{r['detection_error_px']:.1f} |")
     return "\n".join(lines)
 
 

@@ -168,6 +168,8 @@ class Engine:
             "adaptation": {
                 "seconds": round(seconds, 2),
                 "support_frames": len(support.images),
+                # (height, width) of each support frame: validation errors are in these pixels
+                "support_image_sizes": [list(np.asarray(image).shape[:2]) for image in support.images],
                 "foreground_prompt": fg_source,
                 "views": int(len(views.latents)),
                 "foreground_loss": [fg_hist[0], fg_hist[-1]] if fg_hist else [],

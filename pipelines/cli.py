@@ -330,7 +330,8 @@ def _track_kwargs(args, formats: list[str]) -> dict:
     smoothing = None if args.min_confidence is None else SmoothingParams(min_confidence=args.min_confidence)
     return dict(batch_size=args.batch_size, start=args.start, stop=args.stop, stride=args.stride,
                 write_video=not args.no_video, output_formats=["csv", *formats], smoothing=smoothing,
-                smooth=args.smooth, flow=args.flow, drop_policy=args.drop_policy,
+                smooth=args.smooth, flow=args.flow, detection_noise=args.detection_noise,
+                drop_policy=args.drop_policy,
                 ffmpeg_options={"rtsp_transport": args.rtsp_transport} if args.rtsp_transport else None,
                 max_reconnect_s=args.max_reconnect_s, resume=args.resume, plots=args.plots,
                 with_raw=args.with_raw, subject_id=args.subject_id, species=args.species, crop=args.crop,
@@ -514,7 +515,8 @@ def _run_track_multi(args, item, engine, engine_path, out_dir, formats, stop_eve
             item.spec, engine, out_dir, stem=item.stem, animals=args.animals, max_animals=args.max_animals,
             batch_size=args.batch_size, start=args.start, stop=args.stop, stride=args.stride,
             write_video=not args.no_video, output_formats=["csv", *formats], smoothing=smoothing,
-            identity=identity, progress=not args.quiet, stop_event=stop_event, engine_path=engine_path,
+            detection_noise=args.detection_noise, identity=identity, progress=not args.quiet,
+            stop_event=stop_event, engine_path=engine_path,
             species=args.species, crops=args.animal_crops, overwrite=args.overwrite,
         )
     print(summary.describe())
@@ -936,6 +938,11 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--flow", choices=FLOW_MODES, default="auto",
                        help="optical flow between frames fused with the detections in the keypoint filter "
                             "(docs/smoothing.md); auto: on (Lucas-Kanade), off: detections only")
+    track.add_argument("--detection-noise", type=_detection_noise, default="auto", dest="detection_noise",
+                       metavar="auto|PX",
+                       help="how far the keypoint filter trusts the engine's detections, as their error in pixels at "
+                            "confidence 1; auto: each keypoint's held-out error that 'adapt' measured (printed by "
+                            "'ppmtrack info ENGINE'), 2 px for an engine adapted without validation")
     track.add_argument("--crop", choices=CROP_MODES, default="auto",
                        help="on: once the animal is found, the engine sees a square crop around where it is "
                             "expected (it fills the engine's input), and the whole frame again when the animal is "
@@ -1086,6 +1093,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     Anything else is a bug in ppmtrack or a library and shows its traceback."""
     return (PpmtrackError,)
+
+
+def _detection_noise(text: str):
+    from ppmtrack.pipelines.detection_noise import parse_detection_noise
+
+    try:
+        return parse_detection_noise(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _fraction(text: str) -> float:

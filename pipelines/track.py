@@ -27,6 +27,7 @@ from ppmtrack.engine.errors import MissingExtraError, PpmtrackError, UsageError
 from ppmtrack.pipelines.anchors import anchors_for_source, matching_anchor
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.crops import crop_policy_for, crop_settings, predict_with_crops
+from ppmtrack.pipelines.detection_noise import resolve_detection_noise
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
 from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
@@ -424,6 +425,7 @@ def track_video(
     smoothing: SmoothingParams | None = None,
     smooth: str = "auto",
     flow: str = "auto",
+    detection_noise: str | float = "auto",
     crop: str = "auto",
     crop_size: int | None = None,
     live: bool | None = None,
@@ -480,6 +482,11 @@ def track_video(
         "auto": fuse Lucas-Kanade optical flow between consecutive frames with the detections (and anchor the
         engine's support frames when they lie in this video, see :mod:`pipelines.anchors`); "off": detections
         only. See docs/smoothing.md.
+    detection_noise
+        How far the filter trusts a detection: its noise in pixels at confidence 1. "auto": each keypoint's
+        held-out error measured when the engine was adapted (``info["validation"]``, scaled to this video's
+        pixels), or ``smoothing.measurement_noise_px`` when the engine has no validation; a number: that many
+        pixels. The summary's ``settings.detection_noise`` says which (:mod:`pipelines.detection_noise`).
     crop, crop_size
         "on": the engine sees square crops around where the animal is expected (resized to ``crop_size``,
         default the engine's resolution), with a whole-frame pass when it is lost (:mod:`pipelines.crops`);
@@ -584,6 +591,12 @@ def track_video(
                              ffmpeg_options=ffmpeg_options, max_reconnect_s=max_reconnect_s)
     info = source.info
     is_live = info.is_live
+    try:
+        params, noise_record = resolve_detection_noise(getattr(engine, "info", {}), list(engine.names), params,
+                                                       detection_noise, (info.height, info.width))
+    except BaseException:
+        source.close()
+        raise
     if not resume:
         try:
             check_selection(start, stop, stride, None if is_live else info.n_frames)
@@ -611,7 +624,7 @@ def track_video(
                 "keypoints": list(engine.names), "resolution": engine.resolution,
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "smooth": "rts" if final_rts else "causal",
-                  "flow": "off" if flow == "off" else "lk",
+                  "flow": "off" if flow == "off" else "lk", "detection_noise": noise_record,
                   "crop": crop_settings(engine, crop, crops),
                   "smoothing": dataclasses.asdict(params), "output_formats": ["csv", *extra_formats],
                   "write_video": write_video, "video_style": video_style if write_video else None,

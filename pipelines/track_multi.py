@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
+from ppmtrack.pipelines.detection_noise import resolve_detection_noise
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, write_multi_tracks_csv
 from ppmtrack.pipelines.io.video import PALETTE, AnnotatedVideoWriter
 from ppmtrack.pipelines.outputs import engine_identity, input_identity, prepare_output_set
@@ -111,6 +112,7 @@ def track_video_multi(
     write_video: bool = True,
     output_formats=("csv",),
     smoothing: SmoothingParams | None = None,
+    detection_noise: str | float = "auto",
     identity: IdentityParams | None = None,
     foreground_threshold: float = 0.5,
     crops: bool = False,
@@ -139,6 +141,8 @@ def track_video_multi(
         :func:`pipelines.io.nwb.write_nwb_multi`).
     smoothing
         Each identity's keypoint filter (``min_confidence`` also decides which keypoints count for identity).
+    detection_noise
+        "auto" (the engine's held-out error per keypoint) or pixels, as for :func:`pipelines.track.track_video`.
     identity
         Identity assignment parameters; ``max_animals`` and ``fixed_count`` are set from ``animals``.
     species
@@ -176,6 +180,12 @@ def track_video_multi(
     source = open_source(source_spec, start=start, stop=stop, stride=stride, queue_size=max(8, batch_size),
                          stop_event=halt)
     info = source.info
+    try:
+        params, noise_record = resolve_detection_noise(getattr(engine, "info", {}), list(engine.names), params,
+                                                       detection_noise, (info.height, info.width))
+    except BaseException:
+        source.close()
+        raise
     try:  # the same output-set rules as one animal: inputs never replaced, results never silently overwritten
         paths = prepare_output_set(source_spec, out_dir, stem=stem, write_video=write_video, identity=identity,
                                    overwrite=overwrite).paths()
@@ -194,6 +204,7 @@ def track_video_multi(
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "animals": "auto" if count is None else count, "max_animals": n_max,
                   "smooth": "causal" if info.is_live else "rts", "smoothing": dataclasses.asdict(params),
+                  "detection_noise": noise_record,
                   "identity": dataclasses.asdict(id_params), "foreground_threshold": foreground_threshold,
                   "crops": bool(crops),
                   "output_formats": ["csv", *extra], "write_video": write_video},

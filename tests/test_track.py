@@ -143,3 +143,27 @@ def test_batches_split_where_the_frame_size_changes():
     sizes = [[f.image.shape for f in b.frames] for b in iter_batches(items, 8, fill=True,
                                                                       stop_event=threading.Event())]
     assert [len(s) for s in sizes] == [3, 2] and all(len(set(s)) == 1 for s in sizes)
+
+
+def test_detection_noise_follows_the_engines_validation_and_is_recorded(engine, tmp_path):
+    import copy
+
+    plain = track_video(SAMPLES / "sample.mp4", engine, tmp_path / "plain", stop=6, write_video=False,
+                        progress=False)
+    record = plain.settings["detection_noise"]
+    assert record["px"] == 2.0 and "without held-out validation" in record["why_not_validation"]
+    assert plain.settings["smoothing"]["measurement_noise_px"] == 2.0
+
+    validated = copy.copy(engine)  # the same prompts, with a validation record as `ppmtrack adapt` writes
+    errors = {name: 5.0 + i for i, name in enumerate(engine.names)}
+    validated.info = {**engine.info, "validation": {"mode": "leave-one-frame-out", "error_px": 9.0,
+                                                    "error_px_per_keypoint": errors}}
+    assert engine.info["adaptation"]["support_image_sizes"][0] == [240, 320]  # the sample's frames: scale 1
+    summary = track_video(SAMPLES / "sample.mp4", validated, tmp_path / "validated", stop=6, write_video=False,
+                          progress=False)
+    saved = json.loads(Path(summary.outputs["summary"]).read_text())["settings"]
+    assert saved["detection_noise"]["px"] == errors and saved["detection_noise"]["scale"] == 1.0
+    assert saved["smoothing"]["measurement_noise_px"] == list(errors.values())
+    given = track_video(SAMPLES / "sample.mp4", validated, tmp_path / "given", stop=6, write_video=False,
+                        progress=False, detection_noise=7.5)
+    assert given.settings["detection_noise"] == {"source": "given", "px": 7.5}

@@ -6,11 +6,11 @@ that optical flow — a *relative* measurement, ``position(t) - position(t-1)`` 
 Three kinds of measurement update it:
 
 - a **detection** (the engine's keypoint): an absolute position whose noise is
-  ``measurement_noise_px / confidence``; used when its confidence is at least ``min_confidence``. Where the
-  flow was used in the same frame, a detection far from the filter's prediction (squared Mahalanobis
-  distance ``d²`` above ``detection_gate``) counts as a likely outlier: its innovation variance is scaled
-  by ``(d² / detection_gate)²`` (a redescending robust update: the pull of a detection falls with its
-  distance beyond the gate), so wild detections barely move the track while detections that keep
+  ``measurement_noise_px / confidence`` (one value, or one per keypoint); used when its confidence is at least
+  ``min_confidence``. Where the flow was used in the same frame, a detection far from the filter's prediction
+  (squared Mahalanobis distance ``d²`` above ``detection_gate``) counts as a likely outlier: its innovation
+  variance is scaled by ``(d² / detection_gate)²`` (a redescending robust update: the pull of a detection falls
+  with its distance beyond the gate), so wild detections barely move the track while detections that keep
   disagreeing still pull a drifting flow track back;
 - **flow** (:mod:`tracker.flow`): the displacement since the previous frame, with noise
   ``flow_noise_px + forward-backward error``; used when that error is at most ``max_flow_error_px``;
@@ -114,7 +114,7 @@ def frame_measurements(raw_xy: np.ndarray, confidence: np.ndarray, params, flow_
     confidence = np.asarray(confidence, dtype=np.float64)
     used = measured_mask(raw_xy, confidence, params.min_confidence)
     with np.errstate(divide="ignore", invalid="ignore"):
-        detection_var = np.where(used, (params.measurement_noise_px / confidence) ** 2, np.inf)
+        detection_var = np.where(used, (params.detection_noise(confidence.shape[-1]) / confidence) ** 2, np.inf)
     if flow_displacement is None:
         flow_displacement = np.full(raw_xy.shape, np.nan)
         flow_var = np.full(confidence.shape, np.inf)

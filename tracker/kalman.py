@@ -35,11 +35,13 @@ class SmoothingParams:
         Measurements with a lower confidence (or NaN confidence or position)
         are ignored: the keypoint counts as occluded and its position is
         predicted from the motion model.
-    measurement_noise_px : float, default 2.0
+    measurement_noise_px : float or tuple of float, default 2.0
         Standard deviation, in pixels, of a measurement with confidence 1. A
         measurement with confidence ``c`` gets ``measurement_noise_px / c``,
         so a confidence-0.2 measurement counts as 5 times noisier (25 times
-        less weight).
+        less weight). A tuple gives one value per keypoint (K values), e.g.
+        each keypoint's held-out error measured when the engine was adapted
+        (``ppmtrack track --detection-noise auto``, the default there).
     process_noise : float, default 500.0
         Strength of the random acceleration, as the square root of its
         spectral density, in px / s^1.5: over a frame interval ``dt`` the
@@ -70,7 +72,7 @@ class SmoothingParams:
     """
 
     min_confidence: float = 0.2
-    measurement_noise_px: float = 2.0
+    measurement_noise_px: float | tuple[float, ...] = 2.0
     process_noise: float = 500.0
     max_occluded_s: float = 1.0
     initial_speed_px_s: float = 300.0
@@ -82,11 +84,27 @@ class SmoothingParams:
     def __post_init__(self):
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must lie in [0, 1], got {self.min_confidence}.")
+        noise = self.measurement_noise_px
+        if not np.isscalar(noise):
+            values = np.asarray(noise, dtype=np.float64)
+            if values.ndim != 1 or len(values) == 0 or not (np.isfinite(values).all() and (values > 0).all()):
+                raise ValueError(f"measurement_noise_px must be a positive finite number or one per keypoint, "
+                                 f"got {noise!r}.")
+            object.__setattr__(self, "measurement_noise_px", tuple(float(v) for v in values))
         for name in ("measurement_noise_px", "process_noise", "max_occluded_s", "initial_speed_px_s",
                      "flow_noise_px", "max_flow_error_px", "anchor_noise_px", "detection_gate"):
             value = getattr(self, name)
+            if name == "measurement_noise_px" and isinstance(value, tuple):
+                continue
             if not (np.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value}.")
+
+    def detection_noise(self, n_keypoints: int) -> np.ndarray:
+        """(K,) the standard deviation of a confidence-1 detection of each keypoint, in pixels."""
+        noise = np.asarray(self.measurement_noise_px, dtype=np.float64)
+        if noise.ndim and len(noise) != n_keypoints:
+            raise ValueError(f"measurement_noise_px has {len(noise)} values for {n_keypoints} keypoints.")
+        return np.broadcast_to(noise, (n_keypoints,))
 
 
 def transition_matrices(dt: np.ndarray | float) -> np.ndarray:
@@ -159,7 +177,8 @@ def measurement_covariances(confidence: np.ndarray | float, params: SmoothingPar
     np.ndarray
         (..., 2, 2) covariances ``R`` in px².
     """
-    noise_px = params.measurement_noise_px / np.asarray(confidence, dtype=np.float64)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    noise_px = np.asarray(params.measurement_noise_px, dtype=np.float64) / confidence
     return noise_px[..., None, None] ** 2 * np.eye(2)
 
 
