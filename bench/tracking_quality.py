@@ -4,18 +4,22 @@ For each clip and support size (the first 1 or 3 labelled frames; 4 on the sampl
 engine is adapted on the support frames (cached), the engine's detections on every frame are computed once
 (cached), and the variants are scored on the *query* frames (labelled frames that are not support frames):
 
-- ``detection``: today's tracker (detections + constant-velocity RTS smoothing);
-- ``+flow``: detections fused with pyramidal Lucas-Kanade flow in the Kalman filter (:mod:`tracker.fusion`),
-  anchored at the support frames that lie in the video, RTS pass;
-- ``+crops`` / ``+crops+flow``: the same two with the detections made through animal-centred crops
-  (:mod:`pipelines.crops`, run causally in batches of 8 as ``ppmtrack track --crop auto`` does);
-- ``pure LK``: Lucas-Kanade flow chained from the first support frame (forward and backward), no detections.
+- ``detection``: detections + constant-velocity RTS smoothing (``ppmtrack track --flow off``);
+- ``+flow``: what ``ppmtrack track`` does by default: detections fused with pyramidal Lucas-Kanade flow in the
+  Kalman filter (:mod:`tracker.fusion`), anchored at the support frames that lie in the video, RTS pass, each
+  keypoint's detection noise from the engine's held-out validation (``--detection-noise auto``);
+  ``+flow, causal``: the same without the RTS pass (what a live stream gets); ``+flow, no anchor``: the support
+  frames not in the video;
+- ``+crops`` / ``+crops+flow``: the same with the detections made through animal-centred crops
+  (:mod:`pipelines.crops`, run causally in batches of 8 as ``ppmtrack track --crop on`` does);
+- ``pure LK``: Lucas-Kanade flow chained from the first support frame (forward and backward), no detections,
+  no filter, with the tracker's flow settings (and with the 21-px window used before).
 
 Scoring: BADJA clips use the BADJA protocol (correct when the error is at most α·√(silhouette area)); the sample
 and the DLC clip use ppmtrack's own (α·max(w, h) of the frame's labelled keypoints, ``pipelines.evaluate``).
 
     python bench/tracking_quality.py [--clips sample,camel,cows,reaching] [--support 1,3] [--cache DIR]
-                                     [--crops] [--crop-views N] [--frames N]
+                                     [--validate] [--crops] [--crop-views N] [--frames N]
 
 Needs ../shared/data (skipped clip by clip when absent). CPU: adapting one engine takes ~1 min, detecting
 ~0.5 s per frame with the tiny model at 256².
@@ -274,9 +278,10 @@ def main(argv=None) -> int:
 def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, raw_xy: np.ndarray,
                    conf: np.ndarray, cropped=None, detection_noise=(), info: dict | None = None) -> dict:
     """PCK of every variant on the query frames among ``frames``; ``cropped``: `crop_detections_for`'s result;
-    ``detection_noise``: extra ``+flow`` rows with these detection noises (px at confidence 1); ``info``: the
-    engine's info — with a validation record, ``+flow`` weighs the detections by its held-out errors as
-    ``ppmtrack track`` does (``--detection-noise auto``), and the row carries the validation's numbers."""
+    ``detection_noise``: extra ``+flow`` rows with these fixed detection noises (px at confidence 1); ``info``:
+    the engine's info — with a validation record, the flow variants weigh the detections by its held-out errors
+    as ``ppmtrack track`` does (``--detection-noise auto``; without one, 2 px), and the row carries the
+    validation's numbers."""
     from ppmtrack.pipelines.detection_noise import resolve_detection_noise
     from ppmtrack.tracker import SmoothingParams, smooth_keypoints
     from ppmtrack.tracker.flow import FlowParams, track_points_flow
@@ -291,25 +296,23 @@ def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, r
     sup_rows = [int(np.flatnonzero(clip.label_frames == f)[0]) for f in support_frames]
     anchors = Anchors(frame=np.array(support_frames), xy=clip.label_xy[sup_rows])
     params = FlowParams()
+    # what `ppmtrack track` does: the engine's held-out errors as detection noise (--detection-noise auto)
+    auto, _ = resolve_detection_noise(info or {}, clip.names, SmoothingParams(), "auto", frames.shape[1:3])
     t0 = time.perf_counter()
-    flow = measure_flow(frames, raw_xy, conf, t, anchors, flow_params=params)
+    flow = measure_flow(frames, raw_xy, conf, t, anchors, params=auto, flow_params=params)
     flow_ms = 1000 * (time.perf_counter() - t0) / len(frames)
-    rows["+flow"] = fuse_keypoints(raw_xy, conf, t, flow, anchors=anchors, smooth=True)[0]
-    auto, noise_record = resolve_detection_noise(info or {}, clip.names, SmoothingParams(), "auto",
-                                                 frames.shape[1:3])
-    if "why_not_validation" not in noise_record:  # what `ppmtrack track` does with a validated engine
-        auto_flow = measure_flow(frames, raw_xy, conf, t, anchors, params=auto, flow_params=params)
-        rows["+flow, auto noise"] = fuse_keypoints(raw_xy, conf, t, auto_flow, anchors=anchors, params=auto,
-                                                   smooth=True)[0]
-        rows["+flow, auto noise, causal"] = fuse_keypoints(raw_xy, conf, t, auto_flow, anchors=anchors,
-                                                           params=auto, smooth=False)[0]
+    rows["+flow"] = fuse_keypoints(raw_xy, conf, t, flow, anchors=anchors, params=auto, smooth=True)[0]
+    rows["+flow, causal"] = fuse_keypoints(raw_xy, conf, t, flow, anchors=anchors, params=auto, smooth=False)[0]
+    unanchored = measure_flow(frames, raw_xy, conf, t, None, params=auto, flow_params=params)
+    rows["+flow, no anchor"] = fuse_keypoints(raw_xy, conf, t, unanchored, params=auto, smooth=True)[0]
     for noise in detection_noise:
-        rows[f"+flow, noise {noise:g} px"] = fuse_keypoints(raw_xy, conf, t, flow, anchors=anchors, smooth=True,
-                                                            params=SmoothingParams(measurement_noise_px=noise))[0]
-    unanchored = measure_flow(frames, raw_xy, conf, t, None, flow_params=params)
-    rows["+flow, no anchor"] = fuse_keypoints(raw_xy, conf, t, unanchored, smooth=True)[0]
-    rows["+flow, causal"] = fuse_keypoints(raw_xy, conf, t, flow, anchors=anchors, smooth=False)[0]
+        fixed = SmoothingParams(measurement_noise_px=noise)
+        fixed_flow = measure_flow(frames, raw_xy, conf, t, anchors, params=fixed, flow_params=params)
+        rows[f"+flow, noise {noise:g} px"] = fuse_keypoints(raw_xy, conf, t, fixed_flow, anchors=anchors,
+                                                            params=fixed, smooth=True)[0]
     rows["pure LK"] = track_points_flow(frames, support_frames[0], clip.label_xy[sup_rows[0]], params)
+    wide = FlowParams(window_px=21)  # the window before it was chosen on these clips
+    rows["pure LK, 21 px window"] = track_points_flow(frames, support_frames[0], clip.label_xy[sup_rows[0]], wide)
     result = {"clip": clip.name, "support": n_support, "query_frames": int(len(query)),
               "flow_ms_per_frame": round(flow_ms, 1)}
     validation = (info or {}).get("validation") or {}
@@ -322,8 +325,9 @@ def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, r
     if cropped is not None:
         crop_xy, crop_conf, stats, ms = cropped
         rows["+crops"] = smooth_keypoints(crop_xy, crop_conf, t)[0]
-        crop_flow = measure_flow(frames, crop_xy, crop_conf, t, anchors, flow_params=params)
-        rows["+crops+flow"] = fuse_keypoints(crop_xy, crop_conf, t, crop_flow, anchors=anchors, smooth=True)[0]
+        crop_flow = measure_flow(frames, crop_xy, crop_conf, t, anchors, params=auto, flow_params=params)
+        rows["+crops+flow"] = fuse_keypoints(crop_xy, crop_conf, t, crop_flow, anchors=anchors, params=auto,
+                                             smooth=True)[0]
         result.update(crop_stats=stats, crop_inference_ms_per_frame=round(ms, 1))
     for variant, pos in rows.items():
         result[variant] = {a: round(pck(clip, pos, query, a), 3) for a in (0.1, 0.2)}

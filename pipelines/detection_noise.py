@@ -95,3 +95,15 @@ def _support_to_video_scale(engine_info: dict, frame_size: tuple[int, int] | Non
     support_side = float(np.median([math.sqrt(h * w) for h, w in sizes]))
     video_side = math.sqrt(frame_size[0] * frame_size[1])
     return video_side / support_side if support_side > 0 else 1.0
+
+
+def describe_detection_noise(record: dict) -> str:
+    """One line on how far detections are trusted, for the run's log."""
+    px = record["px"]
+    if isinstance(px, dict):
+        values = sorted(px.values())
+        return (f"detections trusted to their held-out error: {values[0]:.0f}–{values[-1]:.0f} px per keypoint "
+                f"(median {float(np.median(values)):.0f} px; {record['validation_mode']})")
+    if record["source"] == "given":
+        return f"detection noise {px:g} px (given)"
+    return f"detection noise {px} px: {record['why_not_validation']}"

@@ -27,7 +27,7 @@ from ppmtrack.engine.errors import MissingExtraError, PpmtrackError, UsageError
 from ppmtrack.pipelines.anchors import anchors_for_source, matching_anchor
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.crops import crop_policy_for, crop_settings, predict_with_crops
-from ppmtrack.pipelines.detection_noise import resolve_detection_noise
+from ppmtrack.pipelines.detection_noise import describe_detection_noise, resolve_detection_noise
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
 from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
@@ -597,6 +597,7 @@ def track_video(
     except BaseException:
         source.close()
         raise
+    logger.info(describe_detection_noise(noise_record))
     if not resume:
         try:
             check_selection(start, stop, stride, None if is_live else info.n_frames)

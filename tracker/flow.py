@@ -33,8 +33,11 @@ class FlowParams:
     ----------
     method : {"lk", "dis"}, default "lk"
         Optical-flow method (see the module docstring).
-    window_px : int, default 21
-        Side of the Lucas-Kanade integration window, in (downscaled) pixels.
+    window_px : int, default 13
+        Side of the Lucas-Kanade integration window, in (downscaled) pixels. Smaller windows follow a
+        keypoint's own texture rather than the background's and flag more of their failures by the
+        forward-backward check; 13 was best for the fused tracker among 9-21 on the sample and the BADJA clips
+        (docs/performance.md).
     pyramid_levels : int, default 3
         Pyramid levels above the full resolution (LK): motion up to about ``window_px * 2**levels / 2``
         pixels per frame is found.
@@ -43,7 +46,7 @@ class FlowParams:
     """
 
     method: str = "lk"
-    window_px: int = 21
+    window_px: int = 13
     pyramid_levels: int = 3
     max_side: int = 640
 

@@ -11,7 +11,9 @@ Three kinds of measurement update it:
   (squared Mahalanobis distance ``d²`` above ``detection_gate``) counts as a likely outlier: its innovation
   variance is scaled by ``(d² / detection_gate)²`` (a redescending robust update: the pull of a detection falls
   with its distance beyond the gate), so wild detections barely move the track while detections that keep
-  disagreeing still pull a drifting flow track back;
+  disagreeing still pull a drifting flow track back. Beside the flow, a detection's variance is also
+  multiplied by ``detection_correlation_s / dt``: an engine's error persists from frame to frame, so its
+  detections count as one independent measurement per that time, not one per frame;
 - **flow** (:mod:`tracker.flow`): the displacement since the previous frame, with noise
   ``flow_noise_px + forward-backward error``; used when that error is at most ``max_flow_error_px``;
 - an **anchor**: a known position (a support frame that lies in the tracked video), noise ``anchor_noise_px``,
@@ -198,6 +200,10 @@ class KeypointFilter:
             self._update(True, self.mean[0] - self.mean[2], m.flow_displacement, flow_var, flow_used)
         z, var = m.position_xy, m.position_var
         used = var < np.inf
+        if any_flow and p.detection_correlation_s > dt > 0:
+            # beside the flow, a detection's error persists over detection_correlation_s: one independent
+            # detection per that time, not per frame
+            var = np.where(flow_used & ~m.anchored, var * (p.detection_correlation_s / dt), var)
         if any_flow:
             gate = flow_used & used & ~m.anchored
             if gate.any():

@@ -69,6 +69,12 @@ class SmoothingParams:
         ``d²`` from the filter's estimate exceeds this (16: 4 standard
         deviations) is down-weighted: its innovation variance is scaled by
         ``(d² / detection_gate)²`` (see :mod:`tracker.fusion`).
+    detection_correlation_s : float, default 1.0
+        How long a detection's error persists, in seconds. An engine that is wrong about a keypoint stays wrong
+        in the frames that follow (the same pose, the same mistake), so beside the flow, detections count as one
+        independent measurement per this time, not one per frame: their variance is multiplied by
+        ``detection_correlation_s / dt``. Without it, a detection bias of tens of pixels slowly pulls an
+        accurate flow track off over a hundred frames (docs/smoothing.md). 0: every frame independent.
     """
 
     min_confidence: float = 0.2
@@ -80,6 +86,7 @@ class SmoothingParams:
     max_flow_error_px: float = 2.0
     anchor_noise_px: float = 0.5
     detection_gate: float = 16.0
+    detection_correlation_s: float = 1.0
 
     def __post_init__(self):
         if not 0.0 <= self.min_confidence <= 1.0:
@@ -91,6 +98,9 @@ class SmoothingParams:
                 raise ValueError(f"measurement_noise_px must be a positive finite number or one per keypoint, "
                                  f"got {noise!r}.")
             object.__setattr__(self, "measurement_noise_px", tuple(float(v) for v in values))
+        if not (np.isfinite(self.detection_correlation_s) and self.detection_correlation_s >= 0):
+            raise ValueError(f"detection_correlation_s must be a finite number ≥ 0, got "
+                             f"{self.detection_correlation_s}.")
         for name in ("measurement_noise_px", "process_noise", "max_occluded_s", "initial_speed_px_s",
                      "flow_noise_px", "max_flow_error_px", "anchor_noise_px", "detection_gate"):
             value = getattr(self, name)
