@@ -36,6 +36,17 @@ def parse_detection_noise(text: str) -> str | float:
     return value
 
 
+def detection_noise_mode(mode: str | float) -> str | float:
+    """``"auto"`` or the number of pixels; a clear error for anything else (checked before a run opens its
+    video)."""
+    if isinstance(mode, str):
+        return parse_detection_noise(mode)
+    value = float(mode)
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"detection noise must be a positive number of pixels, got {mode!r}")
+    return value
+
+
 def resolve_detection_noise(engine_info: dict, names: list[str], params, mode: str | float,
                             frame_size: tuple[int, int] | None):
     """The filter parameters with the detection noise this run uses, and the record of where it came from.
@@ -62,11 +73,9 @@ def resolve_detection_noise(engine_info: dict, names: list[str], params, mode: s
         ``source``, the noise per keypoint (``px``) and, for ``auto``, the scale and validation mode (stored in
         the run summary's settings).
     """
+    mode = detection_noise_mode(mode)
     if mode != DETECTION_NOISE_AUTO:
-        value = float(parse_detection_noise(mode) if isinstance(mode, str) else mode)
-        if not (math.isfinite(value) and value > 0):
-            raise UsageError(f"detection noise must be a positive number of pixels, got {mode!r}")
-        return dataclasses.replace(params, measurement_noise_px=value), {"source": "given", "px": value}
+        return dataclasses.replace(params, measurement_noise_px=mode), {"source": "given", "px": mode}
     validation = (engine_info or {}).get("validation") or {}
     overall = validation.get("error_px")
     if overall is None or not math.isfinite(float(overall)):

@@ -27,7 +27,11 @@ from ppmtrack.engine.errors import MissingExtraError, PpmtrackError, UsageError
 from ppmtrack.pipelines.anchors import anchors_for_source, matching_anchor
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.crops import crop_policy_for, crop_settings, predict_with_crops
-from ppmtrack.pipelines.detection_noise import describe_detection_noise, resolve_detection_noise
+from ppmtrack.pipelines.detection_noise import (
+    describe_detection_noise,
+    detection_noise_mode,
+    resolve_detection_noise,
+)
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
 from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
@@ -552,6 +556,7 @@ def track_video(
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     crops = crop_policy_for(engine, crop, crop_size)
+    detection_noise = detection_noise_mode(detection_noise)
     params = smoothing if smoothing is not None else SmoothingParams()
     check_selection(start, stop, stride)
     video_style = annotation_style(engine, None if smoothing is None else smoothing.min_confidence)
@@ -591,12 +596,8 @@ def track_video(
                              ffmpeg_options=ffmpeg_options, max_reconnect_s=max_reconnect_s)
     info = source.info
     is_live = info.is_live
-    try:
-        params, noise_record = resolve_detection_noise(getattr(engine, "info", {}), list(engine.names), params,
-                                                       detection_noise, (info.height, info.width))
-    except BaseException:
-        source.close()
-        raise
+    params, noise_record = resolve_detection_noise(getattr(engine, "info", {}), list(engine.names), params,
+                                                   detection_noise, (info.height, info.width))
     logger.info(describe_detection_noise(noise_record))
     if not resume:
         try:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
-from ppmtrack.pipelines.detection_noise import resolve_detection_noise
+from ppmtrack.pipelines.detection_noise import detection_noise_mode, resolve_detection_noise
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, write_multi_tracks_csv
 from ppmtrack.pipelines.io.video import PALETTE, AnnotatedVideoWriter
 from ppmtrack.pipelines.outputs import engine_identity, input_identity, prepare_output_set
@@ -170,6 +170,7 @@ def track_video_multi(
     if unsupported:
         raise ValueError(f"output format {unsupported[0]!r} is not written for several animals yet; "
                          f"choose among csv, {', '.join(MULTI_FORMATS)}")
+    detection_noise = detection_noise_mode(detection_noise)
     params = smoothing if smoothing is not None else SmoothingParams()
     id_params = dataclasses.replace(identity or IdentityParams(), max_animals=n_max, fixed_count=exact)
     out_dir = prepare_output_dir(out_dir)
@@ -180,12 +181,8 @@ def track_video_multi(
     source = open_source(source_spec, start=start, stop=stop, stride=stride, queue_size=max(8, batch_size),
                          stop_event=halt)
     info = source.info
-    try:
-        params, noise_record = resolve_detection_noise(getattr(engine, "info", {}), list(engine.names), params,
-                                                       detection_noise, (info.height, info.width))
-    except BaseException:
-        source.close()
-        raise
+    params, noise_record = resolve_detection_noise(getattr(engine, "info", {}), list(engine.names), params,
+                                                   detection_noise, (info.height, info.width))
     try:  # the same output-set rules as one animal: inputs never replaced, results never silently overwritten
         paths = prepare_output_set(source_spec, out_dir, stem=stem, write_video=write_video, identity=identity,
                                    overwrite=overwrite).paths()

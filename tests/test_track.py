@@ -167,3 +167,12 @@ def test_detection_noise_follows_the_engines_validation_and_is_recorded(engine, 
     given = track_video(SAMPLES / "sample.mp4", validated, tmp_path / "given", stop=6, write_video=False,
                         progress=False, detection_noise=7.5)
     assert given.settings["detection_noise"] == {"source": "given", "px": 7.5}
+
+
+def test_a_bad_detection_noise_is_refused_before_anything_is_written(engine, tmp_path):
+    from ppmtrack.engine.errors import UsageError
+
+    for bad in (-2.0, float("nan"), "lots"):
+        with pytest.raises(UsageError, match="detection noise must be"):
+            track_video(SAMPLES / "sample.mp4", engine, tmp_path / "out", detection_noise=bad, progress=False)
+    assert not (tmp_path / "out").exists()
