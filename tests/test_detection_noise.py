@@ -49,6 +49,12 @@ def test_auto_takes_each_keypoints_held_out_error_in_the_videos_pixels():
                                                 "(median 20 px; leave-one-frame-out)")
 
 
+def test_a_single_frame_estimate_is_doubled():
+    single = {"validation": {**VALIDATED["validation"], "mode": "held-out augmented views", "weaker": True}}
+    params, record = resolve_detection_noise(single, ["nose", "tail", "paw"], SmoothingParams(), "auto", None)
+    assert params.measurement_noise_px == (20.0, 60.0, 1.0) and record["single_frame_factor"] == 2.0
+
+
 def test_auto_without_validation_keeps_the_smoothing_parameters_and_says_why():
     params = SmoothingParams(measurement_noise_px=3.0)
     resolved, record = resolve_detection_noise({"adaptation": {}}, ["a"], params, "auto", (100, 100))
