@@ -6,8 +6,8 @@ The filter (:mod:`tracker.fusion`) weighs a detection of confidence ``c`` by its
 tiny model's detections on real footage are off by tens of pixels, and a filter that trusts them 2-px-much pulls
 the optical-flow tracks onto wrong places. ``ppmtrack adapt`` measures each keypoint's held-out error (leave one
 support frame out, or held-out augmented views with one frame; :mod:`engine.validate`); ``auto`` uses that error,
-in the tracked video's pixels, as the keypoint's noise at confidence 1. Measured in docs/performance.md ("How much
-to trust the detections").
+in the tracked video's pixels, as the keypoint's noise at confidence 1. Measured in docs/performance.md ("Tracking
+accuracy: detections, flow, anchors, crops").
 """
 
 from __future__ import annotations
