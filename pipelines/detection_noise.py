@@ -27,25 +27,15 @@ MIN_DETECTION_NOISE_PX = 1.0
 SINGLE_FRAME_FACTOR = 2.0
 
 
-def parse_detection_noise(text: str) -> str | float:
-    """``auto`` or a positive number of pixels (``--detection-noise``)."""
-    if str(text).strip().lower() == DETECTION_NOISE_AUTO:
+def parse_detection_noise(mode: str | float) -> str | float:
+    """``"auto"`` or a positive number of pixels (``--detection-noise``, or ``track_video(detection_noise=)``);
+    a clear error for anything else, checked before a run opens its video."""
+    if isinstance(mode, str) and mode.strip().lower() == DETECTION_NOISE_AUTO:
         return DETECTION_NOISE_AUTO
     try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"detection noise must be 'auto' or a number of pixels, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise UsageError(f"detection noise must be a positive number of pixels, got {text!r}")
-    return value
-
-
-def detection_noise_mode(mode: str | float) -> str | float:
-    """``"auto"`` or the number of pixels; a clear error for anything else (checked before a run opens its
-    video)."""
-    if isinstance(mode, str):
-        return parse_detection_noise(mode)
-    value = float(mode)
+        value = float(mode)
+    except (TypeError, ValueError):
+        raise UsageError(f"detection noise must be 'auto' or a number of pixels, got {mode!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise UsageError(f"detection noise must be a positive number of pixels, got {mode!r}")
     return value
@@ -77,7 +67,7 @@ def resolve_detection_noise(engine_info: dict, names: list[str], params, mode: s
         ``source``, the noise per keypoint (``px``) and, for ``auto``, the scale and validation mode (stored in
         the run summary's settings).
     """
-    mode = detection_noise_mode(mode)
+    mode = parse_detection_noise(mode)
     if mode != DETECTION_NOISE_AUTO:
         return dataclasses.replace(params, measurement_noise_px=mode), {"source": "given", "px": mode}
     validation = (engine_info or {}).get("validation") or {}

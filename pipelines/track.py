@@ -29,7 +29,7 @@ from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.crops import crop_policy_for, crop_settings, predict_with_crops
 from ppmtrack.pipelines.detection_noise import (
     describe_detection_noise,
-    detection_noise_mode,
+    parse_detection_noise,
     resolve_detection_noise,
 )
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
@@ -556,7 +556,7 @@ def track_video(
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     crops = crop_policy_for(engine, crop, crop_size)
-    detection_noise = detection_noise_mode(detection_noise)
+    detection_noise = parse_detection_noise(detection_noise)
     params = smoothing if smoothing is not None else SmoothingParams()
     check_selection(start, stop, stride)
     video_style = annotation_style(engine, None if smoothing is None else smoothing.min_confidence)

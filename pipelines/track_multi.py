@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
-from ppmtrack.pipelines.detection_noise import detection_noise_mode, resolve_detection_noise
+from ppmtrack.pipelines.detection_noise import parse_detection_noise, resolve_detection_noise
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, write_multi_tracks_csv
 from ppmtrack.pipelines.io.video import PALETTE, AnnotatedVideoWriter
 from ppmtrack.pipelines.outputs import engine_identity, input_identity, prepare_output_set
@@ -170,7 +170,7 @@ def track_video_multi(
     if unsupported:
         raise ValueError(f"output format {unsupported[0]!r} is not written for several animals yet; "
                          f"choose among csv, {', '.join(MULTI_FORMATS)}")
-    detection_noise = detection_noise_mode(detection_noise)
+    detection_noise = parse_detection_noise(detection_noise)
     params = smoothing if smoothing is not None else SmoothingParams()
     id_params = dataclasses.replace(identity or IdentityParams(), max_animals=n_max, fixed_count=exact)
     out_dir = prepare_output_dir(out_dir)
