@@ -92,20 +92,18 @@ class SmoothingParams:
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must lie in [0, 1], got {self.min_confidence}.")
         noise = self.measurement_noise_px
-        if not np.isscalar(noise):
-            values = np.asarray(noise, dtype=np.float64)
-            if values.ndim != 1 or len(values) == 0 or not (np.isfinite(values).all() and (values > 0).all()):
-                raise ValueError(f"measurement_noise_px must be a positive finite number or one per keypoint, "
-                                 f"got {noise!r}.")
+        values = np.asarray(noise, dtype=np.float64)
+        if values.ndim > 1 or values.size == 0 or not (np.isfinite(values).all() and (values > 0).all()):
+            raise ValueError(f"measurement_noise_px must be a positive finite number or one per keypoint, "
+                             f"got {noise!r}.")
+        if values.ndim == 1:  # one per keypoint: kept as a tuple (hashable, JSON-able)
             object.__setattr__(self, "measurement_noise_px", tuple(float(v) for v in values))
         if not (np.isfinite(self.detection_correlation_s) and self.detection_correlation_s >= 0):
             raise ValueError(f"detection_correlation_s must be a finite number ≥ 0, got "
                              f"{self.detection_correlation_s}.")
-        for name in ("measurement_noise_px", "process_noise", "max_occluded_s", "initial_speed_px_s",
-                     "flow_noise_px", "max_flow_error_px", "anchor_noise_px", "detection_gate"):
+        for name in ("process_noise", "max_occluded_s", "initial_speed_px_s", "flow_noise_px", "max_flow_error_px",
+                     "anchor_noise_px", "detection_gate"):
             value = getattr(self, name)
-            if name == "measurement_noise_px" and isinstance(value, tuple):
-                continue
             if not (np.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value}.")
 
@@ -167,29 +165,6 @@ def process_noise_matrices(dt: np.ndarray | float, process_noise: float) -> np.n
         noise[..., velocity, position] = density * dt**2 / 2.0
         noise[..., velocity, velocity] = density * dt
     return noise
-
-
-def measurement_covariances(confidence: np.ndarray | float, params: SmoothingParams) -> np.ndarray:
-    """Measurement noise covariance from the engine's confidence.
-
-    A measurement with confidence ``c`` has an isotropic standard deviation of
-    ``params.measurement_noise_px / c`` pixels in x and in y.
-
-    Parameters
-    ----------
-    confidence : np.ndarray or float
-        (...) engine confidence in (0, 1] of used measurements.
-    params : SmoothingParams
-        Supplies ``measurement_noise_px``, the standard deviation at confidence 1.
-
-    Returns
-    -------
-    np.ndarray
-        (..., 2, 2) covariances ``R`` in px².
-    """
-    confidence = np.asarray(confidence, dtype=np.float64)
-    noise_px = np.asarray(params.measurement_noise_px, dtype=np.float64) / confidence
-    return noise_px[..., None, None] ** 2 * np.eye(2)
 
 
 class OnlineSmoother:
