@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from ppmtrack.engine.localize import read_out
 from ppmtrack.engine.models import DEFAULT_MODEL, DiffusionModel, load_model, same_model
 from ppmtrack.engine.speed import MapRunner, SpeedConfig, build_map_runner, speed_encoder
 from ppmtrack.engine.support import SupportSet
+from ppmtrack.engine.validate import validate_adaptation
 
 
 def package_version() -> str:
@@ -156,9 +158,8 @@ class Engine:
             pf, fg_hist, fg_source = given_pf, [], f"base set ({Path(foreground).name})"
         validated = None
         if validation is not None and validation.mode != "off":
-            from ppmtrack.engine.validate import validate_adaptation
-
-            validated = validate_adaptation(extractor, views, pf, support, cfg, validation, progress)
+            validated = validate_adaptation(extractor, views, pf, support, cfg, validation, progress,
+                                            predict=partial(predict_keypoints, dm, support.names))
             if "chosen" in validated:
                 cfg = replace(cfg, **validated["chosen"])
         prompts, kp_hist, kp_skipped = train_keypoint_prompts(extractor, views, pf, len(support.names), cfg, rng,
@@ -387,3 +388,9 @@ class Engine:
             foreground=out.foreground.float().cpu().numpy() if return_maps or return_foreground else None,
         )
 
+
+def predict_keypoints(model: DiffusionModel, names, prompts: torch.Tensor, pf: torch.Tensor,
+                      cfg: AdaptConfig, images: np.ndarray) -> np.ndarray:
+    """(N, K, 2) keypoints of ``images`` predicted exactly as tracking predicts them (FGAR, sub-pixel peak), by an
+    engine built from these prompts; what adaptation's validation scores held-out frames with."""
+    return Engine(model, names, prompts, pf, cfg).predict(images).keypoints
