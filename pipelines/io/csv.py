@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.engine.atomic import atomic_path
 from ppmtrack.engine.errors import PpmtrackError
 from ppmtrack.tracker.track import Tracks
 
@@ -125,13 +126,10 @@ def write_tracks_csv(tracks: Tracks, path) -> None:
     Used to replace the causal CSV written during a run with the smoothed one at its end; a reader never
     sees a half-written file.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with TracksCsvWriter(tmp, tracks.names) as writer:
+    with atomic_path(path) as tmp, TracksCsvWriter(tmp, tracks.names) as writer:
         for t in range(len(tracks)):
             writer.write_frame(tracks.frame[t], tracks.time[t], tracks.xy[t], tracks.confidence[t],
                                tracks.visible[t], tracks.raw_xy[t])
-    os.replace(tmp, path)
 
 
 def _field(value: str, path: Path, line: int, column: str) -> float:
@@ -215,15 +213,12 @@ def read_tracks_csv(path) -> Tracks:
 def write_multi_tracks_csv(tracks: dict[str, Tracks], path) -> None:
     """Write several animals' tracks (individual name → Tracks on one frame axis) atomically, like
     :func:`write_tracks_csv`, with the ``individual`` column; per frame the animals come in dict order."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     first = next(iter(tracks.values()))
-    with TracksCsvWriter(tmp, first.names, individuals=True) as writer:
+    with atomic_path(path) as tmp, TracksCsvWriter(tmp, first.names, individuals=True) as writer:
         for t in range(len(first)):
             for name, animal in tracks.items():
                 writer.write_frame(animal.frame[t], animal.time[t], animal.xy[t], animal.confidence[t],
                                    animal.visible[t], animal.raw_xy[t], individual=name)
-    os.replace(tmp, path)
 
 
 def read_multi_tracks_csv(path) -> dict[str, Tracks]:
