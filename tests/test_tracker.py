@@ -269,3 +269,19 @@ def test_lost_mask_and_track_segments_agree():
     for start, stop in segments:
         in_segment[start:stop] = True
     np.testing.assert_array_equal(in_segment, ~lost)
+
+
+def test_tracks_reject_a_misshapen_array_naming_the_dimension():
+    t, k = 3, 2
+    good = {"names": ["nose", "tail"], "frame": np.arange(t), "time": np.arange(t) / 30.0,
+            "raw_xy": np.zeros((t, k, 2)), "confidence": np.ones((t, k)), "xy": np.zeros((t, k, 2)),
+            "visible": np.ones((t, k), bool)}
+    assert Tracks(**good).xy.shape == (t, k, 2)
+    with pytest.raises(ValueError, match=r"Tracks\.xy: dimension 'keypoints' has size 3, expected 2"):
+        Tracks(**{**good, "xy": np.zeros((t, 3, 2))})
+    with pytest.raises(ValueError, match=r"Tracks\.confidence: dimension 'time' has size 4, expected 3"):
+        Tracks(**{**good, "confidence": np.ones((4, k))})
+    with pytest.raises(ValueError, match=r"Tracks\.raw_xy must have the 3 dimensions \(time=3, keypoints=2, space=2\)"):
+        Tracks(**{**good, "raw_xy": np.zeros(t * k * 2)})  # was reshaped silently before
+    empty = Tracks(**{**good, "frame": [], "time": [], "raw_xy": [], "confidence": [], "xy": [], "visible": []})
+    assert len(empty) == 0 and empty.raw_xy.shape == (0, k, 2)
