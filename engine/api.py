@@ -21,7 +21,7 @@ from ppmtrack.engine.adapt import (
     train_keypoint_prompts,
 )
 from ppmtrack.engine.attention import TOKENS, cache_prompt_kv, select_layers
-from ppmtrack.engine.engine_file import EngineFileError, read_engine_file, write_engine_file
+from ppmtrack.engine.engine_file import EngineFileError, file_sha256, load_engine_file, write_engine_file
 from ppmtrack.engine.errors import UsageError
 from ppmtrack.engine.fgar import FgarConfig
 from ppmtrack.engine.geometry import InputMapping, crop, engine_input, grid_to_input, letterbox, to_uint8_batch
@@ -72,6 +72,7 @@ class Engine:
         self.fgar = fgar or FgarConfig()
         self.info = dict(info or {})
         self.path: Path | None = None  # the engine file it was loaded from or last saved to
+        self.sha256: str | None = None  # SHA-256 of that file's bytes, from the one read (or write) of it
         self.resolution = config.resolution or model.native_resolution
         self.layers = select_layers(model.unet, config.layers)
         self.speed = speed or SpeedConfig(truncate=truncate)  # `speed` given: its own `truncate` counts
@@ -205,7 +206,8 @@ class Engine:
         docs/performance.md. A damaged file (checksum mismatch) or one holding non-finite prompts raises
         `EngineFileError`.
         """
-        tensors, meta = read_engine_file(path)
+        content = load_engine_file(path)  # the one read of the file: its tensors, metadata and hash
+        tensors, meta = content.tensors, content.meta
         stored = meta["model"]
         if isinstance(model, DiffusionModel):
             dm = model
@@ -224,6 +226,7 @@ class Engine:
                      meta.get("skeleton", []), meta.get("flip_pairs", []), FgarConfig(**meta.get("fgar", {})),
                      info=meta.get("info", {}), truncate=truncate, speed=speed)
         engine.path = Path(path)
+        engine.sha256 = content.sha256
         return engine
 
     def save(self, path: str | Path) -> None:
@@ -248,6 +251,7 @@ class Engine:
         write_engine_file(path, {"keypoint_prompts": self.keypoint_prompts,
                                  "foreground_prompt": self.foreground_prompt}, meta)
         self.path = Path(path)
+        self.sha256 = file_sha256(path)
 
     # ---- inference ----------------------------------------------------------------------------------------
     def conditioning(self) -> torch.Tensor:
