@@ -38,10 +38,10 @@ from ppmtrack.engine.engine_file import file_sha256, load_engine_file
 from ppmtrack.engine.errors import PpmtrackError
 from ppmtrack.pipelines.io.formats import TRACK_FORMAT_REGISTRY
 from ppmtrack.pipelines.sources import is_live_spec, redact_url
+from ppmtrack.pipelines.summary import SUMMARY_SUFFIX
 
 logger = logging.getLogger("ppmtrack")
 
-SUMMARY_SUFFIX = ".summary.json"
 ALIAS_VIDEO_SUFFIX = ".ppmtrack.mp4"
 
 

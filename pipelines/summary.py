@@ -13,6 +13,8 @@ from ppmtrack.engine.atomic import atomic_path
 
 STAGES = ("decode", "inference", "smoothing", "writing")
 RESERVED_BYTES = 64 * 1024
+SUMMARY_SUFFIX = ".summary.json"
+"""A run's summary is ``STEM.summary.json`` beside its ``STEM.csv``."""
 """The summary file is padded (with JSON whitespace) to at least this size, so that on a full disk the final
 status can still be written over it in place, in space the file already holds."""
 

@@ -563,7 +563,8 @@ def track_video(
                "n_frames_estimate": info.n_frames, "rotation": info.rotation,
                "start": start, "stop": stop, "stride": stride},
         engine={"path": identity["path"], "name": name, "sha256": engine_sha256, "model": engine.model.name,
-                "keypoints": list(engine.names), "resolution": engine.resolution,
+                "keypoints": list(engine.names), "skeleton": [list(e) for e in engine.skeleton],
+                "resolution": engine.resolution,
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "smooth": "rts" if final_rts else "causal",
                   "flow": "off" if flow == "off" else "lk", "detection_noise": noise_record,
@@ -708,7 +709,7 @@ def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: di
     if extra_formats:
         t0 = time.perf_counter()
         if tracks is None:  # a stream keeps nothing in memory: read back what the CSV holds
-            tracks = dataclasses.replace(read_tracks_csv(paths["csv"]), skeleton=list(engine.skeleton))
+            tracks = read_tracks_csv(paths["csv"], skeleton=engine.skeleton)
         written = write_tracks(tracks, paths["csv"].parent, stem, extra_formats, engine_name=engine_name,
                                video_path=None if is_live_spec(source_spec) else source_spec, fps=fps,
                                **format_options)
