@@ -285,7 +285,8 @@ def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, r
     from ppmtrack.pipelines.detection_noise import resolve_detection_noise
     from ppmtrack.tracker import SmoothingParams, smooth_keypoints
     from ppmtrack.tracker.flow import FlowParams, track_points_flow
-    from ppmtrack.tracker.fusion import Anchors, fuse_keypoints, measure_flow
+    from ppmtrack.tracker.fusion import Anchors, fuse_keypoints
+    from ppmtrack.tracker.kalman import measure_flow
 
     support_frames = clip.support_sets[n_support]
     query = np.flatnonzero(~np.isin(clip.label_frames, support_frames) & (clip.label_frames < len(frames)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from ppmtrack.engine.adapt import (
     train_keypoint_prompts,
 )
 from ppmtrack.engine.attention import TOKENS, cache_prompt_kv, select_layers
-from ppmtrack.engine.engine_file import EngineFileError, read_engine_file, write_engine_file
+from ppmtrack.engine.engine_file import EngineFileError, file_sha256, load_engine_file, write_engine_file
 from ppmtrack.engine.errors import UsageError
 from ppmtrack.engine.fgar import FgarConfig
 from ppmtrack.engine.geometry import InputMapping, crop, engine_input, grid_to_input, letterbox, to_uint8_batch
@@ -29,6 +30,7 @@ from ppmtrack.engine.localize import read_out
 from ppmtrack.engine.models import DEFAULT_MODEL, DiffusionModel, load_model, same_model
 from ppmtrack.engine.speed import MapRunner, SpeedConfig, build_map_runner, speed_encoder
 from ppmtrack.engine.support import SupportSet
+from ppmtrack.engine.validate import validate_adaptation
 
 
 def package_version() -> str:
@@ -70,6 +72,7 @@ class Engine:
         self.fgar = fgar or FgarConfig()
         self.info = dict(info or {})
         self.path: Path | None = None  # the engine file it was loaded from or last saved to
+        self.sha256: str | None = None  # SHA-256 of that file's bytes, from the one read (or write) of it
         self.resolution = config.resolution or model.native_resolution
         self.layers = select_layers(model.unet, config.layers)
         self.speed = speed or SpeedConfig(truncate=truncate)  # `speed` given: its own `truncate` counts
@@ -156,9 +159,8 @@ class Engine:
             pf, fg_hist, fg_source = given_pf, [], f"base set ({Path(foreground).name})"
         validated = None
         if validation is not None and validation.mode != "off":
-            from ppmtrack.engine.validate import validate_adaptation
-
-            validated = validate_adaptation(extractor, views, pf, support, cfg, validation, progress)
+            validated = validate_adaptation(extractor, views, pf, support, cfg, validation, progress,
+                                            predict=partial(predict_keypoints, dm, support.names))
             if "chosen" in validated:
                 cfg = replace(cfg, **validated["chosen"])
         prompts, kp_hist, kp_skipped = train_keypoint_prompts(extractor, views, pf, len(support.names), cfg, rng,
@@ -204,7 +206,8 @@ class Engine:
         docs/performance.md. A damaged file (checksum mismatch) or one holding non-finite prompts raises
         `EngineFileError`.
         """
-        tensors, meta = read_engine_file(path)
+        content = load_engine_file(path)  # the one read of the file: its tensors, metadata and hash
+        tensors, meta = content.tensors, content.meta
         stored = meta["model"]
         if isinstance(model, DiffusionModel):
             dm = model
@@ -223,6 +226,7 @@ class Engine:
                      meta.get("skeleton", []), meta.get("flip_pairs", []), FgarConfig(**meta.get("fgar", {})),
                      info=meta.get("info", {}), truncate=truncate, speed=speed)
         engine.path = Path(path)
+        engine.sha256 = content.sha256
         return engine
 
     def save(self, path: str | Path) -> None:
@@ -247,6 +251,7 @@ class Engine:
         write_engine_file(path, {"keypoint_prompts": self.keypoint_prompts,
                                  "foreground_prompt": self.foreground_prompt}, meta)
         self.path = Path(path)
+        self.sha256 = file_sha256(path)
 
     # ---- inference ----------------------------------------------------------------------------------------
     def conditioning(self) -> torch.Tensor:
@@ -387,3 +392,9 @@ class Engine:
             foreground=out.foreground.float().cpu().numpy() if return_maps or return_foreground else None,
         )
 
+
+def predict_keypoints(model: DiffusionModel, names, prompts: torch.Tensor, pf: torch.Tensor,
+                      cfg: AdaptConfig, images: np.ndarray) -> np.ndarray:
+    """(N, K, 2) keypoints of ``images`` predicted exactly as tracking predicts them (FGAR, sub-pixel peak), by an
+    engine built from these prompts; what adaptation's validation scores held-out frames with."""
+    return Engine(model, names, prompts, pf, cfg).predict(images).keypoints

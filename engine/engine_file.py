@@ -12,10 +12,12 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ppmtrack.engine.atomic import atomic_path
 from ppmtrack.engine.errors import PpmtrackError
 
 FORMAT = "ppmtrack-engine"
@@ -46,26 +48,43 @@ def write_engine_file(path: str | Path, tensors: dict[str, torch.Tensor], meta: 
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": kind, "format_version": str(FORMAT_VERSION), "meta": json.dumps(meta, sort_keys=True)}
     header["sha256"] = tensor_checksum(kind, header["meta"], tensors)
-    tmp = path.with_name(path.name + ".partial")
-    save_file(tensors, str(tmp), metadata=header)
-    umask = os.umask(0)  # safetensors creates the file 0600; give it the mode every other output gets
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+        umask = os.umask(0)  # safetensors creates the file 0600; give it the mode every other output gets
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+
+
+@dataclass(frozen=True)
+class EngineFileContent:
+    """An engine (or foreground-prompt) file as read once: its tensors, its metadata and the SHA-256 of its bytes."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict
+    sha256: str
 
 
 def read_engine_file(path: str | Path, kind: str = FORMAT) -> tuple[dict[str, torch.Tensor], dict]:
     """Read an engine (or foreground-prompt) file; raise EngineFileError saying why if this version cannot."""
-    from safetensors import SafetensorError, safe_open
+    content = load_engine_file(path, kind)
+    return content.tensors, content.meta
+
+
+def load_engine_file(path: str | Path, kind: str = FORMAT) -> EngineFileContent:
+    """Read an engine (or foreground-prompt) file once: tensors, metadata and the SHA-256 of the same bytes (what
+    a run's summary records), so that nothing reads the file again; EngineFileError saying why if this version
+    cannot read it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     path = Path(path)
     what = _what(kind)
     if not path.is_file():
         raise EngineFileError(f"{path}: no such {what} file")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        data = path.read_bytes()
+        header = _safetensors_metadata(data)
+        tensors = load(data)
     except (SafetensorError, OSError, ValueError) as e:
         raise EngineFileError(f"{path}: not a ppmtrack {what} file, or a damaged one ({e})") from None
     if header.get("format") != kind:
@@ -87,9 +106,24 @@ def read_engine_file(path: str | Path, kind: str = FORMAT) -> tuple[dict[str, to
     if bad:
         raise EngineFileError(f"{path}: unusable {what} file: {bad}; adapt again (with a lower learning rate)")
     try:
-        return tensors, json.loads(header["meta"])
+        meta = json.loads(header["meta"])
     except (KeyError, ValueError) as e:
         raise EngineFileError(f"{path}: the {what} file's metadata is unreadable ({e}); adapt again") from None
+    return EngineFileContent(tensors, meta, hashlib.sha256(data).hexdigest())
+
+
+def _safetensors_metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors file's bytes (an 8-byte little-endian header length, then the JSON
+    header); ValueError if the bytes do not start so."""
+    if len(data) < 8:
+        raise ValueError("the file is shorter than a safetensors header")
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        raise ValueError(f"the header claims {size} bytes, the file holds {len(data) - 8} after the size")
+    header = json.loads(data[8:8 + size])
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    return header.get("__metadata__") or {}
 
 
 def _what(kind: str) -> str:
@@ -117,3 +151,12 @@ def non_finite(tensors: dict[str, torch.Tensor]) -> str:
         if n:
             bad.append(f"'{name}' holds {n} non-finite value{'s' if n > 1 else ''} (NaN or infinity)")
     return "; ".join(bad)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), e.g. to trace results to the engine file that made them."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ppmtrack.engine.api import Prediction
-from ppmtrack.engine.engine_file import EngineFileError
+from ppmtrack.engine.engine_file import EngineFileError, file_sha256
 from ppmtrack.engine.geometry import engine_input
 from ppmtrack.engine.onnx_export import ONNX_FORMAT, ONNX_FORMAT_VERSION
 
@@ -70,6 +70,7 @@ class OnnxEngine:
     batch_size: int | None
     info: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
+    sha256: str | None = None  # of the .onnx file's bytes
 
     @classmethod
     def load(cls, path: str | Path, providers: list | None = None) -> OnnxEngine:
@@ -124,6 +125,7 @@ class OnnxEngine:
             batch_size=batch if isinstance(batch, int) else None,
             info=info,
             metadata=meta,
+            sha256=file_sha256(path),
         )
 
     @property

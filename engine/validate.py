@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -43,6 +44,9 @@ from ppmtrack.engine.geometry import engine_input
 from ppmtrack.engine.infer import MapExtractor
 from ppmtrack.engine.models import DiffusionModel
 from ppmtrack.engine.support import SupportSet
+
+PredictKeypoints = Callable[[torch.Tensor, torch.Tensor, AdaptConfig, np.ndarray], np.ndarray]
+"""``(prompts, foreground prompt, config, images) -> (N, K, 2)`` keypoints, as ``Engine.predict`` gives them."""
 
 MIN_BBOX_SIZE_PX = 32.0
 PCK_THRESHOLDS = (0.1, 0.2)
@@ -183,15 +187,6 @@ def held_out_views(support: SupportSet, size: int, cfg: AdaptConfig, n_views: in
     return HeldOut(np.stack(images), np.stack(kps), np.array(factors))
 
 
-def _predict(model: DiffusionModel, support: SupportSet, prompts: torch.Tensor, pf: torch.Tensor,
-             cfg: AdaptConfig, images: np.ndarray) -> np.ndarray:
-    """(N, K, 2) keypoints predicted exactly as tracking predicts them (FGAR, sub-pixel peak)."""
-    from ppmtrack.engine.api import Engine
-
-    engine = Engine(model, support.names, prompts, pf, cfg)
-    return engine.predict(images).keypoints
-
-
 def score(errors_px: np.ndarray, normalised: np.ndarray) -> dict:
     """PCK@0.1/0.2, mean pixel error and mean normalised error of (N, K) errors in support-frame pixels and the
     same errors divided by their frame's PCK length (NaN: not labelled)."""
@@ -244,9 +239,13 @@ def advice(names: list[str], per_keypoint_px: list, per_keypoint_normalised: lis
 
 
 def validate_adaptation(extractor: MapExtractor, views: SupportViews, pf: torch.Tensor, support: SupportSet,
-                        cfg: AdaptConfig, vcfg: ValidationConfig, progress: Progress | None = None) -> dict:
+                        cfg: AdaptConfig, vcfg: ValidationConfig, progress: Progress | None = None, *,
+                        predict: PredictKeypoints) -> dict:
     """Estimate held-out accuracy and choose the learning rate and step count (``record["chosen"]``; `cfg` is
     not changed: the caller trains with ``dataclasses.replace(cfg, **record["chosen"])``).
+
+    `predict(prompts, pf, cfg, images)` gives the (N, K, 2) keypoints of ``images`` predicted exactly as tracking
+    predicts them (``Engine.adapt`` hands :func:`engine.api.predict_keypoints` bound to its model and names).
 
     `views` and `pf` are those of the final adaptation (shared, not rebuilt). Returns the record stored as
     ``info["validation"]`` in the engine file; ``{"skipped": reason}`` when validation does not fit the cost
@@ -285,7 +284,7 @@ def validate_adaptation(extractor: MapExtractor, views: SupportViews, pf: torch.
             def evaluate(step: int, prompts: torch.Tensor, lr=lr, run_cfg=run_cfg, target=target, sizes=sizes):
                 if step not in plan.checkpoints:
                     return
-                predicted = _predict(model, support, prompts, pf, run_cfg, target.images)
+                predicted = predict(prompts, pf, run_cfg, target.images)
                 err = np.linalg.norm(predicted - target.keypoints, axis=2)  # NaN where not labelled
                 errors[(lr, step)].append(err * target.to_frame_px[:, None])
                 normalised[(lr, step)].append(err / sizes[:, None])

@@ -14,7 +14,6 @@ import csv
 import glob
 import json
 import logging
-import os
 import queue
 import sys
 import threading
@@ -23,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ppmtrack.engine.atomic import atomic_path
 from ppmtrack.engine.errors import PpmtrackError, UsageError
 from ppmtrack.pipelines.outputs import (
     ALIAS_VIDEO_SUFFIX,
@@ -207,19 +207,16 @@ def write_batch_summary(items: list[BatchItem], out_dir: str | Path, extra: dict
     out_dir = Path(out_dir)
     rows = [{k: v for k, v in asdict(item).items() if k in BATCH_FIELDS} for item in items]
     csv_path, json_path = out_dir / f"{BATCH_SUMMARY}.csv", out_dir / f"{BATCH_SUMMARY}.json"
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=BATCH_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, csv_path)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "skipped", "failed", "interrupted",
                                                                  "not run")}
     doc = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "counts": counts, **(extra or {}),
            "videos": rows}
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, json_path)
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return csv_path, json_path
 
 

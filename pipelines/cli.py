@@ -167,7 +167,7 @@ def _adapt_engine(args, model: str):
 
 
 def _check_engine_output(path: Path) -> None:
-    from ppmtrack.pipelines.track import OutputError, prepare_output_dir
+    from ppmtrack.pipelines.outputs import OutputError, prepare_output_dir
 
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; name the engine file, e.g. -o {path / 'animal.engine'}")
@@ -289,22 +289,17 @@ def _speed_config(args):
 
 def _load_engine(args, out_dir: Path, inputs: list[str], device: str | None = None):
     """The engine of ``track``: --engine (torch or ONNX) or adapted on --support; returns (engine, path)."""
-    from ppmtrack.engine import Engine
+    from ppmtrack.engine.loading import engine_backend, load_engine
     from ppmtrack.pipelines.sources import is_live_spec, open_source
 
     if args.support:  # a bad file fails now, not after a long adaptation
         for spec in inputs:
             if not is_live_spec(spec):
                 open_source(spec).close()
-    backend = args.backend
-    if backend == "auto":
-        backend = "onnx" if args.engine and args.engine.endswith(".onnx") else "torch"
-    if backend == "onnx":
+    if engine_backend(args.engine, args.backend) == "onnx":
         if not args.engine:
             raise UsageError("--backend onnx needs --engine FILE.onnx (make one with 'ppmtrack export-onnx')")
-        from ppmtrack.engine.onnx_runtime import OnnxEngine
-
-        return OnnxEngine.load(args.engine), Path(args.engine)
+        return load_engine(args.engine, "onnx"), Path(args.engine)
     if args.engine:
         engine_path = Path(args.engine)
     else:
@@ -320,7 +315,7 @@ def _load_engine(args, out_dir: Path, inputs: list[str], device: str | None = No
             adapted.save(engine_path)
             print(f"wrote {engine_path} (reuse it with --engine)")
     # one way to build the tracking engine, adapted just now or not: from its file, with the speed switches
-    return Engine.load(engine_path, model=args.model, device=device or args.device, dtype=args.dtype,
+    return load_engine(engine_path, "torch", model=args.model, device=device or args.device, dtype=args.dtype,
                        speed=_speed_config(args)), engine_path
 
 
@@ -348,15 +343,10 @@ def _is_batch(args, inputs: list[str]) -> bool:
 def run_track(args) -> int:
     """``ppmtrack track``: track video files or streams with an engine file or a support set."""
     from ppmtrack.pipelines.batch import expand_inputs, plan_batch
-    from ppmtrack.pipelines.outputs import engine_identity
+    from ppmtrack.pipelines.io.formats import check_output_formats
+    from ppmtrack.pipelines.outputs import engine_identity, engine_sha256, prepare_output_dir
     from ppmtrack.pipelines.sources import is_live_spec, probe_source
-    from ppmtrack.pipelines.track import (
-        check_output_formats,
-        check_selection,
-        file_sha256,
-        prepare_output_dir,
-        track_video,
-    )
+    from ppmtrack.pipelines.track import check_selection, track_video
 
     formats = check_output_formats(args.output_format.split(","))
     check_selection(args.start, args.stop, args.stride)
@@ -380,7 +370,7 @@ def run_track(args) -> int:
             raise UsageError("--ray tracks video files with an engine file (--engine)")
         return _run_ray(args, out_dir, inputs, formats)
     engine, engine_path = _load_engine(args, out_dir, inputs, (_devices(args) or [None])[0])
-    sha = file_sha256(engine_path) if Path(engine_path).is_file() else None
+    sha = engine_sha256(engine, engine_path)  # taken when the engine read its file
     items = plan_batch(inputs, out_dir, engine_identity(engine, engine_path, sha), args.overwrite)
     kwargs = _track_kwargs(args, formats)
     stop_event = threading.Event()
@@ -428,7 +418,7 @@ def _batch_exit(result, out_dir: Path, extra: dict) -> int:
 
 
 def _run_batch(args, items, engine, engine_path, out_dir, kwargs, stop_event) -> int:
-    from ppmtrack.engine import Engine
+    from ppmtrack.engine import Engine, load_engine
     from ppmtrack.pipelines.batch import BatchResult, run_batch
 
     devices = _devices(args) or [str(getattr(getattr(engine, "model", None), "device", "cpu"))]
@@ -436,7 +426,7 @@ def _run_batch(args, items, engine, engine_path, out_dir, kwargs, stop_event) ->
     def loader(device: str, first: bool):
         if first or not isinstance(engine, Engine):  # an ONNX session is shared by the workers
             return lambda: engine
-        return lambda: Engine.load(engine_path, model=args.model, device=device, dtype=args.dtype,
+        return lambda: load_engine(engine_path, "torch", model=args.model, device=device, dtype=args.dtype,
                                    speed=_speed_config(args))
 
     loaders = [(f"{device}#{i}", loader(device, i == 0)) for i, device in enumerate(devices)]
@@ -490,7 +480,9 @@ def _check_multi_options(args) -> None:
     from ppmtrack.pipelines.track_multi import parse_animals
 
     parse_animals(args.animals)
-    if args.backend == "onnx" or (args.backend == "auto" and args.engine and args.engine.endswith(".onnx")):
+    from ppmtrack.engine.loading import engine_backend
+
+    if engine_backend(args.engine, args.backend) == "onnx":
         raise UsageError("--animals needs the torch backend (an .engine file), not an ONNX export")
     unsupported = [flag for flag, used in (("--resume", args.resume), ("--plots", args.plots),
                                            ("--with-raw", args.with_raw), ("--subject-id", args.subject_id),
@@ -641,7 +633,7 @@ def _keypoint_options(args) -> tuple[list[str] | None, list, list]:
 
 def run_label(args) -> int:
     """``ppmtrack label``: the labelling page in the browser."""
-    from ppmtrack.pipelines.track import prepare_output_dir
+    from ppmtrack.pipelines.outputs import prepare_output_dir
     from ppmtrack.pipelines.web.app import require_ui, serve
     from ppmtrack.pipelines.web.sessions import LabelSession
 
@@ -655,7 +647,7 @@ def run_label(args) -> int:
 
 def run_review(args) -> int:
     """``ppmtrack review``: play a run's tracks in the browser and correct frames into a support file."""
-    from ppmtrack.pipelines.track import prepare_output_dir
+    from ppmtrack.pipelines.outputs import prepare_output_dir
     from ppmtrack.pipelines.web.app import require_ui, serve
     from ppmtrack.pipelines.web.sessions import ReviewSession
 
@@ -870,8 +862,9 @@ def _debug_option() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The ``ppmtrack`` argument parser with its subcommands."""
     from ppmtrack.pipelines.crops import CROP_MODES
+    from ppmtrack.pipelines.io.formats import OUTPUT_FORMATS
     from ppmtrack.pipelines.sources import STALL_TIMEOUT_S
-    from ppmtrack.pipelines.track import FLOW_MODES, OUTPUT_FORMATS, SMOOTH_MODES
+    from ppmtrack.pipelines.track import FLOW_MODES, SMOOTH_MODES
     from ppmtrack.tracker import SmoothingParams
     from ppmtrack.tracker.identity import MOTION_MODELS, IdentityParams
 

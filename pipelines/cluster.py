@@ -27,6 +27,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from ppmtrack.engine.atomic import atomic_path, move_into_place
 from ppmtrack.engine.errors import PpmtrackError
 from ppmtrack.pipelines.batch import BatchItem, fill_from_summary
 
@@ -91,24 +92,17 @@ def install_outputs(files: dict[str, Path | bytes], doc: dict, spec, out_dir: Pa
     outputs["summary"] = str(final.summary)
     outputs["formats"] = [str(out_dir / Path(p).name) for p in outputs.get("formats") or []]
     doc = {**doc, "outputs": outputs}
-    tmp = final.summary.with_name(final.summary.name + f".{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, final.summary)
+    with atomic_path(final.summary) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return doc
 
 
 def _place(content: Path | bytes, target: Path) -> None:
     if isinstance(content, bytes):
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(content)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(content)
     else:
-        try:
-            os.replace(content, target)
-        except OSError:  # another file system: copy next to the target, then rename
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-            shutil.copyfile(content, tmp)
-            os.replace(tmp, target)
+        move_into_place(content, target)
 
 
 class TrackActor:
@@ -202,8 +196,7 @@ def run_batch_ray(
         When set (Ctrl-C), the running tasks are cancelled and their videos recorded as ``interrupted``; no new
         video starts.
     """
-    from ppmtrack.pipelines.outputs import engine_file_identity, prepare_output_set
-    from ppmtrack.pipelines.track import prepare_output_dir
+    from ppmtrack.pipelines.outputs import engine_file_identity, prepare_output_dir, prepare_output_set
 
     out_dir = prepare_output_dir(out_dir).resolve()
     identity = engine_file_identity(engine_path, (load_kwargs or {}).get("model"))

@@ -6,8 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from ppmtrack.engine.engine_file import read_engine_file
-from ppmtrack.pipelines.track import file_sha256
+from ppmtrack.engine.engine_file import file_sha256, read_engine_file
 
 
 def _json_safe(value):

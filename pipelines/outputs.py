@@ -28,16 +28,20 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from ppmtrack.engine.engine_file import file_sha256, load_engine_file
 from ppmtrack.engine.errors import PpmtrackError
-from ppmtrack.pipelines.sources import is_live_spec
+from ppmtrack.pipelines.io.formats import TRACK_FORMAT_REGISTRY
+from ppmtrack.pipelines.sources import is_live_spec, redact_url
+from ppmtrack.pipelines.summary import SUMMARY_SUFFIX
 
 logger = logging.getLogger("ppmtrack")
 
-SUMMARY_SUFFIX = ".summary.json"
 ALIAS_VIDEO_SUFFIX = ".ppmtrack.mp4"
 
 
@@ -47,6 +51,10 @@ class OutputExistsError(PpmtrackError, FileExistsError):
 
 class InputAliasError(PpmtrackError, OSError):
     """An output file would be one of the inputs."""
+
+
+class OutputError(PpmtrackError, OSError):
+    """The output folder cannot be created or written to."""
 
 
 @dataclass
@@ -65,19 +73,46 @@ class OutputSet:
         return {"csv": self.csv, "video": self.video, "summary": self.summary}
 
 
+def output_stem(spec: str | Path) -> str:
+    """The start of the output file names: a file's stem, or for a URL its host, port and path.
+
+    ``rtsp://user:pw@10.0.0.5:554/live/cam1?x=1`` → ``10.0.0.5_554_live_cam1`` (credentials and query
+    dropped; characters other than letters, digits, ``.``, ``-`` and ``_`` become ``_``).
+    """
+    if not is_live_spec(spec):
+        return Path(spec).stem
+    parts = urlsplit(str(spec))
+    host = parts.hostname or "stream"
+    pieces = [host] + ([str(parts.port)] if parts.port else []) + [p for p in parts.path.split("/") if p]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(pieces)).strip("._")
+    return stem or "stream"
+
+
+def prepare_output_dir(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` if needed and check that files can be written there; raise OutputError if not."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".ppmtrack-write-test-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            reason = "a file is in the way (the path or one of its parents is a file, not a folder)"
+        raise OutputError(f"{out_dir}: cannot write outputs there: {reason}; choose another folder with -o"
+                          ) from None
+    return out_dir
+
+
 def input_identity(spec: str | Path) -> str:
     """What identifies an input across runs: a file's resolved absolute path, or the URL (credentials hidden)."""
     if is_live_spec(spec):
-        from ppmtrack.pipelines.track import redact_url
-
         return redact_url(spec)
     return str(Path(spec).expanduser().resolve())
 
 
 def base_stem(spec: str | Path) -> str:
     """The plain stem: a file's name without extension, or a URL's host, port and path (no credentials)."""
-    from ppmtrack.pipelines.track import output_stem
-
     return output_stem(spec)
 
 
@@ -101,14 +136,14 @@ def summary_input(doc: dict | None) -> str | None:
 def stem_files(out_dir: Path, stem: str, previous: dict | None = None) -> list[Path]:
     """Every existing file of the output set ``stem`` in ``out_dir`` (also those a previous summary lists)."""
     out_dir = Path(out_dir)
-    names = [f"{stem}.csv", f"{stem}.mp4", f"{stem}{ALIAS_VIDEO_SUFFIX}", f"{stem}{SUMMARY_SUFFIX}",
-             f"{stem}.analysis.h5", f"{stem}.nwb"]
+    names = [f"{stem}.csv", f"{stem}.mp4", f"{stem}{ALIAS_VIDEO_SUFFIX}", f"{stem}{SUMMARY_SUFFIX}"]
     found = {out_dir / n for n in names}
-    found.update(out_dir.glob(f"{glob_escape(stem)}ppmtrack_*.h5"))
-    found.update(out_dir.glob(f"{glob_escape(stem)}ppmtrack_*.csv"))
-    # raw outputs (--with-raw) and videos of resumed parts (--resume); the NWB files of several animals
+    # each track format's files (also the raw ones of --with-raw); the NWB files of several animals
     # (STEM.<individual>.nwb) are found through the summary's list, not by a pattern that could match another stem
-    found.update({out_dir / f"{stem}.raw.nwb", out_dir / f"{stem}.raw.analysis.h5"})
+    for fmt in TRACK_FORMAT_REGISTRY.values():
+        for pattern in fmt.file_patterns:
+            found.update(out_dir.glob(pattern.format(stem=glob_escape(stem))))
+    # videos of resumed parts (--resume)
     found.update(p for p in out_dir.glob(f"{glob_escape(stem)}.from*.mp4") if p.name[len(stem) + 5:-4].isdigit())
     if previous:
         listed = previous.get("outputs") or {}
@@ -228,14 +263,21 @@ def engine_identity(engine, engine_path: str | Path | None, sha256: str | None =
             "model": getattr(model, "name", None), "keypoints": list(engine.names), "sha256": sha256}
 
 
+def engine_sha256(engine, engine_path: str | Path | None) -> str | None:
+    """SHA-256 of the engine file ``engine_path``: the one ``engine`` took when it read that file
+    (``engine.sha256``, see :func:`engine.load_engine`), else the file's hash; None without a file."""
+    loaded_from, known = getattr(engine, "path", None), getattr(engine, "sha256", None)
+    if known and loaded_from is not None and engine_path is not None and (
+            Path(loaded_from).resolve() == Path(engine_path).resolve()):
+        return known
+    return file_sha256(engine_path) if engine_path and Path(engine_path).is_file() else None
+
+
 def engine_file_identity(engine_path: str | Path, model: str | None = None) -> dict:
     """:func:`engine_identity` from the engine file's metadata alone (no model loaded); ``model`` overrides."""
-    from ppmtrack.engine.engine_file import read_engine_file
-    from ppmtrack.pipelines.track import file_sha256
-
-    _, meta = read_engine_file(engine_path)
-    return {"path": str(Path(engine_path).resolve()), "model": model or meta["model"]["name"],
-            "keypoints": list(meta["keypoints"]), "sha256": file_sha256(engine_path)}
+    content = load_engine_file(engine_path)  # one read: the metadata and the hash
+    return {"path": str(Path(engine_path).resolve()), "model": model or content.meta["model"]["name"],
+            "keypoints": list(content.meta["keypoints"]), "sha256": content.sha256}
 
 
 def same_engine(recorded: dict, identity: dict) -> bool:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.engine.atomic import atomic_path
 from ppmtrack.engine.errors import MissingExtraError, UsageError
 from ppmtrack.tracker.track import Tracks
 
@@ -34,12 +34,10 @@ def _colours(n: int):
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.partial.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
-        tmp.unlink(missing_ok=True)
         pyplot().close(fig)
     return path
 

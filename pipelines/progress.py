@@ -94,3 +94,11 @@ def progress_bar(total: int | None, desc: str, unit: str, stream=None):
 
         return tqdm(total=total, unit=unit, file=stream, desc=desc, dynamic_ncols=True)
     return StatusLines(total, desc, unit, stream)
+
+
+def expected_frames(n_frames: int | None, start: int, stop: int | None, stride: int) -> int | None:
+    """How many of a video's ``n_frames`` the selection ``start:stop:stride`` reads (None: length unknown)."""
+    if n_frames is None:
+        return None
+    end = n_frames if stop is None else min(stop, n_frames)
+    return len(range(start, end, stride))

@@ -9,8 +9,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ppmtrack.engine.atomic import atomic_path
+
 STAGES = ("decode", "inference", "smoothing", "writing")
 RESERVED_BYTES = 64 * 1024
+SUMMARY_SUFFIX = ".summary.json"
+"""A run's summary is ``STEM.summary.json`` beside its ``STEM.csv``."""
 """The summary file is padded (with JSON whitespace) to at least this size, so that on a full disk the final
 status can still be written over it in place, in space the file already holds."""
 
@@ -104,16 +108,11 @@ class RunSummary:
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         data = text.encode("utf-8")
         data += b" " * max(0, RESERVED_BYTES - len(data) - 1) + b"\n"
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
             return True
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             try:
                 _write_in_place(path, data)
                 return True
@@ -155,3 +154,22 @@ def _write_in_place(path: Path, data: bytes) -> None:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 3)
+
+
+def record_source_counts(summary: RunSummary, stats, batch_stats, crops=None) -> None:
+    """Copy the source's counters (``SourceStats``), the batcher's waiting time (``BatchStats``) and the crop
+    policy's counters into the summary; the one place both runs (one or several animals) take them from."""
+    summary.frames_read = stats.frames_read
+    summary.frames_dropped = stats.frames_dropped
+    summary.decode_errors = stats.decode_errors
+    summary.frames_damaged = stats.frames_damaged
+    summary.frames_missing = stats.frames_missing
+    summary.truncated = stats.truncated
+    summary.reconnects = stats.reconnects
+    summary.waiting_for_frames_s = batch_stats.waiting_s
+    # the source's list of outages is the one record of gaps: also one the run ended in, or whose gap marker the
+    # run never took from the queue
+    summary.gaps = [{"start_time": round(gap.start_time, 3), "end_time": round(gap.end_time, 3),
+                     "duration_s": round(gap.duration, 3), "reason": gap.reason} for gap in stats.outages]
+    if crops is not None:
+        summary.crops = crops.stats.to_dict()

@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
-import importlib.util
 import logging
 import queue
-import re
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import numpy as np
 
-from ppmtrack.engine.errors import MissingExtraError, PpmtrackError, UsageError
+from ppmtrack.engine.engine_file import file_sha256
+from ppmtrack.engine.errors import PpmtrackError, UsageError
 from ppmtrack.pipelines.anchors import anchors_for_source, matching_anchor
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.crops import crop_policy_for, crop_settings, predict_with_crops
@@ -33,12 +29,28 @@ from ppmtrack.pipelines.detection_noise import (
     resolve_detection_noise,
 )
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
-from ppmtrack.pipelines.io.formats import TRACK_FORMATS, write_tracks
-from ppmtrack.pipelines.io.video import AnnotatedVideoWriter
-from ppmtrack.pipelines.outputs import assign_stems, engine_identity, input_identity, prepare_output_set
-from ppmtrack.pipelines.progress import progress_bar
+from ppmtrack.pipelines.io.formats import OUTPUT_FORMATS, check_output_formats, write_tracks
+from ppmtrack.pipelines.io.video import DEFAULT_VIDEO_FPS, AnnotatedVideoWriter
+from ppmtrack.pipelines.outputs import (
+    OutputError,
+    assign_stems,
+    engine_identity,
+    input_identity,
+    output_stem,
+    prepare_output_dir,
+    prepare_output_set,
+)
+from ppmtrack.pipelines.outputs import (
+    engine_sha256 as engine_file_sha256,
+)
+from ppmtrack.pipelines.progress import expected_frames, progress_bar
 from ppmtrack.pipelines.sources import Source, VideoFrame, is_live_spec, open_source, redact, redact_url
-from ppmtrack.pipelines.summary import RunSummary
+
+__all__ = [  # also importable from here (their homes: engine.engine_file, pipelines.outputs, pipelines.io.formats)
+    "OUTPUT_FORMATS", "OutputError", "ResumeError", "SelectionError", "check_output_formats", "check_selection",
+    "file_sha256", "output_stem", "prepare_output_dir", "redact_url", "resumable", "track_video",
+]
+from ppmtrack.pipelines.summary import RunSummary, record_source_counts
 from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks
 from ppmtrack.tracker.flow import FlowParams
 from ppmtrack.tracker.fusion import Anchors, FlowTrack, fuse_keypoints
@@ -48,18 +60,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ppmtrack")
 
-OUTPUT_FORMATS = ("csv", *TRACK_FORMATS)
-FORMAT_PACKAGES = {"dlc": ("pandas", "tables"), "sleap": ("h5py",), "nwb": ("pynwb", "ndx_pose")}
 SMOOTH_MODES = ("auto", "rts", "causal")
 FLOW_MODES = ("auto", "off")
 STATUS_INTERVAL_S = 5.0
 WRITER_QUEUE_BATCHES = 2
 LATENCY_WINDOW = 100_000  # live: latency percentiles over the last this many frames
-DEFAULT_VIDEO_FPS = 30.0  # for the annotated video of a stream that declares no rate (frame times are kept)
-
-
-class OutputError(PpmtrackError, OSError):
-    """The output folder cannot be created or written to."""
 
 
 class SelectionError(PpmtrackError, ValueError):
@@ -87,64 +92,6 @@ def check_selection(start: int, stop: int | None, stride: int, n_frames: int | N
     if n_frames is not None and start >= n_frames:
         raise SelectionError(f"--start {start} is past the end of the video: it has {n_frames} frames "
                              f"(0 to {n_frames - 1})")
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex), e.g. to trace results to the engine file that made them."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def output_stem(spec: str | Path) -> str:
-    """The start of the output file names: a file's stem, or for a URL its host, port and path.
-
-    ``rtsp://user:pw@10.0.0.5:554/live/cam1?x=1`` → ``10.0.0.5_554_live_cam1`` (credentials and query
-    dropped; characters other than letters, digits, ``.``, ``-`` and ``_`` become ``_``).
-    """
-    if not is_live_spec(spec):
-        return Path(spec).stem
-    parts = urlsplit(str(spec))
-    host = parts.hostname or "stream"
-    pieces = [host] + ([str(parts.port)] if parts.port else []) + [p for p in parts.path.split("/") if p]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(pieces)).strip("._")
-    return stem or "stream"
-
-
-def prepare_output_dir(out_dir: str | Path) -> Path:
-    """Create ``out_dir`` if needed and check that files can be written there; raise OutputError if not."""
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".ppmtrack-write-test-"):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if isinstance(exc, (FileExistsError, NotADirectoryError)):
-            reason = "a file is in the way (the path or one of its parents is a file, not a folder)"
-        raise OutputError(f"{out_dir}: cannot write outputs there: {reason}; choose another folder with -o"
-                          ) from None
-    return out_dir
-
-
-def check_output_formats(formats) -> list[str]:
-    """Validate requested output formats (``csv`` always written) and that their packages are installed.
-
-    Returns the formats beyond csv, in order, without duplicates.
-    """
-    formats = [f.strip().lower() for f in formats if f.strip()]
-    unknown = [f for f in formats if f not in OUTPUT_FORMATS]
-    if unknown:
-        raise UsageError(f"unknown output format {unknown[0]!r}; choose among {', '.join(OUTPUT_FORMATS)}")
-    extra = [f for f in dict.fromkeys(formats) if f != "csv"]
-    for fmt in extra:
-        missing = [m for m in FORMAT_PACKAGES[fmt] if importlib.util.find_spec(m) is None]
-        if missing:
-            raise MissingExtraError(f"output format {fmt!r} needs the Python package(s) {', '.join(missing)}; "
-                             "install them with: pip install 'ppmtrack[formats]'")
-    return extra
 
 
 class _TrackWriter:
@@ -408,13 +355,6 @@ def _offer_resume(summary_path: Path) -> None:
                        "to continue it instead)", summary_path, status.split(":")[0], earlier.get("last_frame"))
 
 
-def _expected_frames(n_frames: int | None, start: int, stop: int | None, stride: int) -> int | None:
-    if n_frames is None:
-        return None
-    end = n_frames if stop is None else min(stop, n_frames)
-    return len(range(start, end, stride))
-
-
 def track_video(
     source_spec: str | Path,
     engine: EngineLike,
@@ -568,7 +508,7 @@ def track_video(
     paths = {"csv": out_dir / f"{stem}.csv", "video": out_dir / f"{stem}.mp4" if write_video else None,
              "summary": out_dir / f"{stem}.summary.json"}
     engine_path = engine_path or getattr(engine, "path", None)
-    engine_sha256 = file_sha256(engine_path) if engine_path and Path(engine_path).is_file() else None
+    engine_sha256 = engine_file_sha256(engine, engine_path)  # from the engine's own read of its file
     identity = engine_identity(engine, engine_path, engine_sha256)
     previous = previous_summary = summary_resumed = None
     first = start
@@ -623,7 +563,8 @@ def track_video(
                "n_frames_estimate": info.n_frames, "rotation": info.rotation,
                "start": start, "stop": stop, "stride": stride},
         engine={"path": identity["path"], "name": name, "sha256": engine_sha256, "model": engine.model.name,
-                "keypoints": list(engine.names), "resolution": engine.resolution,
+                "keypoints": list(engine.names), "skeleton": [list(e) for e in engine.skeleton],
+                "resolution": engine.resolution,
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "smooth": "rts" if final_rts else "causal",
                   "flow": "off" if flow == "off" else "lk", "detection_noise": noise_record,
@@ -667,7 +608,7 @@ def track_video(
                 f", {info.fps:.2f} fps" if info.fps else "", out_dir)
     bar = None
     if progress and not is_live:
-        bar = progress_bar(_expected_frames(info.n_frames, first, stop, stride), stem, "frame")
+        bar = progress_bar(expected_frames(info.n_frames, first, stop, stride), stem, "frame")
     batch_stats = BatchStats()
     t_start = time.perf_counter()
     decode_cpu = None
@@ -681,7 +622,7 @@ def track_video(
         for batch in batches:
             decode_cpu = source.decode_cpu_seconds() or decode_cpu
             if batch.gap is not None:
-                gap = batch.gap  # recorded in the summary from the source's outages (_update_counts)
+                gap = batch.gap  # recorded in the summary from the source's outages (record_source_counts)
                 logger.warning("stream gap of %.1f s (%s)", gap.duration, gap.reason)
                 engine.reset_stream()  # the frames after a gap do not follow the ones before
                 continue
@@ -693,7 +634,7 @@ def track_video(
                 break
             if time.monotonic() >= next_summary:  # so a killed run still tells how far it got
                 next_summary = time.monotonic() + SUMMARY_INTERVAL_S
-                _update_counts(summary, source.stats, batch_stats, crops)
+                record_source_counts(summary, source.stats, batch_stats, crops)
                 summary.write(paths["summary"], quiet=True)
             if bar is not None:
                 bar.update(len(batch.frames))
@@ -720,7 +661,7 @@ def track_video(
     failure = failure or writer.error
 
     stats = source.stats
-    _update_counts(summary, stats, batch_stats, crops)
+    record_source_counts(summary, stats, batch_stats, crops)
     if writer.latencies:
         latency = np.array(writer.latencies)
         summary.latency_s = {"p50": float(np.percentile(latency, 50)), "p95": float(np.percentile(latency, 95)),
@@ -748,24 +689,6 @@ def track_video(
     return summary
 
 
-def _update_counts(summary: RunSummary, stats, batch_stats: BatchStats, crops=None) -> None:
-    """Copy the source's counters (and the crop policy's) into the summary."""
-    summary.frames_read = stats.frames_read
-    summary.frames_dropped = stats.frames_dropped
-    summary.decode_errors = stats.decode_errors
-    summary.frames_damaged = stats.frames_damaged
-    summary.frames_missing = stats.frames_missing
-    summary.truncated = stats.truncated
-    summary.reconnects = stats.reconnects
-    summary.waiting_for_frames_s = batch_stats.waiting_s
-    # the source's list of outages is the one record of gaps: also one the run ended in, or whose gap marker the
-    # run never took from the queue
-    summary.gaps = [{"start_time": round(gap.start_time, 3), "end_time": round(gap.end_time, 3),
-                     "duration_s": round(gap.duration, 3), "reason": gap.reason} for gap in stats.outages]
-    if crops is not None:
-        summary.crops = crops.stats.to_dict()
-
-
 def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: dict, extra_formats: list[str],
                     stem: str, engine_name: str, source_spec, fps: float | None, rts: bool,
                     format_options: dict, plots: bool = False) -> None:
@@ -786,7 +709,7 @@ def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: di
     if extra_formats:
         t0 = time.perf_counter()
         if tracks is None:  # a stream keeps nothing in memory: read back what the CSV holds
-            tracks = dataclasses.replace(read_tracks_csv(paths["csv"]), skeleton=list(engine.skeleton))
+            tracks = read_tracks_csv(paths["csv"], skeleton=engine.skeleton)
         written = write_tracks(tracks, paths["csv"].parent, stem, extra_formats, engine_name=engine_name,
                                video_path=None if is_live_spec(source_spec) else source_spec, fps=fps,
                                **format_options)

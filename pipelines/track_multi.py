@@ -24,24 +24,19 @@ import numpy as np
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.detection_noise import parse_detection_noise, resolve_detection_noise
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, write_multi_tracks_csv
-from ppmtrack.pipelines.io.video import PALETTE, AnnotatedVideoWriter
-from ppmtrack.pipelines.outputs import engine_identity, input_identity, prepare_output_set
+from ppmtrack.pipelines.io.files import TrackFileOptions
+from ppmtrack.pipelines.io.formats import MULTI_FORMATS, check_output_formats, write_tracks_multi
+from ppmtrack.pipelines.io.video import DEFAULT_VIDEO_FPS, PALETTE, AnnotatedVideoWriter
+from ppmtrack.pipelines.outputs import engine_identity, input_identity, prepare_output_dir, prepare_output_set
+from ppmtrack.pipelines.outputs import engine_sha256 as engine_file_sha256
+from ppmtrack.pipelines.progress import expected_frames
 from ppmtrack.pipelines.sources import open_source, redact_url
-from ppmtrack.pipelines.summary import RunSummary
-from ppmtrack.pipelines.track import (
-    DEFAULT_VIDEO_FPS,
-    _expected_frames,
-    _update_counts,
-    check_output_formats,
-    file_sha256,
-    prepare_output_dir,
-)
+from ppmtrack.pipelines.summary import RunSummary, record_source_counts
 from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks, smooth_keypoints
 from ppmtrack.tracker.identity import UNASSIGNED, IdentityParams, IdentityTracker
 
 logger = logging.getLogger("ppmtrack")
 
-MULTI_FORMATS = ("dlc", "sleap", "nwb")
 MAX_LISTED_UNCERTAIN = 200
 
 
@@ -176,7 +171,7 @@ def track_video_multi(
     out_dir = prepare_output_dir(out_dir)
     halt = stop_event if stop_event is not None else threading.Event()
     engine_path = engine_path or getattr(engine, "path", None)
-    engine_sha256 = file_sha256(engine_path) if engine_path and Path(engine_path).is_file() else None
+    engine_sha256 = engine_file_sha256(engine, engine_path)  # from the engine's own read of its file
     identity = engine_identity(engine, engine_path, engine_sha256)
     source = open_source(source_spec, start=start, stop=stop, stride=stride, queue_size=max(8, batch_size),
                          stop_event=halt)
@@ -197,7 +192,8 @@ def track_video_multi(
                "n_frames_estimate": info.n_frames, "rotation": info.rotation,
                "start": start, "stop": stop, "stride": stride},
         engine={"path": identity["path"], "name": name, "sha256": engine_sha256, "model": engine.model.name,
-                "keypoints": list(engine.names), "resolution": engine.resolution,
+                "keypoints": list(engine.names), "skeleton": [list(e) for e in engine.skeleton],
+                "resolution": engine.resolution,
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "animals": "auto" if count is None else count, "max_animals": n_max,
                   "smooth": "causal" if info.is_live else "rts", "smoothing": dataclasses.asdict(params),
@@ -227,7 +223,7 @@ def track_video_multi(
     if progress and not info.is_live:
         from tqdm import tqdm
 
-        bar = tqdm(total=_expected_frames(info.n_frames, start, stop, stride), unit="frame", file=sys.stderr,
+        bar = tqdm(total=expected_frames(info.n_frames, start, stop, stride), unit="frame", file=sys.stderr,
                    desc=stem, dynamic_ncols=True)
     t_start = time.perf_counter()
     failure: BaseException | None = None
@@ -236,7 +232,7 @@ def track_video_multi(
     batches = iter_batches(source, batch_size, fill=not info.is_live, stop_event=halt, stats=batch_stats)
     try:
         for batch in batches:
-            if batch.gap is not None:  # recorded from the source's outages at the end (_update_counts)
+            if batch.gap is not None:  # recorded from the source's outages at the end (record_source_counts)
                 continue
             t0 = time.perf_counter()
             found = engine.predict_animals(np.stack([f.image for f in batch.frames]), n_max, exact=exact,
@@ -282,7 +278,7 @@ def track_video_multi(
                 video.close()
             except BaseException as exc:
                 failure = failure or exc
-    _update_counts(summary, source.stats, batch_stats)  # damaged, missing and dropped frames, as for one animal
+    record_source_counts(summary, source.stats, batch_stats)  # damaged, missing and dropped frames, as for one animal
     summary.identities = {
         "individuals": [individual_name(i) for i in range(len(identities.smoothers))],
         "uncertain_count": len(tracker.uncertain),
@@ -318,22 +314,9 @@ def _finish(summary, identities: _Identities, engine, paths, extra, stem, engine
             tracks[name] = dataclasses.replace(animal, xy=xy, visible=visible)
         write_multi_tracks_csv(tracks, paths["csv"])
         summary.csv_positions = "rts"
-    written = []
-    if "dlc" in extra:
-        from ppmtrack.pipelines.io.dlc import write_dlc_multi
-
-        written += write_dlc_multi(tracks, paths["csv"].parent, stem, engine_name=engine_name)
-    if "sleap" in extra:
-        from ppmtrack.pipelines.io.sleap import write_sleap_analysis_multi
-
-        written.append(write_sleap_analysis_multi(tracks, paths["csv"].parent / f"{stem}.analysis.h5",
-                                                  engine_name=engine_name, video_path=video_path,
-                                                  fps=summary.input["fps"]))
-    if "nwb" in extra:
-        from ppmtrack.pipelines.io.nwb import write_nwb_multi
-
-        written += write_nwb_multi(tracks, paths["csv"].parent, stem, engine_name=engine_name, video_path=video_path,
-                                   fps=summary.input["fps"], species=species)
+    written = write_tracks_multi(tracks, paths["csv"].parent, stem, extra,
+                                 TrackFileOptions(engine_name=engine_name, video_path=video_path,
+                                                  fps=summary.input["fps"], species=species))
     summary.outputs["formats"] = [str(p) for p in written]
 
 

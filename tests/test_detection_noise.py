@@ -17,7 +17,8 @@ from ppmtrack.pipelines.detection_noise import (
     resolve_detection_noise,
 )
 from ppmtrack.tracker import SmoothingParams
-from ppmtrack.tracker.fusion import Anchors, fuse_keypoints, measure_flow
+from ppmtrack.tracker.fusion import Anchors, fuse_keypoints
+from ppmtrack.tracker.kalman import measure_flow
 
 VALIDATED = {"validation": {"mode": "leave-one-frame-out", "error_px": 30.0,
                             "error_px_per_keypoint": {"nose": 10.0, "tail": None, "paw": 0.2}},

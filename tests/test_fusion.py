@@ -10,7 +10,8 @@ from filterpy.kalman import KalmanFilter
 
 from ppmtrack.tracker import OnlineSmoother, SmoothingParams, filter_keypoints, smooth_keypoints
 from ppmtrack.tracker.flow import FlowParams, flow_image, propagate_points, track_points_flow
-from ppmtrack.tracker.fusion import Anchors, FlowTrack, fuse_keypoints, measure_flow
+from ppmtrack.tracker.fusion import Anchors, FlowTrack, fuse_keypoints
+from ppmtrack.tracker.kalman import measure_flow
 from ppmtrack.tracker.visibility import measured_mask, track_segments
 
 FPS = 30.0

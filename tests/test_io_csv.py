@@ -150,3 +150,36 @@ def test_killed_writer_leaves_a_readable_file_with_every_finished_frame(tmp_path
     assert len(got) >= finished + 1
     np.testing.assert_array_equal(got.frame, np.arange(len(got)))
     assert np.isfinite(got.xy).all()  # every frame read back is complete
+
+
+def test_the_skeleton_comes_back_from_the_runs_summary_or_the_caller(tmp_path):
+    import json
+
+    tracks = make_tracks()
+    csv_path = tmp_path / "clip.csv"
+    write_tracks_csv(tracks, csv_path)
+    assert read_tracks_csv(csv_path).skeleton == []  # no summary beside it
+    summary = tmp_path / "clip.summary.json"
+    names = tracks.names
+    summary.write_text(json.dumps({"engine": {"skeleton": [names[:2]]}, "outputs": {"csv": str(csv_path)}}))
+    assert read_tracks_csv(csv_path).skeleton == [tuple(names[:2])]
+    assert read_tracks_csv(csv_path, skeleton=[]).skeleton == []  # the caller's word wins
+    summary.write_text(json.dumps({"engine": {"skeleton": [names[:2]]}, "outputs": {"csv": "/elsewhere/clip.csv"}}))
+    assert read_tracks_csv(csv_path).skeleton == []  # a summary of another CSV is not this one's
+
+
+def test_a_tracked_csv_reads_back_with_the_engines_skeleton(tiny_model, tmp_path):
+    from pathlib import Path
+
+    import torch
+
+    from ppmtrack.engine import AdaptConfig, Engine
+    from ppmtrack.pipelines.track import track_video
+
+    generator = torch.Generator().manual_seed(0)
+    dim = tiny_model.unet.config.cross_attention_dim
+    engine = Engine(tiny_model, ["nose", "tail"], torch.randn(2, dim, generator=generator),
+                    torch.randn(dim, generator=generator), AdaptConfig(resolution=64), skeleton=[("nose", "tail")])
+    sample = Path(__file__).resolve().parents[1] / "samples" / "sample.mp4"
+    track_video(sample, engine, tmp_path, stop=2, write_video=False, progress=False, flow="off")
+    assert read_tracks_csv(tmp_path / "sample.csv").skeleton == [("nose", "tail")]

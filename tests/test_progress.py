@@ -43,9 +43,13 @@ def test_status_lines_without_a_total_are_printed_by_time(monkeypatch):
 def test_terminal_gets_a_tqdm_bar():
     from tqdm import tqdm
 
-    bar = progress_bar(10, "x", "frame", stream=_Terminal())
+    terminal = _Terminal()
+    bar = progress_bar(10, "x", "frame", stream=terminal)
     assert isinstance(bar, tqdm)
+    bar.update(10)
     bar.close()
+    shown = terminal.getvalue()
+    assert "\r" in shown and "10/10" in shown and "x" in shown  # a bar redrawn in place, at its total
 
 
 def test_threads_option_reaches_torch(monkeypatch, tmp_path):

@@ -147,7 +147,7 @@ def test_full_disk_ends_the_summary_as_failed_naming_the_file(engine, engine_fil
     doc = json.loads((small_disk / "sample.summary.json").read_text())
     assert doc["status"].startswith("failed: ") and "No space left" in doc["status"]
     assert doc["frames_processed"] > 0 and doc["last_frame"] is not None
-    assert not list(small_disk.glob("*.tmp"))
+    assert not list(small_disk.glob(".*.partial*"))  # no temporary file left (engine.atomic naming)
     tracks = read_tracks_csv(small_disk / "sample.csv")
     assert int(tracks.frame[-1]) >= doc["last_frame"]
     assert not _open_files_under(small_disk)

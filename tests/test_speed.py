@@ -235,7 +235,7 @@ def test_bench_adapt_prints_phases_that_add_up(capsys):
     out = capsys.readouterr().out
     phases = {k: v[0] for k, v in _table(out, "| phase |").items()}
     parts = [_num(phases[k]) for k in phases if k.startswith(("views", "foreground", "keypoint"))]
-    assert len(parts) == 3 and all(p >= 0 for p in parts)
+    assert len(parts) == 3 and parts[0] > 0 and parts[1] > 0  # one keypoint step: its first and last marks coincide
     assert _num(phases["total"]) == pytest.approx(sum(parts), rel=0.05, abs=1.5)
 
 

@@ -53,7 +53,7 @@ def test_track_video_writes_csv_video_and_summary_for_selected_frames(engine, tm
     assert doc["engine"]["name"] == "lizard" and doc["engine"]["keypoints"] == engine.names
     for stage in ("inference", "smoothing", "writing"):
         assert doc["stages"][stage]["frames"] == 15 and doc["stages"][stage]["fps"] > 0
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".*.partial*"))  # no temporary file left (engine.atomic naming)
 
 
 def test_truncated_recording_is_tracked_as_far_as_it_reads(engine, tmp_path):
@@ -74,7 +74,7 @@ def test_truncated_recording_is_tracked_as_far_as_it_reads(engine, tmp_path):
     assert summary.status == "complete"
     assert 0 < summary.frames_processed < 200
     doc = json.loads((tmp_path / "out" / "cut.summary.json").read_text())
-    assert doc["decode_errors"] == summary.decode_errors >= 0
+    assert doc["decode_errors"] == summary.decode_errors
     assert doc["frames_read"] >= doc["frames_processed"]
     assert len(read_tracks_csv(tmp_path / "out" / "cut.csv")) == summary.frames_processed
 

@@ -14,7 +14,7 @@ from ppmtrack.tracker import (
     smooth_keypoints,
     smooth_tracks,
 )
-from ppmtrack.tracker.kalman import process_noise_matrices, transition_matrices
+from ppmtrack.tracker.fusion import transition_3
 from ppmtrack.tracker.visibility import lost_mask, measured_mask, time_since_measured, track_segments
 
 FPS = 30.0
@@ -238,15 +238,16 @@ def test_smooth_tracks_fills_xy_and_visible(noisy_recording):
     assert np.isnan(tracks.xy).all() and not tracks.visible.any()
 
 
-def test_process_noise_matches_filterpy_continuous_white_noise():
+def test_filter_transition_is_constant_velocity_with_filterpy_continuous_white_noise():
+    """The transition the filter runs (tracker.fusion.transition_3): filterpy's process noise, constant velocity."""
     for dt in (1 / 60, 1 / 25, 0.7):
-        expected = Q_continuous_white_noise(
-            dim=2, dt=dt, spectral_density=500.0**2, block_size=2, order_by_dim=False
-        )
-        np.testing.assert_allclose(process_noise_matrices(np.array([dt]), 500.0)[0], expected, rtol=1e-12)
-        np.testing.assert_allclose(process_noise_matrices(dt, 500.0), expected, rtol=1e-12)
-    moved = transition_matrices(0.5) @ np.array([1.0, 2.0, 10.0, -4.0])
-    np.testing.assert_allclose(moved, [6.0, 0.0, 10.0, -4.0])
+        transition, noise = transition_3(dt, 500.0)
+        expected = Q_continuous_white_noise(dim=2, dt=dt, spectral_density=500.0**2, block_size=1)
+        np.testing.assert_allclose(noise[:2, :2], expected, rtol=1e-12)
+        np.testing.assert_array_equal(noise[2], 0.0)  # the previous position is copied, not disturbed
+        np.testing.assert_array_equal(noise[:, 2], 0.0)
+    transition, _ = transition_3(0.5, 500.0)
+    np.testing.assert_allclose(transition @ np.array([1.0, 10.0, 7.0]), [6.0, 10.0, 1.0])  # (pos, vel, previous)
 
 
 def test_measured_mask_drops_low_confidence_nan_and_zero():
@@ -268,3 +269,19 @@ def test_lost_mask_and_track_segments_agree():
     for start, stop in segments:
         in_segment[start:stop] = True
     np.testing.assert_array_equal(in_segment, ~lost)
+
+
+def test_tracks_reject_a_misshapen_array_naming_the_dimension():
+    t, k = 3, 2
+    good = {"names": ["nose", "tail"], "frame": np.arange(t), "time": np.arange(t) / 30.0,
+            "raw_xy": np.zeros((t, k, 2)), "confidence": np.ones((t, k)), "xy": np.zeros((t, k, 2)),
+            "visible": np.ones((t, k), bool)}
+    assert Tracks(**good).xy.shape == (t, k, 2)
+    with pytest.raises(ValueError, match=r"Tracks\.xy: dimension 'keypoints' has size 3, expected 2"):
+        Tracks(**{**good, "xy": np.zeros((t, 3, 2))})
+    with pytest.raises(ValueError, match=r"Tracks\.confidence: dimension 'time' has size 4, expected 3"):
+        Tracks(**{**good, "confidence": np.ones((4, k))})
+    with pytest.raises(ValueError, match=r"Tracks\.raw_xy must have the 3 dimensions \(time=3, keypoints=2, space=2\)"):
+        Tracks(**{**good, "raw_xy": np.zeros(t * k * 2)})  # was reshaped silently before
+    empty = Tracks(**{**good, "frame": [], "time": [], "raw_xy": [], "confidence": [], "xy": [], "visible": []})
+    assert len(empty) == 0 and empty.raw_xy.shape == (0, k, 2)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ppmtrack.tracker.params import SmoothingParams, check_keypoint_arrays
 from ppmtrack.tracker.visibility import measured_mask
 
 
@@ -271,8 +272,9 @@ class KeypointFilter:
 def transition_3(dt: float, process_noise: float) -> tuple[np.ndarray, np.ndarray]:
     """Transition and process noise of one axis's (position, velocity, previous position) over ``dt``.
 
-    The position/velocity block is :func:`tracker.kalman.transition_matrices` and
-    :func:`tracker.kalman.process_noise_matrices` for one axis; the previous position becomes the position.
+    The position/velocity block is the constant-velocity transition and the process noise of continuous white-noise
+    acceleration with spectral density ``process_noise**2`` (filterpy's ``Q_continuous_white_noise``) for one
+    axis; the previous position becomes the position.
     """
     transition = np.array([[1.0, dt, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     q = process_noise ** 2
@@ -373,7 +375,7 @@ def fuse_keypoints(raw_xy: np.ndarray, confidence: np.ndarray, time: np.ndarray,
     time : np.ndarray
         (T,) frame times in seconds, strictly increasing.
     flow : FlowTrack, optional
-        Optical flow between consecutive frames (from :class:`FlowFusion` or :func:`measure_flow`).
+        Optical flow between consecutive frames (from :func:`tracker.kalman.measure_flow`).
     anchors : Anchors, optional
         Known positions on some frames.
     params : SmoothingParams, optional
@@ -389,42 +391,10 @@ def fuse_keypoints(raw_xy: np.ndarray, confidence: np.ndarray, time: np.ndarray,
     visible : np.ndarray
         (T, K) bool: a detection, the flow or an anchor was used at that frame.
     """
-    from ppmtrack.tracker.kalman import SmoothingParams
-    from ppmtrack.tracker.smoothing import _check_keypoint_arrays
-
     params = params if params is not None else SmoothingParams()
-    raw_xy, confidence, time = _check_keypoint_arrays(raw_xy, confidence, time)
+    raw_xy, confidence, time = check_keypoint_arrays(raw_xy, confidence, time)
     anchor_xy = None if anchors is None else anchors.per_frame(*raw_xy.shape[:2])
     m = frame_measurements(raw_xy, confidence, params,
                            None if flow is None else flow.displacement, None if flow is None else flow.fb_error,
                            anchor_xy)
     return run_filter(m, time, params, smooth)
-
-
-def measure_flow(frames, raw_xy: np.ndarray, confidence: np.ndarray, time: np.ndarray, anchors: Anchors | None = None,
-                 params=None, flow_params=None) -> FlowTrack:
-    """Run the causal flow-fused filter over a recording and return the flow it measured.
-
-    The flow of frame t is measured at the causal estimate of frame t-1, exactly as a live run does;
-    :func:`fuse_keypoints` then reuses it (e.g. for the RTS pass).
-
-    Parameters
-    ----------
-    frames : sequence of np.ndarray
-        (T) RGB uint8 frames.
-    raw_xy, confidence, time, anchors, params
-        As for :func:`fuse_keypoints`.
-    flow_params : FlowParams, optional
-        Optical-flow settings; the defaults when omitted.
-    """
-    from ppmtrack.tracker.flow import FlowParams
-    from ppmtrack.tracker.kalman import OnlineSmoother
-
-    smoother = OnlineSmoother(raw_xy.shape[1], params, flow=flow_params or FlowParams())
-    anchor_xy = None if anchors is None else anchors.per_frame(*raw_xy.shape[:2])
-    displacement = np.full(raw_xy.shape, np.nan)
-    fb_error = np.full(raw_xy.shape[:2], np.inf)
-    for t in range(len(time)):
-        smoother.update(time[t], raw_xy[t], confidence[t], frames[t], None if anchor_xy is None else anchor_xy[t])
-        displacement[t], fb_error[t] = smoother.last_flow
-    return FlowTrack(displacement, fb_error)

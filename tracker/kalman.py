@@ -1,4 +1,4 @@
-"""Parameters of the keypoint filter, its constant-velocity matrices, and the online (causal) smoother.
+"""The online (causal) smoother, and :func:`measure_flow`, which runs it over a recording to measure the flow.
 
 The state of each keypoint is ``(x, y, vx, vy)`` in pixels and pixels per
 second. Between frames it moves at constant velocity, disturbed by white-noise
@@ -6,165 +6,20 @@ acceleration; each frame's engine output is a noisy measurement of ``(x, y)``
 whose noise grows as the engine's confidence falls, and optical flow (when
 given) measures its movement since the previous frame. The filter itself,
 vectorised over keypoints, is :class:`tracker.fusion.KeypointFilter`; this
-module holds its parameters and the online front end that decides when to
+module holds the online front end that decides when to
 update, when to only predict, and when to give a keypoint up as lost (see
 :mod:`tracker.visibility`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ppmtrack.tracker.flow import FlowParams, flow_image, propagate_points
-from ppmtrack.tracker.fusion import KeypointFilter, frame_measurements
+from ppmtrack.tracker.fusion import Anchors, FlowTrack, KeypointFilter, frame_measurements
+from ppmtrack.tracker.params import SmoothingParams
 
-
-@dataclass(frozen=True)
-class SmoothingParams:
-    """Parameters of the keypoint filter and smoother.
-
-    The defaults suit animals filmed at 25-60 fps in frames a few hundred
-    pixels across, with an engine whose confident measurements are good to a
-    couple of pixels.
-
-    Parameters
-    ----------
-    min_confidence : float, default 0.2
-        Measurements with a lower confidence (or NaN confidence or position)
-        are ignored: the keypoint counts as occluded and its position is
-        predicted from the motion model.
-    measurement_noise_px : float or tuple of float, default 2.0
-        Standard deviation, in pixels, of a measurement with confidence 1. A
-        measurement with confidence ``c`` gets ``measurement_noise_px / c``,
-        so a confidence-0.2 measurement counts as 5 times noisier (25 times
-        less weight). A tuple gives one value per keypoint (K values), e.g.
-        each keypoint's held-out error measured when the engine was adapted
-        (``ppmtrack track --detection-noise auto``, the default there).
-    process_noise : float, default 500.0
-        Strength of the random acceleration, as the square root of its
-        spectral density, in px / s^1.5: over a frame interval ``dt`` the
-        velocity uncertainty grows by ``process_noise * sqrt(dt)`` px/s. The
-        model is continuous in time, so the same value behaves the same at any
-        frame rate and across time gaps. Larger values follow quick turns more
-        closely but smooth less.
-    max_occluded_s : float, default 1.0
-        A keypoint not measured for longer than this many seconds is lost:
-        its position becomes NaN instead of being extrapolated for ever, and
-        the filter restarts at the next measurement.
-    initial_speed_px_s : float, default 300.0
-        Standard deviation of the unknown velocity, in px/s, when the filter
-        starts (or restarts) at a measurement; the velocity starts at zero.
-    flow_noise_px : float, default 0.5
-        Standard deviation, in pixels, of an optical-flow displacement whose
-        forward-backward error is zero; the error is added to it.
-    max_flow_error_px : float, default 2.0
-        A flow displacement whose forward-backward error exceeds this is not
-        used (the flow is unreliable there).
-    anchor_noise_px : float, default 0.5
-        Standard deviation of a known position (a support frame in the video).
-    detection_gate : float, default 16.0
-        Where the flow was used, a detection whose squared Mahalanobis distance
-        ``d²`` from the filter's estimate exceeds this (16: 4 standard
-        deviations) is down-weighted: its innovation variance is scaled by
-        ``(d² / detection_gate)²`` (see :mod:`tracker.fusion`).
-    detection_correlation_s : float, default 1.0
-        How long a detection's error persists, in seconds. An engine that is wrong about a keypoint stays wrong
-        in the frames that follow (the same pose, the same mistake), so beside the flow, detections count as one
-        independent measurement per this time, not one per frame: their variance is multiplied by
-        ``detection_correlation_s / dt``. Without it, a detection bias of tens of pixels slowly pulls an
-        accurate flow track off over a hundred frames (docs/smoothing.md). 0: every frame independent.
-    """
-
-    min_confidence: float = 0.2
-    measurement_noise_px: float | tuple[float, ...] = 2.0
-    process_noise: float = 500.0
-    max_occluded_s: float = 1.0
-    initial_speed_px_s: float = 300.0
-    flow_noise_px: float = 0.5
-    max_flow_error_px: float = 2.0
-    anchor_noise_px: float = 0.5
-    detection_gate: float = 16.0
-    detection_correlation_s: float = 1.0
-
-    def __post_init__(self):
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise ValueError(f"min_confidence must lie in [0, 1], got {self.min_confidence}.")
-        noise = self.measurement_noise_px
-        values = np.asarray(noise, dtype=np.float64)
-        if values.ndim > 1 or values.size == 0 or not (np.isfinite(values).all() and (values > 0).all()):
-            raise ValueError(f"measurement_noise_px must be a positive finite number or one per keypoint, "
-                             f"got {noise!r}.")
-        if values.ndim == 1:  # one per keypoint: kept as a tuple (hashable, JSON-able)
-            object.__setattr__(self, "measurement_noise_px", tuple(float(v) for v in values))
-        if not (np.isfinite(self.detection_correlation_s) and self.detection_correlation_s >= 0):
-            raise ValueError(f"detection_correlation_s must be a finite number ≥ 0, got "
-                             f"{self.detection_correlation_s}.")
-        for name in ("process_noise", "max_occluded_s", "initial_speed_px_s", "flow_noise_px", "max_flow_error_px",
-                     "anchor_noise_px", "detection_gate"):
-            value = getattr(self, name)
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive finite number, got {value}.")
-
-    def detection_noise(self, n_keypoints: int) -> np.ndarray:
-        """(K,) the standard deviation of a confidence-1 detection of each keypoint, in pixels."""
-        noise = np.asarray(self.measurement_noise_px, dtype=np.float64)
-        if noise.ndim and len(noise) != n_keypoints:
-            raise ValueError(f"measurement_noise_px has {len(noise)} values for {n_keypoints} keypoints.")
-        return np.broadcast_to(noise, (n_keypoints,))
-
-
-def transition_matrices(dt: np.ndarray | float) -> np.ndarray:
-    """Constant-velocity state transition over each frame interval.
-
-    Parameters
-    ----------
-    dt : np.ndarray or float
-        (N,) or scalar frame intervals in seconds.
-
-    Returns
-    -------
-    np.ndarray
-        (N, 4, 4), or (4, 4) for a scalar ``dt``: the matrices ``F`` with
-        ``x_next = F @ x`` for the state ``(x, y, vx, vy)``.
-    """
-    dt = np.asarray(dt, dtype=np.float64)
-    transition = np.broadcast_to(np.eye(4), dt.shape + (4, 4)).copy()
-    transition[..., 0, 2] = dt
-    transition[..., 1, 3] = dt
-    return transition
-
-
-def process_noise_matrices(dt: np.ndarray | float, process_noise: float) -> np.ndarray:
-    """Process noise of continuous white-noise acceleration over each interval.
-
-    This is :func:`filterpy.common.Q_continuous_white_noise` (``dim=2``,
-    ``block_size=2``, ``order_by_dim=False``) with spectral density
-    ``process_noise**2``, computed for many intervals at once.
-
-    Parameters
-    ----------
-    dt : np.ndarray or float
-        (N,) or scalar frame intervals in seconds.
-    process_noise : float
-        Square root of the acceleration spectral density, px / s^1.5.
-
-    Returns
-    -------
-    np.ndarray
-        (N, 4, 4), or (4, 4) for a scalar ``dt``: the covariance ``Q`` added
-        to the state covariance by each prediction.
-    """
-    dt = np.asarray(dt, dtype=np.float64)
-    density = process_noise**2
-    noise = np.zeros(dt.shape + (4, 4))
-    for position, velocity in ((0, 2), (1, 3)):
-        noise[..., position, position] = density * dt**3 / 3.0
-        noise[..., position, velocity] = density * dt**2 / 2.0
-        noise[..., velocity, position] = density * dt**2 / 2.0
-        noise[..., velocity, velocity] = density * dt
-    return noise
+__all__ = ["OnlineSmoother", "SmoothingParams", "measure_flow"]
 
 
 class OnlineSmoother:
@@ -271,3 +126,29 @@ class OnlineSmoother:
             self._last_image = prepared
         self.last_flow = (displacement, fb_error)
         return displacement, fb_error
+
+
+def measure_flow(frames, raw_xy: np.ndarray, confidence: np.ndarray, time: np.ndarray, anchors: Anchors | None = None,
+                 params=None, flow_params=None) -> FlowTrack:
+    """Run the causal flow-fused filter over a recording and return the flow it measured.
+
+    The flow of frame t is measured at the causal estimate of frame t-1, exactly as a live run does;
+    :func:`tracker.fusion.fuse_keypoints` then reuses it (e.g. for the RTS pass).
+
+    Parameters
+    ----------
+    frames : sequence of np.ndarray
+        (T) RGB uint8 frames.
+    raw_xy, confidence, time, anchors, params
+        As for :func:`tracker.fusion.fuse_keypoints`.
+    flow_params : FlowParams, optional
+        Optical-flow settings; the defaults when omitted.
+    """
+    smoother = OnlineSmoother(raw_xy.shape[1], params, flow=flow_params or FlowParams())
+    anchor_xy = None if anchors is None else anchors.per_frame(*raw_xy.shape[:2])
+    displacement = np.full(raw_xy.shape, np.nan)
+    fb_error = np.full(raw_xy.shape[:2], np.inf)
+    for t in range(len(time)):
+        smoother.update(time[t], raw_xy[t], confidence[t], frames[t], None if anchor_xy is None else anchor_xy[t])
+        displacement[t], fb_error[t] = smoother.last_flow
+    return FlowTrack(displacement, fb_error)

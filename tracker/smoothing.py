@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ppmtrack.tracker.kalman import SmoothingParams
+from ppmtrack.tracker.fusion import fuse_keypoints
+from ppmtrack.tracker.params import SmoothingParams
 
 
 def filter_keypoints(
@@ -81,27 +82,6 @@ def smooth_keypoints(
     return _run_keypoint_filters(raw_xy, confidence, time, params, smooth=True)
 
 
-def _check_keypoint_arrays(
-    raw_xy: np.ndarray, confidence: np.ndarray, time: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    raw_xy = np.asarray(raw_xy, dtype=np.float64)
-    confidence = np.asarray(confidence, dtype=np.float64)
-    time = np.asarray(time, dtype=np.float64)
-    if raw_xy.ndim != 3 or raw_xy.shape[2] != 2:
-        raise ValueError(f"raw_xy must have shape (T, K, 2), got {raw_xy.shape}.")
-    if confidence.shape != raw_xy.shape[:2]:
-        raise ValueError(f"confidence must have shape (T, K) = {raw_xy.shape[:2]}, got {confidence.shape}.")
-    if time.shape != raw_xy.shape[:1]:
-        raise ValueError(f"time must have shape (T,) = {raw_xy.shape[:1]}, got {time.shape}.")
-    if not np.isfinite(time).all():
-        raise ValueError("time contains NaN or infinite values; drop those frames before smoothing.")
-    if np.any(np.diff(time) <= 0):
-        raise ValueError(
-            "time must be strictly increasing; sort the frames by presentation time and drop duplicates."
-        )
-    return raw_xy, confidence, time
-
-
 def _run_keypoint_filters(
     raw_xy: np.ndarray,
     confidence: np.ndarray,
@@ -109,6 +89,4 @@ def _run_keypoint_filters(
     params: SmoothingParams | None,
     smooth: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    from ppmtrack.tracker.fusion import fuse_keypoints
-
     return fuse_keypoints(raw_xy, confidence, time, params=params, smooth=smooth)

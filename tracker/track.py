@@ -29,6 +29,10 @@ class Tracks:
         (T, K) bool: True where the keypoint was measured with enough confidence.
     skeleton : list of (str, str)
         Edges between keypoint names.
+
+    The arrays' dimensions are named ``time`` (T, the length of ``frame``), ``keypoints`` (K, the length of
+    ``names``) and ``space`` (2: x, y); an array of another shape raises ValueError naming the array and the
+    dimension that differs. An array with no element stands for a recording of no frame, whatever its shape.
     """
 
     names: list[str]
@@ -41,13 +45,37 @@ class Tracks:
     skeleton: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self):
-        t, k = len(self.frame), len(self.names)
-        self.frame = np.asarray(self.frame, dtype=np.int64).reshape(t)
-        self.time = np.asarray(self.time, dtype=np.float64).reshape(t)
-        self.raw_xy = np.asarray(self.raw_xy, dtype=np.float64).reshape(t, k, 2)
-        self.confidence = np.asarray(self.confidence, dtype=np.float64).reshape(t, k)
-        self.xy = np.asarray(self.xy, dtype=np.float64).reshape(t, k, 2)
-        self.visible = np.asarray(self.visible, dtype=bool).reshape(t, k)
+        sizes = {"time": len(np.atleast_1d(self.frame)), "keypoints": len(self.names), "space": 2}
+        self.frame = _shaped("frame", self.frame, np.int64, ("time",), sizes)
+        self.time = _shaped("time", self.time, np.float64, ("time",), sizes)
+        self.raw_xy = _shaped("raw_xy", self.raw_xy, np.float64, DIMS_XY, sizes)
+        self.confidence = _shaped("confidence", self.confidence, np.float64, DIMS_PER_KEYPOINT, sizes)
+        self.xy = _shaped("xy", self.xy, np.float64, DIMS_XY, sizes)
+        self.visible = _shaped("visible", self.visible, bool, DIMS_PER_KEYPOINT, sizes)
 
     def __len__(self) -> int:
         return len(self.frame)
+
+
+DIMS_XY = ("time", "keypoints", "space")
+DIMS_PER_KEYPOINT = ("time", "keypoints")
+
+
+def _shaped(name: str, values, dtype, dims: tuple[str, ...], sizes: dict[str, int]) -> np.ndarray:
+    """``values`` as an array of ``dtype`` with the named dimensions ``dims``; ValueError naming the dimension
+    that does not match ``sizes``."""
+    array = np.asarray(values, dtype=dtype)
+    shape = tuple(sizes[d] for d in dims)
+    if array.shape == shape:
+        return array
+    if array.size == 0 and 0 in shape:  # no frame: e.g. np.array([]) of an empty list of rows
+        return array.reshape(shape)
+    described = ", ".join(f"{d}={n}" for d, n in zip(dims, shape, strict=True))
+    if array.ndim != len(dims):
+        raise ValueError(f"Tracks.{name} must have the {len(dims)} dimensions ({described}), got an array of "
+                         f"shape {array.shape}")
+    dim, want, got = next((d, w, g) for d, w, g in zip(dims, shape, array.shape, strict=True) if w != g)
+    what = {"time": "the number of frames (len(frame))", "keypoints": "the number of keypoint names (len(names))",
+            "space": "x and y"}[dim]
+    raise ValueError(f"Tracks.{name}: dimension '{dim}' has size {got}, expected {want}, {what}; shape "
+                     f"{array.shape}, expected ({described})")

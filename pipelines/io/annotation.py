@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.engine.atomic import atomic_path
 from ppmtrack.pipelines.io.files import read_json_file
 from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 
@@ -135,9 +136,8 @@ def write_annotation(labels: Labels, path: str | Path) -> None:
     }
     if labels.display:
         doc["display"] = dict(labels.display)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def _points_of(kp: np.ndarray, names: list[str]) -> dict:

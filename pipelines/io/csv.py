@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import time as _time
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.engine.atomic import atomic_path
 from ppmtrack.engine.errors import PpmtrackError
+from ppmtrack.pipelines.summary import SUMMARY_SUFFIX
 from ppmtrack.tracker.track import Tracks
 
 COLUMNS = ("frame", "time", "keypoint", "x", "y", "confidence", "visible", "raw_x", "raw_y")
@@ -125,13 +128,10 @@ def write_tracks_csv(tracks: Tracks, path) -> None:
     Used to replace the causal CSV written during a run with the smoothed one at its end; a reader never
     sees a half-written file.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with TracksCsvWriter(tmp, tracks.names) as writer:
+    with atomic_path(path) as tmp, TracksCsvWriter(tmp, tracks.names) as writer:
         for t in range(len(tracks)):
             writer.write_frame(tracks.frame[t], tracks.time[t], tracks.xy[t], tracks.confidence[t],
                                tracks.visible[t], tracks.raw_xy[t])
-    os.replace(tmp, path)
 
 
 def _field(value: str, path: Path, line: int, column: str) -> float:
@@ -143,12 +143,16 @@ def _field(value: str, path: Path, line: int, column: str) -> float:
         raise TracksFileError(f"{path}: line {line}: {column} must be a number or empty, got {value!r}") from None
 
 
-def read_tracks_csv(path) -> Tracks:
+def read_tracks_csv(path, skeleton=None) -> Tracks:
     """Read a tracks CSV into Tracks; keypoints and frames are ordered by first appearance.
 
     A last line without a newline is what a killed writer leaves: it is ignored, and so is its frame if that
     frame has fewer rows than there are keypoints. A keypoint missing from some other frame reads as lost
-    (NaN position and confidence, not visible). The skeleton is not stored in the CSV and comes back empty.
+    (NaN position and confidence, not visible).
+
+    The CSV holds no skeleton: ``skeleton`` (edges between keypoint names) when given, else the one the run's
+    summary beside the CSV records (``STEM.summary.json`` whose ``outputs.csv`` is this file, see
+    :func:`recorded_skeleton`), else none.
     """
     path = Path(path)
     try:
@@ -202,6 +206,7 @@ def read_tracks_csv(path) -> Tracks:
         confidence[t, k] = conf
         visible[t, k] = bool(vis)
     return Tracks(
+        skeleton=list(skeleton) if skeleton is not None else recorded_skeleton(path),
         names=list(name_index),
         frame=np.fromiter(frame_index, dtype=np.int64, count=len(frame_index))[:n_frames],
         time=np.array(times[:n_frames], dtype=np.float64),
@@ -215,22 +220,19 @@ def read_tracks_csv(path) -> Tracks:
 def write_multi_tracks_csv(tracks: dict[str, Tracks], path) -> None:
     """Write several animals' tracks (individual name → Tracks on one frame axis) atomically, like
     :func:`write_tracks_csv`, with the ``individual`` column; per frame the animals come in dict order."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     first = next(iter(tracks.values()))
-    with TracksCsvWriter(tmp, first.names, individuals=True) as writer:
+    with atomic_path(path) as tmp, TracksCsvWriter(tmp, first.names, individuals=True) as writer:
         for t in range(len(first)):
             for name, animal in tracks.items():
                 writer.write_frame(animal.frame[t], animal.time[t], animal.xy[t], animal.confidence[t],
                                    animal.visible[t], animal.raw_xy[t], individual=name)
-    os.replace(tmp, path)
 
 
-def read_multi_tracks_csv(path) -> dict[str, Tracks]:
+def read_multi_tracks_csv(path, skeleton=None) -> dict[str, Tracks]:
     """Read a tracks CSV with an ``individual`` column: individual name → Tracks, all on the same frames.
 
     An animal without rows in some frame reads as lost there (NaN, not visible); a last line without a
-    newline (a killed writer) is ignored.
+    newline (a killed writer) is ignored. ``skeleton``: as for :func:`read_tracks_csv`.
     """
     path = Path(path)
     try:
@@ -252,6 +254,7 @@ def read_multi_tracks_csv(path) -> dict[str, Tracks]:
         values = [_field(fields[c], path, line, MULTI_COLUMNS[c]) for c in (4, 5, 6, 8, 9)]
         animals.setdefault(fields[2], {})[(frame, fields[3])] = (values, fields[7] == "1")
     order = list(frames)
+    edges = list(skeleton) if skeleton is not None else recorded_skeleton(path)
     out = {}
     for individual, rows in animals.items():
         xy = np.full((len(order), len(names), 2), np.nan)
@@ -264,5 +267,19 @@ def read_multi_tracks_csv(path) -> dict[str, Tracks]:
             xy[t, k], raw[t, k], confidence[t, k], visible[t, k] = (x, y), (rx, ry), conf, vis
         out[individual] = Tracks(names=list(names), frame=np.array(order, dtype=np.int64),
                                  time=np.array([frames[f] for f in order]), raw_xy=raw, confidence=confidence,
-                                 xy=xy, visible=visible)
+                                 xy=xy, visible=visible, skeleton=list(edges))
     return out
+
+
+def recorded_skeleton(csv_path) -> list[tuple[str, str]]:
+    """The skeleton a run recorded for its tracks CSV ``csv_path``: ``engine.skeleton`` of the summary
+    ``STEM.summary.json`` beside it, if that summary lists this CSV as its output; else an empty list."""
+    csv_path = Path(csv_path)
+    try:
+        doc = json.loads(csv_path.with_name(csv_path.stem + SUMMARY_SUFFIX).read_text(encoding="utf-8"))
+        listed = Path((doc.get("outputs") or {}).get("csv") or "")
+        if listed.name != csv_path.name or not listed.exists() or not listed.samefile(csv_path):
+            return []
+        return [(str(a), str(b)) for a, b in (doc.get("engine") or {}).get("skeleton") or []]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import re
 from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
+from ppmtrack.engine.atomic import atomic_path
 from ppmtrack.engine.errors import MissingExtraError
-from ppmtrack.pipelines.io.files import FORMATS_EXTRA_HINT
+from ppmtrack.pipelines.io.files import FORMATS_EXTRA_HINT, TrackFileOptions
 from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 from ppmtrack.tracker.track import Tracks
 
@@ -318,15 +318,11 @@ def write_dlc(tracks: Tracks, out_dir: str | Path, stem: str, *, engine_name: st
 
 def _write_table(df, path: Path) -> Path:
     """Write a DeepLabCut table as ``.h5`` (key ``df_with_missing``) or ``.csv`` atomically (temp file, rename)."""
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".h5":
             df.to_hdf(tmp, key="df_with_missing", format="table", mode="w")
         else:
             df.to_csv(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -407,10 +403,8 @@ def write_dlc_labels(labels: Labels, project_dir: str | Path, scorer: str) -> li
             cells = ["" if math.isnan(v) else f"{v:.3f}" for v in labels.keypoints[i].ravel()]
             rows.append(["labeled-data", folder_name, image_name] + cells)
         path = folder / f"CollectedData_{scorer}.csv"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             csv.writer(f, lineterminator="\n").writerows(rows)
-        os.replace(tmp, path)
         written.append(path)
     return written
 
@@ -438,3 +432,15 @@ def write_dlc_multi(tracks: dict[str, Tracks], out_dir: str | Path, stem: str, *
     for suffix in (".h5", ".csv"):
         written.append(_write_table(df, out_dir / f"{stem}{scorer}{suffix}"))
     return written
+
+
+def write_dlc_files(tracks: Tracks, out_dir: str | Path, stem: str, options: TrackFileOptions,
+                    raw: bool = False) -> list[Path]:
+    """The registry's writer of one animal: :func:`write_dlc` (``<stem><scorer>.h5`` + ``.csv``)."""
+    return write_dlc(tracks, out_dir, stem, engine_name=options.engine_name, raw=raw)
+
+
+def write_dlc_files_multi(tracks: dict[str, Tracks], out_dir: str | Path, stem: str,
+                          options: TrackFileOptions) -> list[Path]:
+    """The registry's writer of several animals: :func:`write_dlc_multi`."""
+    return write_dlc_multi(tracks, out_dir, stem, engine_name=options.engine_name)

@@ -1,16 +1,28 @@
-"""Dispatch: recognise a labels file's format and read it; write tracks in the formats the user asks for."""
+"""Dispatch: recognise a labels file's format and read it; the registry of track output formats, and writing
+tracks in the formats the user asks for.
+
+A track output format is its own module (``pipelines/io/<format>.py``, with a writer of one animal and, where the
+format holds several, one of several animals) plus one line of :data:`TRACK_FORMAT_REGISTRY`: the CLI's choices,
+the check that its packages are installed, the files that make up an output set (:func:`pipelines.outputs.stem_files`)
+and both tracking runs (one animal: :func:`write_tracks`; several: :func:`write_tracks_multi`) read it from there.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from ppmtrack.engine.errors import MissingExtraError, UsageError
 from ppmtrack.pipelines.io.annotation import FORMAT_KEY, read_annotation
 from ppmtrack.pipelines.io.coco import read_coco
-from ppmtrack.pipelines.io.dlc import read_dlc, write_dlc
-from ppmtrack.pipelines.io.nwb import write_nwb
-from ppmtrack.pipelines.io.sleap import read_sleap, write_sleap_analysis
+from ppmtrack.pipelines.io.dlc import read_dlc, write_dlc_files, write_dlc_files_multi
+from ppmtrack.pipelines.io.files import TrackFileOptions
+from ppmtrack.pipelines.io.nwb import write_nwb_files, write_nwb_files_multi
+from ppmtrack.pipelines.io.sleap import read_sleap, write_sleap_files, write_sleap_files_multi
 from ppmtrack.pipelines.labels import Labels, LabelsError
 from ppmtrack.tracker.track import Tracks
 
@@ -20,7 +32,54 @@ LABEL_FORMATS = {
     "sleap": "SLEAP labels (.slp, .pkg.slp)",
     "coco": "COCO keypoints JSON (.json)",
 }
-TRACK_FORMATS = ("dlc", "sleap", "nwb")
+
+
+@dataclass(frozen=True)
+class TrackFormat:
+    """One track output format: what it needs, which files it makes, and its writers.
+
+    Parameters
+    ----------
+    name : str
+        The name users give (``track --output-format NAME``).
+    packages : tuple of str
+        The Python modules it needs (checked before a run starts), installed by the package extra ``extra``.
+    extra : str
+        The ``ppmtrack[EXTRA]`` that installs ``packages``.
+    file_patterns : tuple of str
+        Glob patterns of the files it writes for a stem, ``{stem}`` standing for the (glob-escaped) stem; an
+        output set (:func:`pipelines.outputs.stem_files`) is these files. Files named after the individuals of a
+        several-animal run are found through the run's summary instead.
+    write : callable
+        ``write(tracks, out_dir, stem, options: TrackFileOptions, raw=False) -> list[Path]``: one animal's files
+        (``raw``: the engine's raw measurements instead of the smoothed positions, in the ``.raw`` files).
+    write_multi : callable, optional
+        ``write_multi(tracks_by_individual, out_dir, stem, options) -> list[Path]``: several animals' files; None
+        where the format does not hold several animals yet.
+    """
+
+    name: str
+    packages: tuple[str, ...]
+    extra: str
+    file_patterns: tuple[str, ...]
+    write: Callable[..., list[Path]]
+    write_multi: Callable[..., list[Path]] | None = None
+
+
+TRACK_FORMAT_REGISTRY: dict[str, TrackFormat] = {f.name: f for f in (
+    TrackFormat("dlc", ("pandas", "tables"), "formats", ("{stem}ppmtrack_*.h5", "{stem}ppmtrack_*.csv"),
+                write_dlc_files, write_dlc_files_multi),
+    TrackFormat("sleap", ("h5py",), "formats", ("{stem}.analysis.h5", "{stem}.raw.analysis.h5"),
+                write_sleap_files, write_sleap_files_multi),
+    TrackFormat("nwb", ("pynwb", "ndx_pose"), "formats", ("{stem}.nwb", "{stem}.raw.nwb"),
+                write_nwb_files, write_nwb_files_multi),
+)}
+TRACK_FORMATS = tuple(TRACK_FORMAT_REGISTRY)
+"""The formats written beside the tracks CSV on request."""
+OUTPUT_FORMATS = ("csv", *TRACK_FORMATS)
+"""What ``--output-format`` accepts: the tracks CSV (always written) and the registry's formats."""
+MULTI_FORMATS = tuple(name for name, f in TRACK_FORMAT_REGISTRY.items() if f.write_multi is not None)
+"""The formats written for several animals."""
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
@@ -122,6 +181,26 @@ def read_labels(path: str | Path, fmt: str | None = None, individual: str | None
                                individuals=[], instances=None)
 
 
+def check_output_formats(formats) -> list[str]:
+    """Validate requested output formats (``csv`` always written) and that their packages are installed.
+
+    Returns the formats beyond csv, in order, without duplicates. Raises UsageError for an unknown format and
+    MissingExtraError (naming the packages and the extra that installs them) for one whose packages are missing.
+    """
+    formats = [f.strip().lower() for f in formats if f.strip()]
+    unknown = [f for f in formats if f not in OUTPUT_FORMATS]
+    if unknown:
+        raise UsageError(f"unknown output format {unknown[0]!r}; choose among {', '.join(OUTPUT_FORMATS)}")
+    extra = [f for f in dict.fromkeys(formats) if f != "csv"]
+    for fmt in extra:
+        spec = TRACK_FORMAT_REGISTRY[fmt]
+        missing = [m for m in spec.packages if importlib.util.find_spec(m) is None]
+        if missing:
+            raise MissingExtraError(f"output format {fmt!r} needs the Python package(s) {', '.join(missing)}; "
+                                    f"install them with: pip install 'ppmtrack[{spec.extra}]'")
+    return extra
+
+
 def write_tracks(
     tracks: Tracks,
     out_dir: str | Path,
@@ -170,19 +249,27 @@ def write_tracks(
         raise ValueError(
             f"unknown track output format {unknown[0]!r}; choose among {', '.join(TRACK_FORMATS)}"
         )
-    out_dir = Path(out_dir)
+    options = TrackFileOptions(engine_name=engine_name, video_path=video_path, fps=fps, subject_id=subject_id,
+                               species=species)
     written: list[Path] = []
     for fmt in dict.fromkeys(formats):
         for raw in (False, True) if with_raw else (False,):
-            tag = ".raw" if raw else ""
-            if fmt == "dlc":
-                written += write_dlc(tracks, out_dir, stem, engine_name=engine_name, raw=raw)
-            elif fmt == "sleap":
-                written.append(write_sleap_analysis(tracks, out_dir / f"{stem}{tag}.analysis.h5",
-                                                    engine_name=engine_name, video_path=video_path, fps=fps,
-                                                    raw=raw))
-            else:
-                written.append(write_nwb(tracks, out_dir / f"{stem}{tag}.nwb", engine_name=engine_name,
-                                         video_path=video_path, fps=fps, subject_id=subject_id,
-                                         species=species, raw=raw))
+            written += TRACK_FORMAT_REGISTRY[fmt].write(tracks, Path(out_dir), stem, options, raw=raw)
+    return written
+
+
+def write_tracks_multi(tracks: dict[str, Tracks], out_dir: str | Path, stem: str, formats: list[str],
+                       options: TrackFileOptions) -> list[Path]:
+    """Write several animals' tracks (individual name → Tracks, one frame axis) in each requested format.
+
+    Returns the files written, in the order of ``formats``; a format without a several-animal writer (not in
+    :data:`MULTI_FORMATS`) raises UsageError.
+    """
+    unsupported = [f for f in formats if f not in MULTI_FORMATS]
+    if unsupported:
+        raise UsageError(f"output format {unsupported[0]!r} is not written for several animals yet; "
+                         f"choose among csv, {', '.join(MULTI_FORMATS)}")
+    written: list[Path] = []
+    for fmt in dict.fromkeys(formats):
+        written += TRACK_FORMAT_REGISTRY[fmt].write_multi(tracks, Path(out_dir), stem, options)
     return written

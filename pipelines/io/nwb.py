@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.engine.atomic import atomic_path
 from ppmtrack.engine.errors import MissingExtraError
-from ppmtrack.pipelines.io.files import FORMATS_EXTRA_HINT
+from ppmtrack.pipelines.io.files import FORMATS_EXTRA_HINT, TrackFileOptions
 from ppmtrack.tracker.track import Tracks
 
 DEFAULT_SUBJECT_ID = "individual_0"  # movement's name for the one animal of a single-animal file
@@ -151,13 +151,8 @@ def write_nwb(
     behavior.add(ndx_pose.Skeletons(skeletons=[skeleton]))
     behavior.add(pose)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        with pynwb.NWBHDF5IO(str(tmp), "w") as io:
-            io.write(nwbfile)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, pynwb.NWBHDF5IO(str(tmp), "w") as io:
+        io.write(nwbfile)
     return path
 
 
@@ -197,3 +192,19 @@ def write_nwb_multi(tracks: dict[str, Tracks], out_dir: str | Path, stem: str, *
     return [write_nwb(animal, Path(out_dir) / f"{stem}.{name}.nwb", engine_name=engine_name, video_path=video_path,
                       fps=fps, session_start_time=session_start_time, subject_id=name, species=species)
             for name, animal in tracks.items()]
+
+
+def write_nwb_files(tracks: Tracks, out_dir: str | Path, stem: str, options: TrackFileOptions,
+                    raw: bool = False) -> list[Path]:
+    """The registry's writer of one animal: :func:`write_nwb` to ``<stem>.nwb`` (``<stem>.raw.nwb`` with ``raw``)."""
+    tag = ".raw" if raw else ""
+    return [write_nwb(tracks, Path(out_dir) / f"{stem}{tag}.nwb", engine_name=options.engine_name,
+                      video_path=options.video_path, fps=options.fps, subject_id=options.subject_id,
+                      species=options.species, raw=raw)]
+
+
+def write_nwb_files_multi(tracks: dict[str, Tracks], out_dir: str | Path, stem: str,
+                          options: TrackFileOptions) -> list[Path]:
+    """The registry's writer of several animals: :func:`write_nwb_multi` (one ``<stem>.<individual>.nwb`` each)."""
+    return write_nwb_multi(tracks, out_dir, stem, engine_name=options.engine_name, video_path=options.video_path,
+                           fps=options.fps, species=options.species)

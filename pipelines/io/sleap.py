@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.engine.atomic import atomic_path
 from ppmtrack.engine.errors import MissingExtraError
-from ppmtrack.pipelines.io.files import FORMATS_EXTRA_HINT
+from ppmtrack.pipelines.io.files import FORMATS_EXTRA_HINT, TrackFileOptions
 from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 from ppmtrack.tracker.track import Tracks
 
@@ -231,32 +231,27 @@ def write_sleap_analysis(
         "tracking_scores": (np.full((1, n_frames), np.nan), '["track", "frame"]'),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, (data, dims) in datasets.items():
-                f.create_dataset(key, data=data, compression="gzip", compression_opts=9).attrs["dims"] = dims
-            f.create_dataset("track_names", data=np.array([b"track_0"]))
-            f.create_dataset("node_names", data=np.array([n.encode() for n in names]))
-            f.create_dataset(
-                "edge_names",
-                data=np.array([(a.encode(), b.encode()) for a, b in edges], dtype="S").reshape(len(edges), 2),
-            )
-            f.create_dataset(
-                "edge_inds",
-                data=np.array([(index[a], index[b]) for a, b in edges], dtype=np.int64).reshape(
-                    len(edges), 2
-                ),
-            )
-            f.create_dataset("video_path", data=str(video_path) if video_path is not None else "")
-            f.create_dataset("video_ind", data=0)
-            f.create_dataset("labels_path", data="")
-            f.create_dataset("provenance", data=json.dumps(provenance))
-            f.attrs["preset"] = "matlab"
-            f.attrs["format"] = "analysis"
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, (data, dims) in datasets.items():
+            f.create_dataset(key, data=data, compression="gzip", compression_opts=9).attrs["dims"] = dims
+        f.create_dataset("track_names", data=np.array([b"track_0"]))
+        f.create_dataset("node_names", data=np.array([n.encode() for n in names]))
+        f.create_dataset(
+            "edge_names",
+            data=np.array([(a.encode(), b.encode()) for a, b in edges], dtype="S").reshape(len(edges), 2),
+        )
+        f.create_dataset(
+            "edge_inds",
+            data=np.array([(index[a], index[b]) for a, b in edges], dtype=np.int64).reshape(
+                len(edges), 2
+            ),
+        )
+        f.create_dataset("video_path", data=str(video_path) if video_path is not None else "")
+        f.create_dataset("video_ind", data=0)
+        f.create_dataset("labels_path", data="")
+        f.create_dataset("provenance", data=json.dumps(provenance))
+        f.attrs["preset"] = "matlab"
+        f.attrs["format"] = "analysis"
     return path
 
 
@@ -273,8 +268,7 @@ def write_sleap_analysis_multi(tracks: dict[str, Tracks], path: str | Path, *, e
     path = Path(path)
     names = list(tracks)
     first = tracks[names[0]]
-    tmp = path.with_name(f".{path.stem}.multi{path.suffix}")
-    try:
+    with atomic_path(path) as tmp:
         write_sleap_analysis(first, tmp, engine_name=engine_name, video_path=video_path, fps=fps)
         n_frames = int(first.frame.max()) + 1 if len(first) else 0
         xy = np.full((len(names), n_frames, len(first.names), 2), np.nan)
@@ -295,7 +289,20 @@ def write_sleap_analysis_multi(tracks: dict[str, Tracks], path: str | Path, *, e
                 f.create_dataset(key, data=values, compression="gzip", compression_opts=9).attrs["dims"] = dims
             del f["track_names"]
             f.create_dataset("track_names", data=np.array([n.encode() for n in names]))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
+
+
+def write_sleap_files(tracks: Tracks, out_dir: str | Path, stem: str, options: TrackFileOptions,
+                      raw: bool = False) -> list[Path]:
+    """The registry's writer of one animal: :func:`write_sleap_analysis` to ``<stem>.analysis.h5``
+    (``<stem>.raw.analysis.h5`` with ``raw``)."""
+    tag = ".raw" if raw else ""
+    return [write_sleap_analysis(tracks, Path(out_dir) / f"{stem}{tag}.analysis.h5", engine_name=options.engine_name,
+                                 video_path=options.video_path, fps=options.fps, raw=raw)]
+
+
+def write_sleap_files_multi(tracks: dict[str, Tracks], out_dir: str | Path, stem: str,
+                            options: TrackFileOptions) -> list[Path]:
+    """The registry's writer of several animals: :func:`write_sleap_analysis_multi` to ``<stem>.analysis.h5``."""
+    return [write_sleap_analysis_multi(tracks, Path(out_dir) / f"{stem}.analysis.h5", engine_name=options.engine_name,
+                                       video_path=options.video_path, fps=options.fps)]

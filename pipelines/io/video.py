@@ -36,6 +36,7 @@ LEGEND_BACKGROUND = (0, 0, 0)
 LEGEND_OPACITY = 0.6
 TEXT_COLOUR = (255, 255, 255)
 # Fragmented MP4, a fragment at each keyframe and at least every 0.5 s, handed to the OS after each packet.
+DEFAULT_VIDEO_FPS = 30.0  # for the annotated video of a stream that declares no rate (frame times are kept)
 MUXER_OPTIONS = {
     "movflags": "frag_keyframe+empty_moov+default_base_moof",
     "frag_duration": "500000",
