@@ -394,7 +394,9 @@ def run_threads(threads: list[threading.Thread], halt: threading.Event) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    from ppmtrack.pipelines.sources import redact
+
+    return redact(" ".join(str(exc).split()) or type(exc).__name__)
 
 
 def parse_devices(text: str | None) -> list[str]:

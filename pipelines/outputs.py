@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ppmtrack.engine.errors import PpmtrackError
-from ppmtrack.pipelines.sources import is_live_spec
+from ppmtrack.pipelines.sources import is_live_spec, redact_url
 
 logger = logging.getLogger("ppmtrack")
 
@@ -68,8 +68,6 @@ class OutputSet:
 def input_identity(spec: str | Path) -> str:
     """What identifies an input across runs: a file's resolved absolute path, or the URL (credentials hidden)."""
     if is_live_spec(spec):
-        from ppmtrack.pipelines.track import redact_url
-
         return redact_url(spec)
     return str(Path(spec).expanduser().resolve())
 

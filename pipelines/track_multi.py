@@ -26,7 +26,7 @@ from ppmtrack.pipelines.detection_noise import parse_detection_noise, resolve_de
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, write_multi_tracks_csv
 from ppmtrack.pipelines.io.video import PALETTE, AnnotatedVideoWriter
 from ppmtrack.pipelines.outputs import engine_identity, input_identity, prepare_output_set
-from ppmtrack.pipelines.sources import open_source, redact_url
+from ppmtrack.pipelines.sources import open_source, redact, redact_url
 from ppmtrack.pipelines.summary import RunSummary
 from ppmtrack.pipelines.track import (
     DEFAULT_VIDEO_FPS,
@@ -298,7 +298,7 @@ def track_video_multi(
             except BaseException as exc:
                 failure = exc
     if failure is not None:
-        summary.status = f"failed: {failure}" if str(failure) else f"failed: {type(failure).__name__}"
+        summary.status = f"failed: {redact(failure)}" if str(failure) else f"failed: {type(failure).__name__}"
     summary.wall_time_s = time.perf_counter() - t_start
     summary.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     summary.write(paths["summary"])

@@ -3,6 +3,7 @@ random access numbered like tracking, readers' output fed to the engine, streams
 
 from __future__ import annotations
 
+import json
 import logging
 
 import av
@@ -243,3 +244,48 @@ def test_credentials_appear_in_no_output_file_message_or_warning(web_server, tmp
     assert "s3cret" not in captured.out and "s3cret" not in captured.err
     assert "***@" in captured.err
     assert all("***@" in p.read_text() for p in out.glob("*.summary.json"))
+
+
+PASSWORD = "p@ssW0rdX"
+
+
+@pytest.mark.parametrize("url, shown", [
+    (f"http://admin:{PASSWORD}@cam.local/live", "http://***@cam.local/live"),
+    (f"rtsp://admin:{PASSWORD}@10.0.0.5:554/s?a=b@c", "rtsp://***@10.0.0.5:554/s?a=b@c"),
+    (f"rtsp://{PASSWORD}@[::1]:554/cam", "rtsp://***@[::1]:554/cam"),
+    ("rtsp://admin:pa/ssW0rdX@cam/x", "rtsp://***@cam/x"),  # an unescaped "/" cuts the authority short
+    ("rtsp://cam.local:554/x@y", "rtsp://cam.local:554/x@y"),  # an "@" in the path is no password
+    ("/data/mouse@2x.mp4", "/data/mouse@2x.mp4"),
+])
+def test_redaction_parses_the_url_and_hides_everything_before_the_last_at(url, shown):
+    from ppmtrack.pipelines.sources import redact, redact_url
+
+    assert redact_url(url) == shown
+    assert redact(f"cannot open '{url}': refused; retrying {url}.") == f"cannot open '{shown}': refused; retrying {shown}."
+    assert "ssW0rdX" not in redact(url) and "ssW0rdX" not in redact_url(url)
+
+
+def test_password_with_an_at_sign_appears_in_no_output_file_message_or_warning(web_server, tmp_path, capsys):
+    from rtsp_server import free_tcp_port
+
+    from ppmtrack.pipelines.cli import main
+
+    engine = tmp_path / "quick.engine"
+    _random_engine().save(engine)
+    out = tmp_path / "out"
+    statuses = [
+        main(["track", f"http://admin:{PASSWORD}@{web_server}/v.mp4", "--engine", str(engine), "-o", str(out),
+              "--stop", "4", "--no-video"]),
+        main(["track", f"rtsp://admin:{PASSWORD}@127.0.0.1:{free_tcp_port()}/cam", "--engine", str(engine),
+              "-o", str(out)]),
+    ]
+    captured = capsys.readouterr()
+    assert statuses == [0, 2]
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert written
+    for path in written:
+        assert b"ssW0rdX" not in path.read_bytes(), path
+    assert "ssW0rdX" not in captured.out + captured.err and "***@" in captured.err
+    summary = json.loads(next(out.glob("*.summary.json")).read_text())
+    assert summary["input"]["source"] == f"http://***@{web_server}/v.mp4"
+    assert summary["input"]["path"] == f"http://***@{web_server}/v.mp4"
