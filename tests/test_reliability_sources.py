@@ -261,7 +261,8 @@ def test_redaction_parses_the_url_and_hides_everything_before_the_last_at(url, s
     from ppmtrack.pipelines.sources import redact, redact_url
 
     assert redact_url(url) == shown
-    assert redact(f"cannot open '{url}': refused; retrying {url}.") == f"cannot open '{shown}': refused; retrying {shown}."
+    message = "cannot open '{}': refused; retrying {}."
+    assert redact(message.format(url, url)) == message.format(shown, shown)
     assert "ssW0rdX" not in redact(url) and "ssW0rdX" not in redact_url(url)
 
 
