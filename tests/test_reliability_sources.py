@@ -290,3 +290,77 @@ def test_password_with_an_at_sign_appears_in_no_output_file_message_or_warning(w
     summary = json.loads(next(out.glob("*.summary.json")).read_text())
     assert summary["input"]["source"] == f"http://***@{web_server}/v.mp4"
     assert summary["input"]["path"] == f"http://***@{web_server}/v.mp4"
+
+
+def _mpegts(n: int = 20, size=(64, 48), fps: int = 10) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mpegts") as out:
+        stream = out.add_stream("mpeg2video", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(n):
+            image = np.full((size[1], size[0], 3), i * 10 % 255, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+class _SilentServer:
+    """An HTTP 'camera' on 127.0.0.1: the first connection gets a short MPEG-TS stream, then nothing more while
+    the connection stays open; every later connection is accepted and never answered."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/live.ts"
+        self.accepted = 0
+        self.connections = []
+        self.data = _mpegts()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.connections.append(conn)
+            if self.accepted == 1:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\n\r\n" + self.data)
+
+    def close(self):
+        self.sock.close()
+        for conn in self.connections:
+            conn.close()
+
+
+@pytest.mark.parametrize("budget", [2.0, 6.0])
+def test_stream_that_accepts_but_never_sends_holds_the_reconnect_budget_and_counts_every_reconnect(budget):
+    import time
+
+    from ppmtrack.pipelines.sources import Gap
+
+    server = _SilentServer()
+    try:
+        last = None
+        with open_source(server.url, live=True, max_reconnect_s=budget) as source:
+            for item in source:
+                if not isinstance(item, Gap):
+                    last = time.monotonic()
+        ended = time.monotonic()
+    finally:
+        server.close()
+    assert last is not None  # the first connection delivered frames
+    assert ended - last < budget + 1.5  # the budget runs from the last frame and holds within a second or two
+    assert server.accepted >= 2 and source.stats.reconnects == server.accepted - 1  # each reopening is counted
+    (outage,) = source.stats.outages
+    assert budget - 0.5 < outage.duration < budget + 1.5
