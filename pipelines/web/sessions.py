@@ -6,11 +6,13 @@ Both check what the page sends (:class:`WebInputError`, shown in the page) and s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,28 @@ LOWEST_CONFIDENCE_FRAMES = 20
 
 class WebInputError(PpmtrackError, ValueError):
     """What a page sent cannot be used (unknown keypoint, point outside the frame, ...)."""
+
+
+class StaleWriteError(WebInputError):
+    """The page's copy of the labels is older than the file (another tab or program saved since): not saved."""
+
+
+def is_int(value) -> bool:
+    """True for a JSON integer (``true``/``false`` are not numbers, although Python's bool is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """True for a finite JSON number (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def file_revision(path: Path) -> str:
+    """What the page must send back to save over ``path``: a hash of its content (``"none"``: no file yet)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except FileNotFoundError:
+        return "none"
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -74,8 +98,7 @@ def _check_points(points, names: list[str], width: int, height: int, where: str)
             raise WebInputError(f"{where}: unknown keypoint {name!r}")
         if xy is None:
             continue
-        if not (isinstance(xy, list) and len(xy) == 2
-                and all(isinstance(v, int | float) and math.isfinite(v) for v in xy)):
+        if not (isinstance(xy, list) and len(xy) == 2 and all(is_number(v) for v in xy)):
             raise WebInputError(f"{where}: keypoint {name!r} must be [x, y] or null, got {xy!r}")
         if not (-0.5 <= xy[0] <= width - 0.5 and -0.5 <= xy[1] <= height - 0.5):
             raise WebInputError(f"{where}: keypoint {name!r} at {xy} lies outside the {width}x{height} frame")
@@ -144,6 +167,7 @@ class LabelSession:
             raise LabelsError("name at least one video to label")
         self.videos = [VideoFrames(p) for p in unique]
         self.frames: dict[tuple[int, int], np.ndarray] = {}
+        self.lock = threading.Lock()  # one save at a time (the server answers requests on several threads)
         for video, frame, kp in labelled:
             vid = next(i for i, v in enumerate(self.videos) if _same_file(v.path, video))
             self.frames[(vid, frame)] = kp
@@ -159,19 +183,33 @@ class LabelSession:
             "frames": [{"video": vid, "frame": frame, "points": _points(kp, self.names)}
                        for (vid, frame), kp in sorted(self.frames.items())],
             "other_frames": len(self.other_frames),
+            "revision": file_revision(self.output),
         }
 
     def update(self, doc: dict) -> dict:
-        """Replace the keypoints, skeleton and labels with what the page sends, and save; returns a status."""
+        """Replace the keypoints, skeleton and labels with what the page sends, and save; returns a status.
+
+        ``doc["revision"]``, when given, must be the file's current revision (from :meth:`document` or the last
+        save): a page that loaded an older state (another tab saved since, or another program changed the file)
+        gets :class:`StaleWriteError` and nothing is written. The answer holds the new revision."""
+        with self.lock:
+            return self._update(doc)
+
+    def _update(self, doc: dict) -> dict:
         if not isinstance(doc, dict):
             raise WebInputError("expected a JSON object with keypoints, skeleton and frames")
+        if "revision" in doc and doc["revision"] != file_revision(self.output):
+            raise StaleWriteError(
+                f"{self.output} was saved by another tab or program after this page loaded it; not saved, so that "
+                "no labels are lost. Reload the page to see the file as it is now, then redo the last change"
+            )
         names, skeleton = _check_names(doc.get("keypoints"), doc.get("skeleton"))
         if not names:
             raise WebInputError("define at least one keypoint")
         frames = {}
         for i, f in enumerate(doc.get("frames") or []):
             where = f"frames[{i}]"
-            if not isinstance(f, dict) or not isinstance(f.get("video"), int) or not isinstance(f.get("frame"), int):
+            if not isinstance(f, dict) or not is_int(f.get("video")) or not is_int(f.get("frame")):
                 raise WebInputError(f"{where} needs an integer video id and frame number")
             if not 0 <= f["video"] < len(self.videos):
                 raise WebInputError(f"{where}: no video {f['video']}")
@@ -187,7 +225,8 @@ class LabelSession:
         self.names, self.skeleton, self.frames = names, skeleton, frames
         self.flip_pairs = [p for p in self.flip_pairs if all(n in names for n in p)]
         write_annotation(self.labels(), self.output)
-        return {"saved": str(self.output), "frames": len(self.frames) + len(self.other_frames)}
+        return {"saved": str(self.output), "frames": len(self.frames) + len(self.other_frames),
+                "revision": file_revision(self.output)}
 
     def labels(self) -> Labels:
         """The labels as the project's data type (video frames first, then kept image frames)."""
@@ -290,8 +329,12 @@ class ReviewSession:
             video = Path(source)
             if not video.is_file():
                 raise LabelsError(f"{self.csv}: the tracked video {source} is not there; name it with --video")
-        self.video = VideoFrames(video)
         self.output = Path(output) if output else self.results / f"{self.stem}.support.json"
+        if output is not None and support is not None and _same_file(self.output, support):
+            raise LabelsError(f"{self.output}: -o names the --support file, which review never writes; leave out -o "
+                              f"(corrected frames then go to {self.results / f'{self.stem}.support.json'}) or name "
+                              "another file")
+        self.video = VideoFrames(video)
         self.labels = _read_existing(self.output)
         if self.labels is None and support is not None:
             from ppmtrack.pipelines.io.formats import read_labels
@@ -372,7 +415,7 @@ class ReviewSession:
 
     def add_support_frame(self, doc: dict) -> dict:
         """Add (or replace) one frame of the video with the page's points in the support file, and save it."""
-        if not isinstance(doc, dict) or not isinstance(doc.get("frame"), int):
+        if not isinstance(doc, dict) or not is_int(doc.get("frame")):
             raise WebInputError("expected {frame: N, points: {name: [x, y] | null}}")
         frame = doc["frame"]
         if not 0 <= frame < self.video.n_frames:
