@@ -364,3 +364,17 @@ def test_stream_that_accepts_but_never_sends_holds_the_reconnect_budget_and_coun
     assert server.accepted >= 2 and source.stats.reconnects == server.accepted - 1  # each reopening is counted
     (outage,) = source.stats.outages
     assert budget - 0.5 < outage.duration < budget + 1.5
+
+
+def test_empty_and_text_files_named_mp4_get_no_moov_hint_but_a_cut_mp4_does(videos, tmp_path):
+    empty = tmp_path / "rec.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("frame,x,y\n1,2,3\n" * 50)
+    cut = truncate_file(videos["mp4"], tmp_path / "cut.mp4", 0.5)  # the index (moov) is written last
+    for path, says in ((empty, "empty (0 bytes)"), (text, "holds text, not video")):
+        with pytest.raises(SourceError, match=r"cannot be opened as a video") as failure:
+            open_source(path)
+        assert says in str(failure.value) and "untrunc" not in str(failure.value) and "moov" not in str(failure.value)
+    with pytest.raises(SourceError, match=r"index \(moov\) was never written.*untrunc"):
+        open_source(cut)
