@@ -132,6 +132,36 @@ def test_image_frames_of_an_existing_file_are_kept(tmp_path):
     np.testing.assert_allclose(labels.keypoints[1], [[np.nan, np.nan], [3, 4]])
 
 
+def test_review_of_a_long_run_sends_an_overview_and_the_tracks_by_page(tmp_path):
+    pytest.importorskip("starlette", reason="the ui extra is not installed")
+    pytest.importorskip("httpx", reason="starlette's TestClient needs httpx")
+    from starlette.testclient import TestClient
+
+    from ppmtrack.pipelines.web.app import create_app
+    from ppmtrack.pipelines.web.sessions import MAX_PAGE_FRAMES, OVERVIEW_BINS, ReviewSession
+
+    n = 30 * 1200  # 20 minutes at 30 fps keeps the test short; what the page gets does not grow with the run
+    tracks = write_results(tmp_path / "run", n_frames=n)
+    client = TestClient(create_app(ReviewSession(tmp_path / "run")))
+    response = client.get("/api/state")
+    doc = response.json()
+    assert len(response.content) < 300_000  # not the 36 000 frames × 3 keypoints of the CSV
+    assert not {"xy", "confidence", "visible", "frame"} & set(doc)
+    assert doc["tracked"] == {"count": n, "first": 0, "last": n - 1, "page_limit": MAX_PAGE_FRAMES}
+    overview = doc["overview"]
+    assert len(overview["frame"]) <= OVERVIEW_BINS and overview["frame"][0] == 0
+    width = overview["width"]
+    np.testing.assert_allclose(overview["x"][1], tracks.xy[width:2 * width, :, 0].mean(axis=0), atol=0.05)
+    assert overview["confidence"][0] == [0.9, 0.1, 0.9]  # frame 11 is in the first span: its lowest value
+    page = client.get("/api/tracks?start=30000&stop=31000").json()
+    assert page["frame"] == list(range(30000, 31000))
+    np.testing.assert_allclose(np.array(page["xy"], float).reshape(-1, 3, 2), tracks.xy[30000:31000])
+    assert client.get("/api/tracks?start=5&stop=8").json()["visible"] == [[1, 1, 0]] * 3
+    assert client.get(f"/api/tracks?start=0&stop={MAX_PAGE_FRAMES + 1}").status_code == 400
+    assert client.get("/api/tracks?start=x&stop=8").status_code == 400
+    assert client.get(f"/api/tracks?start={n}&stop={n + 10}").json()["frame"] == []
+
+
 def test_review_session_finds_weak_frames_and_gaps_and_extends_the_support_file(tmp_path):
     from ppmtrack.pipelines.web.sessions import ReviewSession
 
@@ -143,7 +173,7 @@ def test_review_session_finds_weak_frames_and_gaps_and_extends_the_support_file(
     doc = session.document()
     assert doc["lowest"][0] == {"frame": 11, "confidence": 0.1}
     assert doc["gaps"] == [{"keypoint": "tail", "start": 5, "end": 7}]
-    assert doc["xy"][4][:2] == [72.0, 68.0] and doc["support_frames"] == [50]
+    assert session.tracks_page(4, 5)["xy"][0][:2] == [72.0, 68.0] and doc["support_frames"] == [50]
     assert "ppmtrack adapt" in doc["adapt_command"] and "--model tiny" in doc["adapt_command"]
     session.add_support_frame({"frame": 12, "points": {"nose": [100, 90], "neck": None, "tail": [5, 6]}})
     session.add_support_frame({"frame": 12, "points": {"nose": [101, 91], "neck": None, "tail": [5, 6]}})

@@ -217,6 +217,14 @@ def create_app(session: LabelSession | ReviewSession, token: str | None = None,
         return JSONResponse(await asyncio.to_thread(session.add_support_frame, await json_body(request)))
 
     @errors
+    async def tracks(request):
+        try:
+            start, stop = int(request.query_params["start"]), int(request.query_params["stop"])
+        except (KeyError, ValueError):
+            raise WebInputError("expected /api/tracks?start=FRAME&stop=FRAME") from None
+        return JSONResponse(await asyncio.to_thread(session.tracks_page, start, stop))
+
+    @errors
     async def adapt(request):
         if request.method == "POST":
             return JSONResponse(await asyncio.to_thread(session.start_adapt))
@@ -245,6 +253,7 @@ def create_app(session: LabelSession | ReviewSession, token: str | None = None,
                    Route("/api/export-dlc", export_dlc, methods=["POST"])]
     else:
         routes += [Route("/api/support", add_support, methods=["POST"]),
+                   Route("/api/tracks", tracks),
                    Route("/api/adapt", adapt, methods=["GET", "POST"]),
                    Route("/results/{path:path}", result_file)]
     middleware = [Middleware(BodyLimit)]

@@ -24,6 +24,11 @@ from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 from ppmtrack.pipelines.video_frames import VideoFrames
 
 LOWEST_CONFIDENCE_FRAMES = 20
+OVERVIEW_BINS = 1000
+"""Points of the review page's confidence and trajectory plots: the whole run, binned (the page never holds it all)."""
+MAX_PAGE_FRAMES = 5000
+"""The most video frames one ``/api/tracks`` request covers; the page asks for what it shows."""
+MAX_GAPS_LISTED = 500
 
 
 class WebInputError(PpmtrackError, ValueError):
@@ -109,6 +114,13 @@ def _check_points(points, names: list[str], width: int, height: int, where: str)
 def _points(row: np.ndarray, names: list[str]) -> dict:
     return {n: (None if np.isnan(row[k]).any() else [round(float(v), 3) for v in row[k]]) for k, n in
             enumerate(names)}
+
+
+def _nested(a: np.ndarray, decimals: int) -> list:
+    """Rows of a (N, ...) array as lists of rounded numbers, NaN as None (JSON null)."""
+    if not len(a):
+        return []
+    return [[None if math.isnan(v) else round(float(v), decimals) for v in row] for row in a.reshape(len(a), -1)]
 
 
 def _read_existing(path: Path) -> Labels | None:
@@ -352,13 +364,11 @@ class ReviewSession:
         self.adapt_engine: str | None = None
 
     def document(self) -> dict:
-        """The tracks and what to look at first, as JSON (NaN as null)."""
+        """What the page shows first, as JSON (NaN as null): the run's extent, a binned overview of confidence and
+        positions for the plots, the weakest frames and the gaps — not the tracks themselves, which the page asks
+        for by frame range (:meth:`tracks_page`), so that an hour-long run opens at once."""
         t = self.tracks
-
-        def nested(a: np.ndarray, decimals: int):
-            return [[None if math.isnan(v) else round(float(v), decimals) for v in row] for row in a.reshape(
-                len(a), -1)]
-
+        found = gaps(t.visible, t.frame, list(t.names))
         return {
             "mode": "review",
             "csv": str(self.csv),
@@ -366,16 +376,50 @@ class ReviewSession:
             "keypoints": list(t.names),
             "skeleton": [list(e) for e in self.labels.skeleton],
             "videos": [dict(self.video.info(), id=0)],
-            "frame": [int(f) for f in t.frame],
-            "xy": nested(t.xy, 2),
-            "confidence": nested(t.confidence, 3),
-            "visible": [[int(v) for v in row] for row in t.visible],
+            "tracked": {"count": len(t), "first": int(t.frame[0]), "last": int(t.frame[-1]),
+                        "page_limit": MAX_PAGE_FRAMES},
+            "overview": self.overview(),
             "lowest": low_confidence_frames(t.confidence, t.frame),
-            "gaps": gaps(t.visible, t.frame, list(t.names)),
+            "gaps": found[:MAX_GAPS_LISTED],
+            "gaps_total": len(found),
             "support_frames": [r.frame for r in self.labels.frames if r.video is not None
                                and _same_file(r.video, self.video.path)],
             "adapt_command": self.adapt_command(),
         }
+
+    def overview(self, bins: int = OVERVIEW_BINS) -> dict:
+        """The run in at most ``bins`` spans of frames: each span's first frame, lowest confidence and mean x, y
+        per keypoint (null where nothing was tracked or visible) — enough for a plot as wide as a screen."""
+        t = self.tracks
+        first, last = int(t.frame[0]), int(t.frame[-1])
+        width = max(1, math.ceil((last - first + 1) / bins))
+        which = (t.frame - first) // width
+        starts, index = np.unique(which, return_inverse=True)
+        n, k = len(starts), len(t.names)
+        low = np.full((n, k), np.inf)
+        np.minimum.at(low, index, np.where(np.isnan(t.confidence), np.inf, t.confidence))
+        sums, counts = np.zeros((n, k, 2)), np.zeros((n, k, 1))
+        finite = np.isfinite(t.xy).all(axis=-1, keepdims=True)
+        np.add.at(sums, index, np.where(finite, t.xy, 0.0))
+        np.add.at(counts, index, finite.astype(float))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = sums / counts
+        low[np.isinf(low)] = np.nan
+        return {"frame": [int(first + b * width) for b in starts], "width": width,
+                "confidence": _nested(low, 3), "x": _nested(mean[..., 0], 1), "y": _nested(mean[..., 1], 1)}
+
+    def tracks_page(self, start: int, stop: int) -> dict:
+        """The tracked frames in ``[start, stop)`` (at most :data:`MAX_PAGE_FRAMES` video frames): their numbers,
+        positions, confidences and visibility, as JSON (NaN as null)."""
+        if stop <= start:
+            raise WebInputError("stop must be after start")
+        if stop - start > MAX_PAGE_FRAMES:
+            raise WebInputError(f"ask for at most {MAX_PAGE_FRAMES} frames at a time")
+        t = self.tracks
+        lo, hi = np.searchsorted(t.frame, [start, stop])
+        return {"start": start, "stop": stop, "frame": [int(f) for f in t.frame[lo:hi]],
+                "xy": _nested(t.xy[lo:hi], 2), "confidence": _nested(t.confidence[lo:hi], 3),
+                "visible": [[int(v) for v in row] for row in t.visible[lo:hi]]}
 
     def adapt_argv(self) -> list[str]:
         """The arguments of ``ppmtrack adapt`` on the extended support file, to an engine file not there yet."""
