@@ -359,6 +359,7 @@ class ReviewSession:
             raise LabelsError(f"{self.labels.source}: keypoints {', '.join(self.labels.names)} differ from the "
                               f"tracked ones ({', '.join(self.tracks.names)})")
         self.model = (self.summary.get("engine") or {}).get("model")
+        self.lock = threading.Lock()
         self.adapting: subprocess.Popen | None = None
         self.adapt_log: Path | None = None
         self.adapt_engine: str | None = None
@@ -459,6 +460,10 @@ class ReviewSession:
 
     def add_support_frame(self, doc: dict) -> dict:
         """Add (or replace) one frame of the video with the page's points in the support file, and save it."""
+        with self.lock:  # two tabs adding frames at once both keep theirs
+            return self._add_support_frame(doc)
+
+    def _add_support_frame(self, doc: dict) -> dict:
         if not isinstance(doc, dict) or not is_int(doc.get("frame")):
             raise WebInputError("expected {frame: N, points: {name: [x, y] | null}}")
         frame = doc["frame"]
