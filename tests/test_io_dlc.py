@@ -227,7 +227,13 @@ def test_read_dlc_h5_with_a_pickled_object_column_is_refused_without_running_it(
             read(folder / "CollectedData_me.h5")
     with pytest.raises(LabelsError, match="refused"):
         read_labels(folder)  # the folder prefers the .h5
-    assert not marker.exists()
+    from ppmtrack.pipelines.cli import main
+
+    h5 = str(folder / "CollectedData_me.h5")
+    assert main(["convert-labels", h5, "-o", str(tmp_path / "out.json")]) == 2
+    assert main(["adapt", h5, "--model", "tiny", "-o", str(tmp_path / "a.engine")]) == 2
+    assert main(["eval", str(tmp_path / "none.csv"), h5]) == 2
+    assert not marker.exists() and not (tmp_path / "out.json").exists() and not (tmp_path / "a.engine").exists()
 
 
 def test_read_dlc_h5_table_format_decodes_its_attributes_without_unpickling(tmp_path):
