@@ -195,45 +195,53 @@ def load_model(model: str = DEFAULT_MODEL, device: str | None = None, dtype: str
                           dtype=dt, revision=rev)
 
 
-def hub_cached(model: str, revision: str | None = None) -> bool:
+def hub_cached(model: str, revision: str | None = None, filename: str = "unet/config.json") -> bool:
     """Whether the Hugging Face cache holds ``model`` (at ``revision``; default its ``main``), so that it can be
-    loaded without contacting the hub."""
+    loaded without contacting the hub (``filename``: a file every copy of that kind of model has)."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return False
     try:
-        found = try_to_load_from_cache(model, "unet/config.json", revision=revision)
+        found = try_to_load_from_cache(model, filename, revision=revision)
     except (ValueError, OSError):  # not a valid repo id
         return False
     return isinstance(found, str)
 
 
-def _check_hub_reachable(model: str, revision: str | None) -> None:
-    """Fail fast, before the hub client's retries, when the model is not cached and the hub cannot be reached."""
+def hub_unreachable(what: str) -> str | None:
+    """Why the hub cannot be asked for ``what`` (a model not in the cache), or None: ``HF_HUB_OFFLINE`` is set, or
+    a connection to the hub fails within :data:`HUB_PROBE_TIMEOUT_S` — told at once, not after the hub client's
+    retries. Behind a proxy nothing is probed (the hub client knows the way)."""
     from urllib.parse import urlsplit
 
     from huggingface_hub import constants
 
-    at = f" at revision {revision}" if revision else ""
-    hint = (f"Download it once on a machine with network access (e.g. `huggingface-cli download {model}`) and "
-            "pass its folder with --model PATH, or copy that machine's Hugging Face cache here; --model tiny is "
-            "the untrained offline test model")
     if _offline():
-        raise ModelLoadError(f"cannot load the diffusion model {model!r}{at}: it is not in the Hugging Face cache "
-                             f"{constants.HF_HUB_CACHE} and HF_HUB_OFFLINE is set, so the hub was not contacted. "
-                             f"{hint}")
+        return (f"{what} is not in the Hugging Face cache {constants.HF_HUB_CACHE} and HF_HUB_OFFLINE is set, so "
+                "the hub was not contacted")
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
                                        "all_proxy")):
-        return  # reached through a proxy: let the hub client try
+        return None
     endpoint = urlsplit(constants.ENDPOINT)
     host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
         socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
     except OSError as e:
-        raise ModelLoadError(f"cannot load the diffusion model {model!r}{at}: it is not in the Hugging Face cache "
-                             f"{constants.HF_HUB_CACHE} and {host} cannot be reached ({e.strerror or e}). "
-                             f"{hint}") from None
+        return (f"{what} is not in the Hugging Face cache {constants.HF_HUB_CACHE} and {host} cannot be reached "
+                f"({e.strerror or e})")
+    return None
+
+
+def _check_hub_reachable(model: str, revision: str | None) -> None:
+    """Fail fast, before the hub client's retries, when the model is not cached and the hub cannot be reached."""
+    reason = hub_unreachable("it")
+    if reason:
+        at = f" at revision {revision}" if revision else ""
+        raise ModelLoadError(
+            f"cannot load the diffusion model {model!r}{at}: {reason}. Download it once on a machine with network "
+            f"access (e.g. `huggingface-cli download {model}`) and pass its folder with --model PATH, or copy that "
+            "machine's Hugging Face cache here; --model tiny is the untrained offline test model")
 
 
 def _load_pretrained(model: str, revision: str | None):
