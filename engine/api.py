@@ -215,15 +215,26 @@ class Engine:
             revision = stored.get("revision") if model in (None, stored["name"]) else None
             dm = load_model(model or stored["name"], device=device, dtype=dtype, revision=revision)
         if not same_model(stored["fingerprint"], dm.fingerprint()):
+            adapted_on = (f"{path} was adapted on the model {stored['name']!r}"
+                          f"{' (revision ' + stored['revision'] + ')' if stored.get('revision') else ''}")
+            if dm.name == stored["name"]:  # the same name, other weights: naming it again cannot help
+                raise EngineFileError(
+                    f"{adapted_on}, but the weights loaded now under that name differ from the ones it was adapted "
+                    "on (the model folder or hub revision was replaced, the tiny test model of another ppmtrack "
+                    "version, or an edited file); adapt the engine again on this model"
+                )
             raise EngineFileError(
-                f"{path} was adapted on the model {stored['name']!r}"
-                f"{' (revision ' + stored['revision'] + ')' if stored.get('revision') else ''}, but the model "
-                f"loaded now ({dm.name!r}) has different weights; load it with --model {stored['name']} "
-                f"or adapt again on this model"
+                f"{adapted_on}, but the model loaded now ({dm.name!r}) has different weights; load it with "
+                f"--model {stored['name']} or adapt again on this model"
             )
-        cfg = AdaptConfig(**meta["adapt_config"])
+        try:
+            cfg = AdaptConfig(**meta["adapt_config"])
+            fgar = FgarConfig(**meta.get("fgar", {}))
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise EngineFileError(f"{path}: the engine file's settings are not what this ppmtrack writes ({e}; was "
+                                  "it edited by hand, or written by another version?); adapt again") from None
         engine = cls(dm, meta["keypoints"], tensors["keypoint_prompts"], tensors["foreground_prompt"], cfg,
-                     meta.get("skeleton", []), meta.get("flip_pairs", []), FgarConfig(**meta.get("fgar", {})),
+                     meta.get("skeleton", []), meta.get("flip_pairs", []), fgar,
                      info=meta.get("info", {}), truncate=truncate, speed=speed)
         engine.path = Path(path)
         engine.sha256 = content.sha256

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ppmtrack.engine.errors import PpmtrackError
-from ppmtrack.engine.models import _offline  # the one reading of HF_HUB_OFFLINE
+from ppmtrack.engine.models import _offline, hub_cached, hub_unreachable  # the one reading of HF_HUB_OFFLINE
 
 TAESD_HUB_ID = "madebyollin/taesd"
 UNTRAINED = "untrained"
@@ -113,11 +113,22 @@ def load_tiny_encoder(source: str = TAESD_HUB_ID, device: str | torch.device = "
 
 
 def _load_pretrained(source: str):
+    local = Path(source).expanduser()
+    kwargs = {}
+    if not local.is_dir() and not source.startswith((".", "/", "~")):
+        if hub_cached(source, filename="config.json"):
+            kwargs["local_files_only"] = True  # no network call, no retries
+        else:
+            reason = hub_unreachable("it")
+            if reason:
+                raise EncoderLoadError(
+                    f"cannot load the tiny autoencoder {source!r}: {reason}. Download it once on a machine with "
+                    f"network access (`huggingface-cli download {TAESD_HUB_ID} --local-dir taesd`) and pass the "
+                    "folder, or keep the full VAE (encoder 'vae')")
     from diffusers import AutoencoderTiny
 
-    local = Path(source).expanduser()
     try:
-        return AutoencoderTiny.from_pretrained(str(local) if local.is_dir() else source)
+        return AutoencoderTiny.from_pretrained(str(local) if local.is_dir() else source, **kwargs)
     except (OSError, ValueError) as e:
         if local.is_dir() or source.startswith((".", "/", "~")):
             where = f"the folder {local.resolve()}"

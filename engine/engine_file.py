@@ -89,7 +89,11 @@ def load_engine_file(path: str | Path, kind: str = FORMAT) -> EngineFileContent:
         raise EngineFileError(f"{path}: not a ppmtrack {what} file, or a damaged one ({e})") from None
     if header.get("format") != kind:
         raise EngineFileError(f"{path}: not a ppmtrack {what} file (no '{kind}' header)")
-    version = int(header.get("format_version", "0"))
+    try:
+        version = int(header.get("format_version", "0"))
+    except ValueError:
+        raise EngineFileError(f"{path}: the {what} file's format version {header.get('format_version')!r} is not "
+                              "a number (was the file edited?); adapt again") from None
     if version > FORMAT_VERSION:
         raise EngineFileError(f"{path}: engine file format {version} is newer than this ppmtrack understands "
                               f"({FORMAT_VERSION}); upgrade ppmtrack")
@@ -109,6 +113,11 @@ def load_engine_file(path: str | Path, kind: str = FORMAT) -> EngineFileContent:
         meta = json.loads(header["meta"])
     except (KeyError, ValueError) as e:
         raise EngineFileError(f"{path}: the {what} file's metadata is unreadable ({e}); adapt again") from None
+    if kind == FORMAT:
+        problem = engine_meta_problem(meta, tensors)
+        if problem:
+            raise EngineFileError(f"{path}: the engine file's metadata is not what ppmtrack writes: {problem} (was "
+                                  "it edited by hand?); adapt again, or restore the file from a good copy")
     return EngineFileContent(tensors, meta, hashlib.sha256(data).hexdigest())
 
 
@@ -124,6 +133,39 @@ def _safetensors_metadata(data: bytes) -> dict:
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")
     return header.get("__metadata__") or {}
+
+
+def engine_meta_problem(meta, tensors: dict[str, torch.Tensor]) -> str:
+    """What is wrong with an engine file's metadata ("" when the fields every reader relies on are sound)."""
+    if not isinstance(meta, dict):
+        return "it is not a JSON object"
+    names = meta.get("keypoints")
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        return "'keypoints' must be a non-empty list of names"
+    if len(set(names)) != len(names):
+        return "'keypoints' names a keypoint twice"
+    prompts = tensors.get("keypoint_prompts")
+    if prompts is None or tensors.get("foreground_prompt") is None:
+        return "the prompt tensors are missing"
+    if prompts.ndim != 2 or prompts.shape[0] != len(names):
+        return f"{len(names)} keypoints but {tuple(prompts.shape)} keypoint prompts"
+    model = meta.get("model")
+    if not (isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("fingerprint"),
+                                                                                            dict)):
+        return "'model' must name the model and hold its fingerprint"
+    if model.get("revision") is not None and not isinstance(model["revision"], str):
+        return "'model.revision' must be text"
+    for key in ("adapt_config", "fgar", "info"):
+        if key in meta and not isinstance(meta[key], dict):
+            return f"{key!r} must be a JSON object"
+    if not isinstance(meta.get("adapt_config"), dict):
+        return "'adapt_config' is missing"
+    for key in ("skeleton", "flip_pairs"):
+        pairs = meta.get(key, [])
+        if not (isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 and all(n in names for n in p)
+                                                for p in pairs)):
+            return f"{key!r} must be pairs of the keypoint names"
+    return ""
 
 
 def _what(kind: str) -> str:

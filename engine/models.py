@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from ppmtrack.engine.errors import PpmtrackError
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY = "tiny"
 TINY_SEED = 0
+HUB_PROBE_TIMEOUT_S = 5.0
+"""Seconds to wait for the Hugging Face hub to accept a connection before a model that is not cached is refused."""
 
 # The tiny preset keeps SD 1.5's structure (4 resolution levels, cross-attention in the first three down
 # blocks, the mid block and the last three up blocks, 2 layers per block, so 9 up-path cross-attention
@@ -192,15 +195,69 @@ def load_model(model: str = DEFAULT_MODEL, device: str | None = None, dtype: str
                           dtype=dt, revision=rev)
 
 
-def _load_pretrained(model: str, revision: str | None):
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+def hub_cached(model: str, revision: str | None = None, filename: str = "unet/config.json") -> bool:
+    """Whether the Hugging Face cache holds ``model`` (at ``revision``; default its ``main``), so that it can be
+    loaded without contacting the hub (``filename``: a file every copy of that kind of model has)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    try:
+        found = try_to_load_from_cache(model, filename, revision=revision)
+    except (ValueError, OSError):  # not a valid repo id
+        return False
+    return isinstance(found, str)
 
+
+def hub_unreachable(what: str) -> str | None:
+    """Why the hub cannot be asked for ``what`` (a model not in the cache), or None: ``HF_HUB_OFFLINE`` is set, or
+    a connection to the hub fails within :data:`HUB_PROBE_TIMEOUT_S` — told at once, not after the hub client's
+    retries. Behind a proxy nothing is probed (the hub client knows the way)."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if _offline():
+        return (f"{what} is not in the Hugging Face cache {constants.HF_HUB_CACHE} and HF_HUB_OFFLINE is set, so "
+                "the hub was not contacted")
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                       "all_proxy")):
+        return None
+    endpoint = urlsplit(constants.ENDPOINT)
+    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        return (f"{what} is not in the Hugging Face cache {constants.HF_HUB_CACHE} and {host} cannot be reached "
+                f"({e.strerror or e})")
+    return None
+
+
+def _check_hub_reachable(model: str, revision: str | None) -> None:
+    """Fail fast, before the hub client's retries, when the model is not cached and the hub cannot be reached."""
+    reason = hub_unreachable("it")
+    if reason:
+        at = f" at revision {revision}" if revision else ""
+        raise ModelLoadError(
+            f"cannot load the diffusion model {model!r}{at}: {reason}. Download it once on a machine with network "
+            f"access (e.g. `huggingface-cli download {model}`) and pass its folder with --model PATH, or copy that "
+            "machine's Hugging Face cache here; --model tiny is the untrained offline test model")
+
+
+def _load_pretrained(model: str, revision: str | None):
     local = Path(model).expanduser()
     is_local = local.is_dir()
     if not is_local and (model.startswith((".", "/", "~")) or os.sep in model.strip("/").replace("/", "", 1)):
         raise ModelLoadError(f"model folder {model!r} does not exist")
     source = str(local) if is_local else model
     kwargs = {} if is_local else {"revision": revision}
+    if not is_local:
+        if hub_cached(model, revision):  # everything is on disk: no network call, no retries
+            kwargs["local_files_only"] = True
+        else:
+            _check_hub_reachable(model, revision)
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
     try:
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)

@@ -141,10 +141,13 @@ def expand_inputs(specs: Iterable[str | Path], videotypes=None, recursive: bool 
             for video in videos:
                 add(str(video))
         elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-            for line in path.read_text(encoding="utf-8-sig").splitlines():
+            for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
                 line = line.strip()
                 if line and not line.startswith("#"):
-                    expand(line, path.parent)
+                    try:
+                        expand(line, path.parent)
+                    except InputListError as e:  # say which list and line named it
+                        raise InputListError(f"{path}, line {number}: {e}") from None
         elif path.is_file():
             add(str(path))
         elif glob.has_magic(str(path)):
@@ -391,7 +394,9 @@ def run_threads(threads: list[threading.Thread], halt: threading.Event) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    from ppmtrack.pipelines.sources import redact
+
+    return redact(" ".join(str(exc).split()) or type(exc).__name__)
 
 
 def parse_devices(text: str | None) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import logging
 import os
 import signal
@@ -279,6 +280,23 @@ def _engine_support_key(path: Path) -> str | None:
         return None
 
 
+def _support_engine_path(out_dir: Path, stem: str, key: str) -> tuple[Path, list[Path]]:
+    """Where ``track --support`` finds or writes its engine: ``STEM.engine``, ``STEM.2.engine``, … in ``out_dir``.
+
+    Returns (path, engines kept). The path is the existing engine adapted on the same support and settings (reused),
+    else the first free name: an engine file that is there already is never written over (another support file or
+    other settings made it, or it was renamed into place) and is listed as kept."""
+    taken = []
+    for n in itertools.count(1):
+        path = out_dir / (f"{stem}.engine" if n == 1 else f"{stem}.{n}.engine")
+        if not path.exists():
+            return path, taken
+        if path.is_file() and _engine_support_key(path) == key:
+            return path, taken
+        taken.append(path)
+    raise AssertionError("unreachable")
+
+
 def _speed_config(args):
     """The inference optimisations asked for on the command line (docs/performance.md)."""
     from ppmtrack.engine.speed import SpeedConfig
@@ -305,15 +323,16 @@ def _load_engine(args, out_dir: Path, inputs: list[str], device: str | None = No
     else:
         from ppmtrack.engine import DEFAULT_MODEL
 
-        engine_path = out_dir / f"{Path(args.support).stem}.engine"
         key = support_key(args, args.model or DEFAULT_MODEL)
-        if _engine_support_key(engine_path) == key:
+        engine_path, taken = _support_engine_path(out_dir, Path(args.support).stem, key)
+        if engine_path.is_file():
             print(f"reusing {engine_path}: adapted on the same support file and settings")
         else:
             adapted = _adapt_engine(args, args.model or DEFAULT_MODEL)
             adapted.info["support_key"] = key
             adapted.save(engine_path)
-            print(f"wrote {engine_path} (reuse it with --engine)")
+            kept = f"; kept {', '.join(str(p) for p in taken)} (other support or settings)" if taken else ""
+            print(f"wrote {engine_path} (reuse it with --engine){kept}")
     # one way to build the tracking engine, adapted just now or not: from its file, with the speed switches
     return load_engine(engine_path, "torch", model=args.model, device=device or args.device, dtype=args.dtype,
                        speed=_speed_config(args)), engine_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +90,10 @@ class Labels:
         self._check_duplicate_frames()
 
     def _check_duplicate_frames(self) -> None:
-        """Raise LabelsError if one frame is labelled twice with different coordinates."""
+        """Raise LabelsError if one frame is labelled twice with different coordinates; identical copies of one
+        entry (same image or video frame, same coordinates) are kept once, with a warning."""
         first_entry: dict[tuple, int] = {}
+        copies: dict[int, int] = {}
         for i, ref in enumerate(self.frames):
             if ref.image is not None:
                 key: tuple = ("image", str(Path(ref.image).resolve()))
@@ -109,6 +112,26 @@ class Labels:
                     f"coordinates, e.g. {name!r} at {_xy(self.keypoints[j, differs[0]])} and "
                     f"{_xy(self.keypoints[i, differs[0]])}; keep one of them"
                 )
+            if j != i and self._same_instances(i, j):
+                copies[i] = j
+        self._drop_copies(copies, "the same frame")
+
+    def _same_instances(self, i: int, j: int) -> bool:
+        return self.instances is None or np.array_equal(self.instances[i], self.instances[j], equal_nan=True)
+
+    def _drop_copies(self, copies: dict[int, int], what: str) -> list[int]:
+        """Remove the entries ``copies`` maps to an earlier identical entry; warn once per copy; return the kept."""
+        if not copies:
+            return list(range(len(self.frames)))
+        for i, j in copies.items():
+            logger.warning("%s: entry %d (%s) is a copy of entry %d (%s, same labels); counted once",
+                           self.source, i, self.frames[i].describe(), j, what)
+        keep = [i for i in range(len(self.frames)) if i not in copies]
+        self.frames = [self.frames[i] for i in keep]
+        self.keypoints = self.keypoints[keep]
+        if self.instances is not None:
+            self.instances = self.instances[keep]
+        return keep
 
     def load_images(self) -> list[np.ndarray]:
         """Read every labelled frame as an RGB uint8 array, checking that its keypoints lie inside it."""
@@ -157,6 +180,15 @@ class Labels:
     def to_support(self) -> SupportSet:
         """Load the images and return the engine's support set (with every individual's instances)."""
         images = self.load_images()
+        seen: dict[tuple, int] = {}
+        copies: dict[int, int] = {}
+        for i, img in enumerate(images):  # identical pixels and labels under two names (a copied image file)
+            key = (img.shape, hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest())
+            j = seen.setdefault(key, i)
+            if j != i and np.array_equal(self.keypoints[i], self.keypoints[j], equal_nan=True) \
+                    and self._same_instances(i, j):
+                copies[i] = j
+        images = [images[i] for i in self._drop_copies(copies, "identical pixels")]
         every = self.keypoints if self.instances is None else self.instances
         if not np.isfinite(every).any():
             raise LabelsError(f"{self.source}: no keypoint is labelled in any frame")

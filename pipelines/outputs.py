@@ -81,9 +81,13 @@ def output_stem(spec: str | Path) -> str:
     """
     if not is_live_spec(spec):
         return Path(spec).stem
-    parts = urlsplit(str(spec))
-    host = parts.hostname or "stream"
-    pieces = [host] + ([str(parts.port)] if parts.port else []) + [p for p in parts.path.split("/") if p]
+    parts = urlsplit(redact_url(spec))  # parsed after redaction: no part of a password can reach a file name
+    host = parts.hostname if parts.hostname and parts.hostname != "***" else "stream"
+    try:
+        port = parts.port
+    except ValueError:  # a port that is no number
+        port = None
+    pieces = [host] + ([str(port)] if port else []) + [p for p in parts.path.split("/") if p]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(pieces)).strip("._")
     return stem or "stream"
 

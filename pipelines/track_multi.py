@@ -30,7 +30,7 @@ from ppmtrack.pipelines.io.video import DEFAULT_VIDEO_FPS, PALETTE, AnnotatedVid
 from ppmtrack.pipelines.outputs import engine_identity, input_identity, prepare_output_dir, prepare_output_set
 from ppmtrack.pipelines.outputs import engine_sha256 as engine_file_sha256
 from ppmtrack.pipelines.progress import expected_frames
-from ppmtrack.pipelines.sources import open_source, redact_url
+from ppmtrack.pipelines.sources import open_source, redact, redact_url
 from ppmtrack.pipelines.summary import RunSummary, record_source_counts
 from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks, smooth_keypoints
 from ppmtrack.tracker.identity import UNASSIGNED, IdentityParams, IdentityTracker
@@ -294,7 +294,7 @@ def track_video_multi(
             except BaseException as exc:
                 failure = exc
     if failure is not None:
-        summary.status = f"failed: {failure}" if str(failure) else f"failed: {type(failure).__name__}"
+        summary.status = f"failed: {redact(failure)}" if str(failure) else f"failed: {type(failure).__name__}"
     summary.wall_time_s = time.perf_counter() - t_start
     summary.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     summary.write(paths["summary"])

@@ -202,3 +202,69 @@ def test_written_dlc_rows_are_video_frame_numbers(tmp_path):
     assert len(df) == 10 and np.isnan(df.iloc[:3].to_numpy()).all()
     np.testing.assert_allclose(df.iloc[9].to_numpy().reshape(3, 3)[:, :2], tracks.xy[3])
     assert not list(tmp_path.glob(".*partial*"))
+
+
+class _RunsCode:
+    """Unpickling this creates the marker file: a stand-in for a label file that runs code when opened."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_read_dlc_h5_with_a_pickled_object_column_is_refused_without_running_it(tmp_path):
+    folder = make_project(tmp_path)
+    marker = tmp_path / "code_ran"
+    df = pd.read_csv(folder / "CollectedData_me.csv", header=[0, 1, 2], index_col=0)
+    df[("me", "snout", "x")] = df[("me", "snout", "x")].astype(object)
+    df.iloc[0, 0] = _RunsCode(marker)
+    with pytest.warns(pd.errors.PerformanceWarning):  # pandas pickles the object column
+        df.to_hdf(folder / "CollectedData_me.h5", key="df_with_missing", mode="w")
+    for read in (read_dlc, read_labels):
+        with pytest.raises(LabelsError, match=r"CollectedData_me\.h5: refused: .*Python objects.*\.csv"):
+            read(folder / "CollectedData_me.h5")
+    with pytest.raises(LabelsError, match="refused"):
+        read_labels(folder)  # the folder prefers the .h5
+    from ppmtrack.pipelines.cli import main
+
+    h5 = str(folder / "CollectedData_me.h5")
+    assert main(["convert-labels", h5, "-o", str(tmp_path / "out.json")]) == 2
+    assert main(["adapt", h5, "--model", "tiny", "-o", str(tmp_path / "a.engine")]) == 2
+    assert main(["eval", str(tmp_path / "none.csv"), h5]) == 2
+    assert not marker.exists() and not (tmp_path / "out.json").exists() and not (tmp_path / "a.engine").exists()
+
+
+def test_read_dlc_h5_table_format_decodes_its_attributes_without_unpickling(tmp_path):
+    """The 'table' format (older DeepLabCut) keeps column labels as pickled attributes: read as plain data only;
+    an attribute that would call code is not run (the labels are then missing: a clear error)."""
+    import pickle
+
+    h5py = pytest.importorskip("h5py")
+    folder = make_project(tmp_path)
+    df = pd.read_csv(folder / "CollectedData_me.csv", header=[0, 1, 2], index_col=0)
+    path = folder / "CollectedData_me.h5"
+    df.to_hdf(path, key="df_with_missing", mode="w", format="table")
+    labels = read_dlc(path)
+    assert labels.names == NAMES
+    np.testing.assert_allclose(labels.keypoints[1], [[3.0, 4.0], [12.5, 13.5], [20.0, 21.0]])
+    marker = tmp_path / "code_ran"
+    with h5py.File(path, "r+") as f:
+        f["df_with_missing/table"].attrs["values_block_0_kind"] = np.bytes_(pickle.dumps(_RunsCode(marker), 0))
+    with pytest.raises(LabelsError, match="no column labels"):
+        read_dlc(path)
+    assert not marker.exists()
+
+
+def test_literal_pickle_reads_data_and_refuses_code():
+    import pickle
+
+    from ppmtrack.pipelines.io.pandas_hdf5 import PickledTableError, literal_pickle
+
+    data = [(1, ("a", "b"), {"k": [None, True, 2.5]}), "é", -(2**70)]
+    for protocol in (0, 2, 5):
+        assert literal_pickle(pickle.dumps(data, protocol)) == data
+    for protocol in (0, 2, 5):
+        with pytest.raises(PickledTableError, match="refers to Python code"):
+            literal_pickle(pickle.dumps(_RunsCode("/nonexistent/x"), protocol))

@@ -31,11 +31,39 @@ def test_same_frame_labelled_twice_with_different_coordinates_is_an_error(tmp_pa
     with pytest.raises(LabelsError, match=r"frame 10 is labelled twice \(entries 0 and 1\).*'nose' at "
                                           r"\(100\.0, 50\.0\) and \(140\.0, 50\.0\)"):
         read_annotation(path)
+
+
+def test_identical_copies_of_one_labelled_frame_count_once_with_a_warning(tmp_path, caplog):
     same = _write(tmp_path / "b.json", [
         {"video": str(SAMPLE), "frame": 10, "points": {"nose": [100, 50]}},
         {"video": str(SAMPLE), "frame": 10, "points": {"nose": [100, 50]}},
+        {"video": str(SAMPLE), "frame": 20, "points": {"nose": [90, 40]}},
     ])
-    assert len(read_annotation(same).frames) == 2  # identical repeats are harmless
+    with caplog.at_level(logging.WARNING, logger="ppmtrack"):
+        labels = read_annotation(same)
+    assert [f.frame for f in labels.frames] == [10, 20] and labels.keypoints[:, 0].tolist() == [[100, 50], [90, 40]]
+    assert "entry 1" in caplog.text and "copy of entry 0" in caplog.text and "counted once" in caplog.text
+
+
+def test_identical_images_under_two_names_with_the_same_labels_count_once(tmp_path, caplog):
+    import cv2
+    import numpy as np
+
+    image = np.random.default_rng(0).integers(0, 255, (24, 32, 3), np.uint8)
+    for name in ("img005.png", "img005 copy.png"):
+        cv2.imwrite(str(tmp_path / name), image)
+    cv2.imwrite(str(tmp_path / "img009.png"), image[::-1])
+    path = _write(tmp_path / "c.json", [
+        {"image": "img005.png", "points": {"nose": [10, 5], "tail": [20, 15]}},
+        {"image": "img005 copy.png", "points": {"nose": [10, 5], "tail": [20, 15]}},
+        {"image": "img009.png", "points": {"nose": [10, 5], "tail": [20, 15]}},
+    ])
+    with caplog.at_level(logging.WARNING, logger="ppmtrack"):
+        labels = read_annotation(path)
+        support = labels.to_support()
+    assert len(support.images) == 2 and len(support.labels) == 2 and len(labels.frames) == 2
+    assert [f.image.name for f in labels.frames] == ["img005.png", "img009.png"]
+    assert "img005 copy.png" in caplog.text and "identical pixels" in caplog.text
 
 
 def test_utf8_byte_order_mark_is_accepted(tmp_path):

@@ -3,6 +3,7 @@ random access numbered like tracking, readers' output fed to the engine, streams
 
 from __future__ import annotations
 
+import json
 import logging
 
 import av
@@ -243,3 +244,137 @@ def test_credentials_appear_in_no_output_file_message_or_warning(web_server, tmp
     assert "s3cret" not in captured.out and "s3cret" not in captured.err
     assert "***@" in captured.err
     assert all("***@" in p.read_text() for p in out.glob("*.summary.json"))
+
+
+PASSWORD = "p@ssW0rdX"
+
+
+@pytest.mark.parametrize("url, shown", [
+    (f"http://admin:{PASSWORD}@cam.local/live", "http://***@cam.local/live"),
+    (f"rtsp://admin:{PASSWORD}@10.0.0.5:554/s?a=b@c", "rtsp://***@10.0.0.5:554/s?a=b@c"),
+    (f"rtsp://{PASSWORD}@[::1]:554/cam", "rtsp://***@[::1]:554/cam"),
+    ("rtsp://admin:pa/ssW0rdX@cam/x", "rtsp://***@cam/x"),  # an unescaped "/" cuts the authority short
+    ("rtsp://cam.local:554/x@y", "rtsp://cam.local:554/x@y"),  # an "@" in the path is no password
+    ("/data/mouse@2x.mp4", "/data/mouse@2x.mp4"),
+])
+def test_redaction_parses_the_url_and_hides_everything_before_the_last_at(url, shown):
+    from ppmtrack.pipelines.sources import redact, redact_url
+
+    assert redact_url(url) == shown
+    message = "cannot open '{}': refused; retrying {}."
+    assert redact(message.format(url, url)) == message.format(shown, shown)
+    assert "ssW0rdX" not in redact(url) and "ssW0rdX" not in redact_url(url)
+
+
+def test_password_with_an_at_sign_appears_in_no_output_file_message_or_warning(web_server, tmp_path, capsys):
+    from rtsp_server import free_tcp_port
+
+    from ppmtrack.pipelines.cli import main
+
+    engine = tmp_path / "quick.engine"
+    _random_engine().save(engine)
+    out = tmp_path / "out"
+    statuses = [
+        main(["track", f"http://admin:{PASSWORD}@{web_server}/v.mp4", "--engine", str(engine), "-o", str(out),
+              "--stop", "4", "--no-video"]),
+        main(["track", f"rtsp://admin:{PASSWORD}@127.0.0.1:{free_tcp_port()}/cam", "--engine", str(engine),
+              "-o", str(out)]),
+    ]
+    captured = capsys.readouterr()
+    assert statuses == [0, 2]
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert written
+    for path in written:
+        assert b"ssW0rdX" not in path.read_bytes(), path
+    assert "ssW0rdX" not in captured.out + captured.err and "***@" in captured.err
+    summary = json.loads(next(out.glob("*.summary.json")).read_text())
+    assert summary["input"]["source"] == f"http://***@{web_server}/v.mp4"
+    assert summary["input"]["path"] == f"http://***@{web_server}/v.mp4"
+
+
+def _mpegts(n: int = 20, size=(64, 48), fps: int = 10) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mpegts") as out:
+        stream = out.add_stream("mpeg2video", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(n):
+            image = np.full((size[1], size[0], 3), i * 10 % 255, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+class _SilentServer:
+    """An HTTP 'camera' on 127.0.0.1: the first connection gets a short MPEG-TS stream, then nothing more while
+    the connection stays open; every later connection is accepted and never answered."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/live.ts"
+        self.accepted = 0
+        self.connections = []
+        self.data = _mpegts()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.connections.append(conn)
+            if self.accepted == 1:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\n\r\n" + self.data)
+
+    def close(self):
+        self.sock.close()
+        for conn in self.connections:
+            conn.close()
+
+
+@pytest.mark.parametrize("budget", [2.0, 6.0])
+def test_stream_that_accepts_but_never_sends_holds_the_reconnect_budget_and_counts_every_reconnect(budget):
+    import time
+
+    from ppmtrack.pipelines.sources import Gap
+
+    server = _SilentServer()
+    try:
+        last = None
+        with open_source(server.url, live=True, max_reconnect_s=budget) as source:
+            for item in source:
+                if not isinstance(item, Gap):
+                    last = time.monotonic()
+        ended = time.monotonic()
+    finally:
+        server.close()
+    assert last is not None  # the first connection delivered frames
+    assert ended - last < budget + 1.5  # the budget runs from the last frame and holds within a second or two
+    assert server.accepted >= 2 and source.stats.reconnects == server.accepted - 1  # each reopening is counted
+    (outage,) = source.stats.outages
+    assert budget - 0.5 < outage.duration < budget + 1.5
+
+
+def test_empty_and_text_files_named_mp4_get_no_moov_hint_but_a_cut_mp4_does(videos, tmp_path):
+    empty = tmp_path / "rec.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("frame,x,y\n1,2,3\n" * 50)
+    cut = truncate_file(videos["mp4"], tmp_path / "cut.mp4", 0.5)  # the index (moov) is written last
+    for path, says in ((empty, "empty (0 bytes)"), (text, "holds text, not video")):
+        with pytest.raises(SourceError, match=r"cannot be opened as a video") as failure:
+            open_source(path)
+        assert says in str(failure.value) and "untrunc" not in str(failure.value) and "moov" not in str(failure.value)
+    with pytest.raises(SourceError, match=r"index \(moov\) was never written.*untrunc"):
+        open_source(cut)

@@ -166,7 +166,7 @@ def _open_files_under(folder: Path) -> list[str]:
     return opened
 
 
-def test_track_support_reuses_its_engine_when_nothing_changed(tmp_path, capsys):
+def test_track_support_reuses_its_engine_when_nothing_changed_and_never_overwrites_one(tmp_path, capsys):
     support = tmp_path / "support.json"
     support.write_text((ROOT / "samples" / "support.json").read_text().replace('"sample.mp4"',
                                                                                f'"{SAMPLE}"'))
@@ -184,10 +184,16 @@ def test_track_support_reuses_its_engine_when_nothing_changed(tmp_path, capsys):
     doc = json.loads((out / "sample.summary.json").read_text())
     assert doc["engine"]["sha256"] == hashlib.sha256(first).hexdigest()
     assert main([*args, "--steps", "4"]) == 2  # another setting: adapted again, results of the old engine kept
-    assert "wrote" in capsys.readouterr().out and engine.read_bytes() != first
+    printed = capsys.readouterr().out
+    second = out / "support.2.engine"  # the first engine is never written over
+    assert f"wrote {second}" in printed and f"kept {engine}" in printed
+    assert engine.read_bytes() == first and second.read_bytes() != first
     assert main([*args, "--steps", "4", "--overwrite"]) == 0
+    assert f"reusing {second}" in capsys.readouterr().out
     doc = json.loads((out / "sample.summary.json").read_text())
-    assert doc["engine"]["sha256"] == hashlib.sha256(engine.read_bytes()).hexdigest()
+    assert doc["engine"]["sha256"] == hashlib.sha256(second.read_bytes()).hexdigest()
+    assert main([*args, "--overwrite"]) == 0  # back to the first settings: the first engine again
+    assert f"reusing {engine}" in capsys.readouterr().out and engine.read_bytes() == first
 
 
 class _Records(logging.Handler):

@@ -15,8 +15,8 @@ from ppmtrack.engine import AdaptConfig, Engine
 from ppmtrack.pipelines.batching import iter_batches
 from ppmtrack.pipelines.io.annotation import read_annotation
 from ppmtrack.pipelines.io.csv import read_tracks_csv
-from ppmtrack.pipelines.sources import VideoFrame
-from ppmtrack.pipelines.track import OutputError, output_stem, prepare_output_dir, redact_url, track_video
+from ppmtrack.pipelines.sources import VideoFrame, redact_url
+from ppmtrack.pipelines.track import OutputError, output_stem, prepare_output_dir, track_video
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 # Tiny settings: a few seconds of adaptation. Accuracy is the engine's tests' business, not this file's.

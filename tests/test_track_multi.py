@@ -183,3 +183,15 @@ def test_annotated_video_legend_lists_the_animals_not_every_keypoint(tmp_path):
     writer.write(image, np.full((4, 2), 20.0), np.ones(4), np.ones(4, bool), labels=[("animal1", (20, 20), red)])
     writer.close()
     assert (tmp_path / "v.mp4").stat().st_size > 0
+
+
+def test_a_failure_of_several_animals_is_recorded_with_every_password_hidden(tmp_path, truth):
+    class FailingEngine(TruthEngine):
+        def predict_animals(self, frames, max_animals, exact=True, threshold=0.5, crops=False):
+            raise RuntimeError("lost rtsp://admin:p@ssW0rdX@cam.local/live while reading")
+
+    with pytest.raises(RuntimeError):
+        track_video_multi(SAMPLES / "pair.mp4", FailingEngine(truth), tmp_path, animals=2, stop=8, progress=False,
+                          write_video=False)
+    summary = json.loads(next(tmp_path.glob("*.summary.json")).read_text())
+    assert summary["status"] == "failed: lost rtsp://***@cam.local/live while reading"

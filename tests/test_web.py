@@ -132,6 +132,36 @@ def test_image_frames_of_an_existing_file_are_kept(tmp_path):
     np.testing.assert_allclose(labels.keypoints[1], [[np.nan, np.nan], [3, 4]])
 
 
+def test_review_of_a_long_run_sends_an_overview_and_the_tracks_by_page(tmp_path):
+    pytest.importorskip("starlette", reason="the ui extra is not installed")
+    pytest.importorskip("httpx", reason="starlette's TestClient needs httpx")
+    from starlette.testclient import TestClient
+
+    from ppmtrack.pipelines.web.app import create_app
+    from ppmtrack.pipelines.web.sessions import MAX_PAGE_FRAMES, OVERVIEW_BINS, ReviewSession
+
+    n = 30 * 1200  # 20 minutes at 30 fps keeps the test short; what the page gets does not grow with the run
+    tracks = write_results(tmp_path / "run", n_frames=n)
+    client = TestClient(create_app(ReviewSession(tmp_path / "run")))
+    response = client.get("/api/state")
+    doc = response.json()
+    assert len(response.content) < 300_000  # not the 36 000 frames × 3 keypoints of the CSV
+    assert not {"xy", "confidence", "visible", "frame"} & set(doc)
+    assert doc["tracked"] == {"count": n, "first": 0, "last": n - 1, "page_limit": MAX_PAGE_FRAMES}
+    overview = doc["overview"]
+    assert len(overview["frame"]) <= OVERVIEW_BINS and overview["frame"][0] == 0
+    width = overview["width"]
+    np.testing.assert_allclose(overview["x"][1], tracks.xy[width:2 * width, :, 0].mean(axis=0), atol=0.05)
+    assert overview["confidence"][0] == [0.9, 0.1, 0.9]  # frame 11 is in the first span: its lowest value
+    page = client.get("/api/tracks?start=30000&stop=31000").json()
+    assert page["frame"] == list(range(30000, 31000))
+    np.testing.assert_allclose(np.array(page["xy"], float).reshape(-1, 3, 2), tracks.xy[30000:31000])
+    assert client.get("/api/tracks?start=5&stop=8").json()["visible"] == [[1, 1, 0]] * 3
+    assert client.get(f"/api/tracks?start=0&stop={MAX_PAGE_FRAMES + 1}").status_code == 400
+    assert client.get("/api/tracks?start=x&stop=8").status_code == 400
+    assert client.get(f"/api/tracks?start={n}&stop={n + 10}").json()["frame"] == []
+
+
 def test_review_session_finds_weak_frames_and_gaps_and_extends_the_support_file(tmp_path):
     from ppmtrack.pipelines.web.sessions import ReviewSession
 
@@ -143,7 +173,7 @@ def test_review_session_finds_weak_frames_and_gaps_and_extends_the_support_file(
     doc = session.document()
     assert doc["lowest"][0] == {"frame": 11, "confidence": 0.1}
     assert doc["gaps"] == [{"keypoint": "tail", "start": 5, "end": 7}]
-    assert doc["xy"][4][:2] == [72.0, 68.0] and doc["support_frames"] == [50]
+    assert session.tracks_page(4, 5)["xy"][0][:2] == [72.0, 68.0] and doc["support_frames"] == [50]
     assert "ppmtrack adapt" in doc["adapt_command"] and "--model tiny" in doc["adapt_command"]
     session.add_support_frame({"frame": 12, "points": {"nose": [100, 90], "neck": None, "tail": [5, 6]}})
     session.add_support_frame({"frame": 12, "points": {"nose": [101, 91], "neck": None, "tail": [5, 6]}})
@@ -329,7 +359,9 @@ def test_label_page_api_saves_and_exports_deeplabcut(tmp_path):
     assert client.post("/api/export-dlc", json={"scorer": "Alice"}).json()["error"] == "label a frame before exporting"
     doc = {"keypoints": ["nose", "tail"], "skeleton": [], "frames": [
         {"video": 0, "frame": 7, "points": {"nose": [12.5, 30], "tail": None}}]}
-    assert client.put("/api/labels", json=doc).json() == {"saved": str(out), "frames": 1}
+    revision = client.get("/api/state").json()["revision"]
+    saved = client.put("/api/labels", json={**doc, "revision": revision}).json()
+    assert saved == {"saved": str(out), "frames": 1, "revision": saved["revision"]} and saved["revision"] != revision
     assert client.get("/api/state").json()["frames"] == doc["frames"]
     assert client.post("/api/export-dlc", json={"scorer": "../x"}).status_code == 400
     written = client.post("/api/export-dlc", json={"scorer": "Alice"}).json()["written"]
@@ -377,3 +409,81 @@ def test_keypoints_come_from_a_dlc_config_and_from_a_sleap_file_of_predictions()
     assert names == ["Hand", "Finger1", "Tongue", "Joystick1", "Joystick2"] and ("Hand", "Finger1") in skeleton
     names, skeleton, _ = keypoints_from(SHARED_DATA / "sleap_centered_pair" / "centered_pair_predictions.slp")
     assert len(names) == 24 and names[:2] == ["head", "neck"] and ("neck", "head") in skeleton
+
+
+def _label_client(tmp_path):
+    pytest.importorskip("starlette", reason="the ui extra is not installed")
+    pytest.importorskip("httpx", reason="starlette's TestClient needs httpx")
+    from starlette.testclient import TestClient
+
+    from ppmtrack.pipelines.web.app import create_app
+    from ppmtrack.pipelines.web.sessions import LabelSession
+
+    out = tmp_path / "support.json"
+    return TestClient(create_app(LabelSession([SAMPLE], out, ["nose", "tail"]))), out
+
+
+def test_a_stale_page_cannot_overwrite_labels_saved_from_another_tab(tmp_path):
+    client, out = _label_client(tmp_path)
+    tab_a, tab_b = client.get("/api/state").json(), client.get("/api/state").json()
+    frame = {"video": 0, "frame": 7, "points": {"nose": [12.5, 30], "tail": None}}
+    doc_a = {"keypoints": ["nose", "tail"], "skeleton": [], "frames": [frame], "revision": tab_a["revision"]}
+    assert client.put("/api/labels", json=doc_a).status_code == 200
+    saved = out.read_text()
+    other = {"video": 0, "frame": 9, "points": {"nose": [1, 2], "tail": None}}
+    doc_b = {"keypoints": ["nose", "tail"], "skeleton": [], "frames": [other], "revision": tab_b["revision"]}
+    response = client.put("/api/labels", json=doc_b)  # tab B never saw frame 7: refused, frame 7 kept
+    assert response.status_code == 409 and response.json()["conflict"] and "Reload the page" in response.json()["error"]
+    assert out.read_text() == saved
+    response = client.put("/api/labels", json={k: v for k, v in doc_b.items() if k != "revision"})
+    assert response.status_code == 428 and out.read_text() == saved
+    fresh = client.get("/api/state").json()  # after a reload, tab B saves both frames
+    doc_b.update(frames=fresh["frames"] + [other], revision=fresh["revision"])
+    saved = client.put("/api/labels", json=doc_b).json()
+    assert saved["frames"] == 2
+    out.write_text(out.read_text().replace("12.5", "13.5"))  # another program changed the file
+    doc_b.update(revision=saved["revision"])
+    assert client.put("/api/labels", json=doc_b).status_code == 409 and "13.5" in out.read_text()
+
+
+def test_bodies_nesting_types_and_odd_paths_get_4xx_not_500(tmp_path, review_client):
+    from ppmtrack.pipelines.web.app import MAX_BODY_BYTES
+
+    client, out = _label_client(tmp_path)
+    big = b'{"keypoints": ["nose"], "pad": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}'
+    headers = {"Content-Type": "application/json"}
+    assert client.put("/api/labels", content=big, headers=headers).status_code == 413
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(MAX_BODY_BYTES // (1 << 20) + 2):
+            yield b" " * (1 << 20)
+
+    assert client.put("/api/labels", content=chunks(), headers=headers).status_code == 413
+    nested = "[" * 100_000 + "]" * 100_000
+    for path, method in (("/api/labels", client.put), ("/api/export-dlc", client.post)):
+        response = method(path, content=nested, headers=headers)
+        assert response.status_code == 400 and "nested too deeply" in response.json()["error"], path
+    revision = client.get("/api/state").json()["revision"]
+    for frame in ({"video": 0, "frame": True}, {"video": False, "frame": 3},
+                  {"video": 0, "frame": 3, "points": {"nose": [True, 2]}}):
+        doc = {"keypoints": ["nose", "tail"], "frames": [{"points": {}, **frame}], "revision": revision}
+        assert client.put("/api/labels", json=doc).status_code == 400, frame
+    assert not out.exists()
+    review = review_client()
+    assert review.post("/api/support", json={"frame": True, "points": {"nose": [1, 2]}}).status_code == 400
+    assert review.get("/results/%00").status_code == 400
+    assert review.get("/results/a%00b.csv").status_code == 400
+    assert review.post("/api/support", content=nested, headers=headers).status_code == 400
+
+
+def test_review_output_equal_to_the_support_file_is_refused(tmp_path):
+    from ppmtrack.pipelines.web.sessions import ReviewSession
+
+    write_results(tmp_path / "run")
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"keypoints": ["nose", "neck", "tail"], "frames": [
+        {"video": str(SAMPLE), "frame": 50, "points": {"nose": [1, 1]}}]}))
+    before = base.read_bytes()
+    with pytest.raises(LabelsError, match="-o names the --support file, which review never writes"):
+        ReviewSession(tmp_path / "run", support=base, output=tmp_path / "." / "base.json")
+    assert base.read_bytes() == before

@@ -12,6 +12,7 @@ import numpy as np
 from ppmtrack.engine.atomic import atomic_path
 from ppmtrack.engine.errors import MissingExtraError
 from ppmtrack.pipelines.io.files import FORMATS_EXTRA_HINT, TrackFileOptions
+from ppmtrack.pipelines.io.pandas_hdf5 import NotAPandasTable, PickledTableError, read_pandas_hdf5
 from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 from ppmtrack.tracker.track import Tracks
 
@@ -31,6 +32,17 @@ def _import_pandas(path: Path):
     return pd
 
 
+def _import_h5py(path: Path):
+    try:
+        import h5py
+    except ImportError:
+        raise MissingExtraError(
+            f"{path}: reading DeepLabCut .h5 files needs h5py; {FORMATS_EXTRA_HINT}, or use the "
+            "CollectedData_*.csv file"
+        ) from None
+    return h5py
+
+
 def _find_collected_data(folder: Path) -> Path:
     candidates = sorted(folder.glob("CollectedData_*.h5")) + sorted(folder.glob("CollectedData_*.csv"))
     if not candidates:
@@ -38,7 +50,7 @@ def _find_collected_data(folder: Path) -> Path:
     h5 = [c for c in candidates if c.suffix == ".h5"]
     if h5:
         try:
-            _import_pandas(h5[0])
+            _import_h5py(h5[0])
             return h5[0]
         except ImportError:
             pass
@@ -76,22 +88,23 @@ def _table_from_csv(path: Path) -> tuple[list[str], list[list[str]], list[tuple[
 
 
 def _table_from_h5(path: Path) -> tuple[list[str], list[list[str]], list[tuple[str, ...]], np.ndarray]:
-    pd = _import_pandas(path)
+    """The table of a DeepLabCut ``.h5`` read with h5py: numbers and labels only, never unpickled."""
+    _import_h5py(path)
+    if not path.is_file():
+        raise LabelsError(f"{path}: no such DeepLabCut labels file")
     try:
-        df = pd.read_hdf(path)
-    except FileNotFoundError:
-        raise LabelsError(f"{path}: no such DeepLabCut labels file") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        names, columns, rows, values = read_pandas_hdf5(path)
+    except PickledTableError as e:
+        raise LabelsError(
+            f"{path}: refused: {e}. Opening such a file with pandas would unpickle it, which can run code. "
+            "Use the CollectedData_*.csv that DeepLabCut saves beside it, or re-save the labels from "
+            "DeepLabCut with numeric coordinates"
+        ) from None
+    except (OSError, NotAPandasTable, KeyError, ValueError, TypeError) as e:
         raise LabelsError(f"{path}: not a readable DeepLabCut HDF5 table ({e})") from None
-    if not isinstance(df, pd.DataFrame):
-        raise LabelsError(f"{path}: holds a {type(df).__name__}, expected a DeepLabCut DataFrame")
-    levels = [str(n) for n in df.columns.names]
-    header = [[str(c[j]) if isinstance(c, tuple) else str(c) for c in df.columns] for j in range(len(levels))]
-    index = [tuple(str(p) for p in (i if isinstance(i, tuple) else (i,))) for i in df.index]
-    try:
-        values = df.to_numpy(dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise LabelsError(f"{path}: the table holds non-numeric values ({e})") from None
+    levels = [str(n) for n in names]
+    header = [[str(c[j]) for c in columns] for j in range(len(levels))]
+    index = [tuple(str(p) for p in row) for row in rows]
     return levels, header, index, values
 
 

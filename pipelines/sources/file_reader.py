@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
 from collections.abc import Iterator
 from fractions import Fraction
@@ -34,11 +35,8 @@ def open_video_container(location: str, options: dict[str, str] | None = None, *
     try:
         container = av.open(location, options=options or {})
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        hint = ""
-        if isinstance(exc, av.error.InvalidDataError) and location.lower().endswith((".mp4", ".mov", ".m4v")):
-            hint = ("; if the recording was cut short, its index (moov) was never written: record to .mkv, "
-                    "which stays readable, or rebuild the index with a tool such as untrunc")
-        raise SourceError(f"{shown}: cannot be opened as a video ({describe_error(exc)}){hint}") from None
+        raise SourceError(f"{shown}: cannot be opened as a video ({describe_error(exc)})"
+                          f"{'' if is_url else _open_failure_hint(Path(location), exc)}") from None
     if not container.streams.video:
         container.close()
         raise SourceError(f"{shown}: has no video stream")
@@ -48,6 +46,27 @@ def open_video_container(location: str, options: dict[str, str] | None = None, *
         raise SourceError(f"{shown}: cannot be opened as a video (FFmpeg reads it as a text file, "
                           f"codec {codec!r})")
     return container
+
+
+def _open_failure_hint(path: Path, exc: BaseException) -> str:
+    """What the start of a file that FFmpeg cannot open says about it: empty, text, or an MP4 cut short."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return ""
+    if not head:
+        return "; the file is empty (0 bytes): the recording holds no data"
+    if b"\0" not in head:
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character cut at the end is fine
+            return "; the file holds text, not video"
+        except UnicodeDecodeError:
+            pass
+    if isinstance(exc, av.error.InvalidDataError) and head[4:8] == b"ftyp":  # an MP4/MOV without its index
+        return ("; if the recording was cut short, its index (moov) was never written: record to .mkv, "
+                "which stays readable, or rebuild the index with a tool such as untrunc")
+    return ""
 
 
 def display_rotation(location: str, options: dict[str, str] | None = None) -> int:

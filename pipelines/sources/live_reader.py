@@ -18,6 +18,8 @@ OPEN_TIMEOUT_S = 5.0
 """Seconds to wait for a live stream to answer when (re)connecting."""
 STALL_TIMEOUT_S = 5.0
 """Seconds without data after which a live stream counts as dropped and is reconnected."""
+MIN_TIMEOUT_S = 0.2
+"""The shortest open/read timeout a (re)connection gets when little of the reconnect budget is left."""
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 8.0
 
@@ -39,8 +41,9 @@ class LiveReader:
     """Reads a live stream, reconnecting with exponential backoff; ``run(feed)`` puts frames and gaps.
 
     The stream is given up once ``max_reconnect_s`` has passed since the last frame without a new frame,
-    whether the reopening fails or the stream reopens but delivers nothing. Every reopening counts in
-    ``stats.reconnects``.
+    whether the reopening fails, the server accepts but never answers, or the stream reopens but delivers
+    nothing: every wait (the stall timeout, the backoff, each reopening's open and read timeouts) is cut to
+    what is left of that budget. Every attempt to reopen the stream counts in ``stats.reconnects``.
     """
 
     def __init__(self, url: str, start: int, stop: int | None, stride: int, reconnect: bool,
@@ -51,6 +54,8 @@ class LiveReader:
         self.done = False
         self.reconnect = reconnect
         self.max_reconnect_s = max_reconnect_s
+        self.stall_s = max(MIN_TIMEOUT_S, min(STALL_TIMEOUT_S, max_reconnect_s))
+        self.user_options = dict(options)
         self.options = self.default_options(url) | options
         self.run_start = time.monotonic()
         try:
@@ -73,8 +78,15 @@ class LiveReader:
             options["rtsp_transport"] = "tcp"
         return options
 
-    def _open(self):
-        container = av.open(self.url, options=self.options, timeout=(OPEN_TIMEOUT_S, STALL_TIMEOUT_S))
+    def _open(self, budget_s: float | None = None):
+        """Open the stream; ``budget_s`` (seconds left before giving up) caps the open and read timeouts."""
+        open_s, read_s = OPEN_TIMEOUT_S, self.stall_s
+        options = self.options
+        if budget_s is not None:
+            open_s, read_s = (max(MIN_TIMEOUT_S, min(t, budget_s)) for t in (open_s, read_s))
+        if "timeout" not in self.user_options:  # FFmpeg's socket timeout (µs), as short as the read timeout
+            options = options | {"timeout": str(int(read_s * 1_000_000))}
+        container = av.open(self.url, options=options, timeout=(open_s, read_s))
         if not container.streams.video:
             container.close()
             raise SourceError(f"{self.shown}: the stream has no video")
@@ -163,7 +175,7 @@ class LiveReader:
                 return outage
             if got_frames or outage is None:
                 outage = (last_time, reason)
-                give_up_at = time.monotonic() + self.max_reconnect_s
+                give_up_at = self.run_start + last_time + self.max_reconnect_s  # the budget runs from the last frame
             elif time.monotonic() >= give_up_at:
                 logger.warning("%s: no frame for %.0f s although the stream reopened (%s); giving up",
                                self.shown, self.max_reconnect_s, reason)
@@ -173,23 +185,31 @@ class LiveReader:
                 return None
             if got_frames:
                 logger.warning("%s: stream lost (%s); reconnecting", self.shown, reason)
-            container = self._reconnect(feed, give_up_at)
+            container = self._reconnect(feed, give_up_at, reason)
             if container is None:
                 return outage
-            feed.stats.reconnects += 1
 
-    def _reconnect(self, feed: Feed, give_up_at: float):
-        """Reopen the stream with exponential backoff; None if stopped or past ``give_up_at`` (monotonic)."""
+    def _reconnect(self, feed: Feed, give_up_at: float, reason: str):
+        """Reopen the stream with exponential backoff; None if stopped or past ``give_up_at`` (monotonic).
+
+        Each attempt counts in ``feed.stats.reconnects``; the backoff and the attempt's timeouts never reach past
+        ``give_up_at``."""
         delay = FIRST_BACKOFF_S
         while True:
-            wake = time.monotonic() + delay
+            wake = min(time.monotonic() + delay, give_up_at)
             while time.monotonic() < wake:
                 if feed.stopping():
                     return None
                 time.sleep(min(POLL_S, max(0.0, wake - time.monotonic())))
+            left = give_up_at - time.monotonic()
+            if left <= 0:
+                logger.warning("%s: no frame for %.0f s (%s); giving up", self.shown, self.max_reconnect_s, reason)
+                return None
+            feed.stats.reconnects += 1
             try:
-                return self._open()
+                return self._open(budget_s=left)
             except (av.error.FFmpegError, SourceError) as exc:
+                reason = describe_error(exc)
                 if time.monotonic() >= give_up_at:
                     logger.warning("%s: could not reconnect for %.0f s (%s); giving up", self.shown,
                                    self.max_reconnect_s, describe_error(exc))

@@ -20,9 +20,11 @@ from pathlib import Path
 
 from ppmtrack.engine.errors import MissingExtraError, PpmtrackError
 from ppmtrack.pipelines.labels import LabelsError
-from ppmtrack.pipelines.web.sessions import LabelSession, ReviewSession, WebInputError
+from ppmtrack.pipelines.web.sessions import LabelSession, ReviewSession, StaleWriteError, WebInputError
 
 STATIC = Path(__file__).parent / "static"
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""The largest request body accepted (a labels document of ~50 000 frames × 20 keypoints); more is refused (413)."""
 
 
 class ServeError(PpmtrackError, OSError):
@@ -54,6 +56,74 @@ def is_loopback(host: str) -> bool:
 
 
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before it is read into memory, whether
+    it declares its length (Content-Length) or not (chunked)."""
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        received = 0
+        started = False
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BaseException as exc:  # raised in a task group, _TooLarge may come wrapped in an exception group
+            if not _holds(exc, _TooLarge):
+                raise
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send):
+        body = f"request body over {self.limit // (1024 * 1024)} MB refused".encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _holds(exc: BaseException, kind: type) -> bool:
+    """True if ``exc`` is a ``kind``, or an exception group holding one."""
+    return isinstance(exc, kind) or any(_holds(e, kind) for e in getattr(exc, "exceptions", ()))
+
+
+async def json_body(request):
+    """The request's JSON document; malformed or too deeply nested JSON is a WebInputError (400), not a crash."""
+    import json
+
+    body = await request.body()
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise WebInputError("the JSON document is nested too deeply") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WebInputError(f"not a JSON document ({e})") from None
 
 
 def create_app(session: LabelSession | ReviewSession, token: str | None = None,
@@ -92,7 +162,9 @@ def create_app(session: LabelSession | ReviewSession, token: str | None = None,
         async def wrapped(request):
             try:
                 return await handler(request)
-            except (WebInputError, LabelsError, ValueError, OSError) as e:
+            except StaleWriteError as e:
+                return JSONResponse({"error": " ".join(str(e).split()), "conflict": True}, 409)
+            except (WebInputError, LabelsError, ValueError, OSError, RecursionError) as e:
                 return JSONResponse({"error": " ".join(str(e).split())}, 400)
         return wrapped
 
@@ -115,7 +187,11 @@ def create_app(session: LabelSession | ReviewSession, token: str | None = None,
 
     @errors
     async def save_labels(request):
-        return JSONResponse(await asyncio.to_thread(session.update, await request.json()))
+        doc = await json_body(request)
+        if not isinstance(doc, dict) or "revision" not in doc:
+            return JSONResponse({"error": "send the labels' revision (from /api/state or the last save) so that "
+                                          "a stale page cannot overwrite newer labels"}, 428)
+        return JSONResponse(await asyncio.to_thread(session.update, doc))
 
     @errors
     async def proposals(request):
@@ -125,16 +201,28 @@ def create_app(session: LabelSession | ReviewSession, token: str | None = None,
         if vid >= len(session.videos):
             return PlainTextResponse("no such video", 404)
         n = int(request.query_params.get("n", 20))
+        if not 1 <= n <= 1000:
+            raise WebInputError("n must be between 1 and 1000")
         return JSONResponse({"frames": await asyncio.to_thread(propose_frames, session.videos[vid], n)})
 
     @errors
     async def export_dlc(request):
-        doc = await request.json()
-        return JSONResponse({"written": await asyncio.to_thread(session.export_dlc, str(doc.get("scorer", "")))})
+        doc = await json_body(request)
+        if not isinstance(doc, dict) or not isinstance(doc.get("scorer", ""), str):
+            raise WebInputError("expected {scorer: NAME}")
+        return JSONResponse({"written": await asyncio.to_thread(session.export_dlc, doc.get("scorer", ""))})
 
     @errors
     async def add_support(request):
-        return JSONResponse(await asyncio.to_thread(session.add_support_frame, await request.json()))
+        return JSONResponse(await asyncio.to_thread(session.add_support_frame, await json_body(request)))
+
+    @errors
+    async def tracks(request):
+        try:
+            start, stop = int(request.query_params["start"]), int(request.query_params["stop"])
+        except (KeyError, ValueError):
+            raise WebInputError("expected /api/tracks?start=FRAME&stop=FRAME") from None
+        return JSONResponse(await asyncio.to_thread(session.tracks_page, start, stop))
 
     @errors
     async def adapt(request):
@@ -144,8 +232,12 @@ def create_app(session: LabelSession | ReviewSession, token: str | None = None,
 
     async def result_file(request):
         root = session.results.resolve()
-        path = (root / request.path_params["path"]).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
+        try:
+            path = (root / request.path_params["path"]).resolve()
+            found = path.is_relative_to(root) and path.is_file()
+        except (ValueError, OSError):  # a NUL byte, a name too long, ...
+            return PlainTextResponse("bad file name", 400)
+        if not found:
             return PlainTextResponse("not found", 404)
         return FileResponse(path)
 
@@ -161,9 +253,11 @@ def create_app(session: LabelSession | ReviewSession, token: str | None = None,
                    Route("/api/export-dlc", export_dlc, methods=["POST"])]
     else:
         routes += [Route("/api/support", add_support, methods=["POST"]),
+                   Route("/api/tracks", tracks),
                    Route("/api/adapt", adapt, methods=["GET", "POST"]),
                    Route("/results/{path:path}", result_file)]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
+    middleware = [Middleware(BodyLimit)]
+    middleware += [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
     middleware.append(Middleware(BaseHTTPMiddleware, dispatch=check_request))
     return Starlette(routes=routes, middleware=middleware)
 

@@ -6,11 +6,13 @@ Both check what the page sends (:class:`WebInputError`, shown in the page) and s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +24,37 @@ from ppmtrack.pipelines.labels import FrameRef, Labels, LabelsError
 from ppmtrack.pipelines.video_frames import VideoFrames
 
 LOWEST_CONFIDENCE_FRAMES = 20
+OVERVIEW_BINS = 1000
+"""Points of the review page's confidence and trajectory plots: the whole run, binned (the page never holds it all)."""
+MAX_PAGE_FRAMES = 5000
+"""The most video frames one ``/api/tracks`` request covers; the page asks for what it shows."""
+MAX_GAPS_LISTED = 500
 
 
 class WebInputError(PpmtrackError, ValueError):
     """What a page sent cannot be used (unknown keypoint, point outside the frame, ...)."""
+
+
+class StaleWriteError(WebInputError):
+    """The page's copy of the labels is older than the file (another tab or program saved since): not saved."""
+
+
+def is_int(value) -> bool:
+    """True for a JSON integer (``true``/``false`` are not numbers, although Python's bool is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """True for a finite JSON number (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def file_revision(path: Path) -> str:
+    """What the page must send back to save over ``path``: a hash of its content (``"none"``: no file yet)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except FileNotFoundError:
+        return "none"
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -74,8 +103,7 @@ def _check_points(points, names: list[str], width: int, height: int, where: str)
             raise WebInputError(f"{where}: unknown keypoint {name!r}")
         if xy is None:
             continue
-        if not (isinstance(xy, list) and len(xy) == 2
-                and all(isinstance(v, int | float) and math.isfinite(v) for v in xy)):
+        if not (isinstance(xy, list) and len(xy) == 2 and all(is_number(v) for v in xy)):
             raise WebInputError(f"{where}: keypoint {name!r} must be [x, y] or null, got {xy!r}")
         if not (-0.5 <= xy[0] <= width - 0.5 and -0.5 <= xy[1] <= height - 0.5):
             raise WebInputError(f"{where}: keypoint {name!r} at {xy} lies outside the {width}x{height} frame")
@@ -86,6 +114,13 @@ def _check_points(points, names: list[str], width: int, height: int, where: str)
 def _points(row: np.ndarray, names: list[str]) -> dict:
     return {n: (None if np.isnan(row[k]).any() else [round(float(v), 3) for v in row[k]]) for k, n in
             enumerate(names)}
+
+
+def _nested(a: np.ndarray, decimals: int) -> list:
+    """Rows of a (N, ...) array as lists of rounded numbers, NaN as None (JSON null)."""
+    if not len(a):
+        return []
+    return [[None if math.isnan(v) else round(float(v), decimals) for v in row] for row in a.reshape(len(a), -1)]
 
 
 def _read_existing(path: Path) -> Labels | None:
@@ -144,6 +179,7 @@ class LabelSession:
             raise LabelsError("name at least one video to label")
         self.videos = [VideoFrames(p) for p in unique]
         self.frames: dict[tuple[int, int], np.ndarray] = {}
+        self.lock = threading.Lock()  # one save at a time (the server answers requests on several threads)
         for video, frame, kp in labelled:
             vid = next(i for i, v in enumerate(self.videos) if _same_file(v.path, video))
             self.frames[(vid, frame)] = kp
@@ -159,19 +195,33 @@ class LabelSession:
             "frames": [{"video": vid, "frame": frame, "points": _points(kp, self.names)}
                        for (vid, frame), kp in sorted(self.frames.items())],
             "other_frames": len(self.other_frames),
+            "revision": file_revision(self.output),
         }
 
     def update(self, doc: dict) -> dict:
-        """Replace the keypoints, skeleton and labels with what the page sends, and save; returns a status."""
+        """Replace the keypoints, skeleton and labels with what the page sends, and save; returns a status.
+
+        ``doc["revision"]``, when given, must be the file's current revision (from :meth:`document` or the last
+        save): a page that loaded an older state (another tab saved since, or another program changed the file)
+        gets :class:`StaleWriteError` and nothing is written. The answer holds the new revision."""
+        with self.lock:
+            return self._update(doc)
+
+    def _update(self, doc: dict) -> dict:
         if not isinstance(doc, dict):
             raise WebInputError("expected a JSON object with keypoints, skeleton and frames")
+        if "revision" in doc and doc["revision"] != file_revision(self.output):
+            raise StaleWriteError(
+                f"{self.output} was saved by another tab or program after this page loaded it; not saved, so that "
+                "no labels are lost. Reload the page to see the file as it is now, then redo the last change"
+            )
         names, skeleton = _check_names(doc.get("keypoints"), doc.get("skeleton"))
         if not names:
             raise WebInputError("define at least one keypoint")
         frames = {}
         for i, f in enumerate(doc.get("frames") or []):
             where = f"frames[{i}]"
-            if not isinstance(f, dict) or not isinstance(f.get("video"), int) or not isinstance(f.get("frame"), int):
+            if not isinstance(f, dict) or not is_int(f.get("video")) or not is_int(f.get("frame")):
                 raise WebInputError(f"{where} needs an integer video id and frame number")
             if not 0 <= f["video"] < len(self.videos):
                 raise WebInputError(f"{where}: no video {f['video']}")
@@ -187,7 +237,8 @@ class LabelSession:
         self.names, self.skeleton, self.frames = names, skeleton, frames
         self.flip_pairs = [p for p in self.flip_pairs if all(n in names for n in p)]
         write_annotation(self.labels(), self.output)
-        return {"saved": str(self.output), "frames": len(self.frames) + len(self.other_frames)}
+        return {"saved": str(self.output), "frames": len(self.frames) + len(self.other_frames),
+                "revision": file_revision(self.output)}
 
     def labels(self) -> Labels:
         """The labels as the project's data type (video frames first, then kept image frames)."""
@@ -290,8 +341,12 @@ class ReviewSession:
             video = Path(source)
             if not video.is_file():
                 raise LabelsError(f"{self.csv}: the tracked video {source} is not there; name it with --video")
-        self.video = VideoFrames(video)
         self.output = Path(output) if output else self.results / f"{self.stem}.support.json"
+        if output is not None and support is not None and _same_file(self.output, support):
+            raise LabelsError(f"{self.output}: -o names the --support file, which review never writes; leave out -o "
+                              f"(corrected frames then go to {self.results / f'{self.stem}.support.json'}) or name "
+                              "another file")
+        self.video = VideoFrames(video)
         self.labels = _read_existing(self.output)
         if self.labels is None and support is not None:
             from ppmtrack.pipelines.io.formats import read_labels
@@ -304,18 +359,17 @@ class ReviewSession:
             raise LabelsError(f"{self.labels.source}: keypoints {', '.join(self.labels.names)} differ from the "
                               f"tracked ones ({', '.join(self.tracks.names)})")
         self.model = (self.summary.get("engine") or {}).get("model")
+        self.lock = threading.Lock()
         self.adapting: subprocess.Popen | None = None
         self.adapt_log: Path | None = None
         self.adapt_engine: str | None = None
 
     def document(self) -> dict:
-        """The tracks and what to look at first, as JSON (NaN as null)."""
+        """What the page shows first, as JSON (NaN as null): the run's extent, a binned overview of confidence and
+        positions for the plots, the weakest frames and the gaps — not the tracks themselves, which the page asks
+        for by frame range (:meth:`tracks_page`), so that an hour-long run opens at once."""
         t = self.tracks
-
-        def nested(a: np.ndarray, decimals: int):
-            return [[None if math.isnan(v) else round(float(v), decimals) for v in row] for row in a.reshape(
-                len(a), -1)]
-
+        found = gaps(t.visible, t.frame, list(t.names))
         return {
             "mode": "review",
             "csv": str(self.csv),
@@ -323,16 +377,50 @@ class ReviewSession:
             "keypoints": list(t.names),
             "skeleton": [list(e) for e in self.labels.skeleton],
             "videos": [dict(self.video.info(), id=0)],
-            "frame": [int(f) for f in t.frame],
-            "xy": nested(t.xy, 2),
-            "confidence": nested(t.confidence, 3),
-            "visible": [[int(v) for v in row] for row in t.visible],
+            "tracked": {"count": len(t), "first": int(t.frame[0]), "last": int(t.frame[-1]),
+                        "page_limit": MAX_PAGE_FRAMES},
+            "overview": self.overview(),
             "lowest": low_confidence_frames(t.confidence, t.frame),
-            "gaps": gaps(t.visible, t.frame, list(t.names)),
+            "gaps": found[:MAX_GAPS_LISTED],
+            "gaps_total": len(found),
             "support_frames": [r.frame for r in self.labels.frames if r.video is not None
                                and _same_file(r.video, self.video.path)],
             "adapt_command": self.adapt_command(),
         }
+
+    def overview(self, bins: int = OVERVIEW_BINS) -> dict:
+        """The run in at most ``bins`` spans of frames: each span's first frame, lowest confidence and mean x, y
+        per keypoint (null where nothing was tracked or visible) — enough for a plot as wide as a screen."""
+        t = self.tracks
+        first, last = int(t.frame[0]), int(t.frame[-1])
+        width = max(1, math.ceil((last - first + 1) / bins))
+        which = (t.frame - first) // width
+        starts, index = np.unique(which, return_inverse=True)
+        n, k = len(starts), len(t.names)
+        low = np.full((n, k), np.inf)
+        np.minimum.at(low, index, np.where(np.isnan(t.confidence), np.inf, t.confidence))
+        sums, counts = np.zeros((n, k, 2)), np.zeros((n, k, 1))
+        finite = np.isfinite(t.xy).all(axis=-1, keepdims=True)
+        np.add.at(sums, index, np.where(finite, t.xy, 0.0))
+        np.add.at(counts, index, finite.astype(float))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = sums / counts
+        low[np.isinf(low)] = np.nan
+        return {"frame": [int(first + b * width) for b in starts], "width": width,
+                "confidence": _nested(low, 3), "x": _nested(mean[..., 0], 1), "y": _nested(mean[..., 1], 1)}
+
+    def tracks_page(self, start: int, stop: int) -> dict:
+        """The tracked frames in ``[start, stop)`` (at most :data:`MAX_PAGE_FRAMES` video frames): their numbers,
+        positions, confidences and visibility, as JSON (NaN as null)."""
+        if stop <= start:
+            raise WebInputError("stop must be after start")
+        if stop - start > MAX_PAGE_FRAMES:
+            raise WebInputError(f"ask for at most {MAX_PAGE_FRAMES} frames at a time")
+        t = self.tracks
+        lo, hi = np.searchsorted(t.frame, [start, stop])
+        return {"start": start, "stop": stop, "frame": [int(f) for f in t.frame[lo:hi]],
+                "xy": _nested(t.xy[lo:hi], 2), "confidence": _nested(t.confidence[lo:hi], 3),
+                "visible": [[int(v) for v in row] for row in t.visible[lo:hi]]}
 
     def adapt_argv(self) -> list[str]:
         """The arguments of ``ppmtrack adapt`` on the extended support file, to an engine file not there yet."""
@@ -372,7 +460,11 @@ class ReviewSession:
 
     def add_support_frame(self, doc: dict) -> dict:
         """Add (or replace) one frame of the video with the page's points in the support file, and save it."""
-        if not isinstance(doc, dict) or not isinstance(doc.get("frame"), int):
+        with self.lock:  # two tabs adding frames at once both keep theirs
+            return self._add_support_frame(doc)
+
+    def _add_support_frame(self, doc: dict) -> dict:
+        if not isinstance(doc, dict) or not is_int(doc.get("frame")):
             raise WebInputError("expected {frame: N, points: {name: [x, y] | null}}")
         frame = doc["frame"]
         if not 0 <= frame < self.video.n_frames:

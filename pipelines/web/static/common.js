@@ -15,7 +15,12 @@ async function api(path, options = {}) {
   }
   const response = await fetch(path, init);
   const doc = await response.json().catch(() => ({error: response.statusText}));
-  if (!response.ok) throw new Error(doc.error || response.statusText);
+  if (!response.ok) {
+    const error = new Error(doc.error || response.statusText);
+    error.status = response.status;
+    error.conflict = response.status === 409;
+    throw error;
+  }
   return doc;
 }
 

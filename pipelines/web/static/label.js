@@ -1,7 +1,7 @@
 // The labeller: place keypoints on chosen frames; every change is saved to the annotation file at once.
 "use strict";
 
-const state = {doc: null, video: 0, frame: 0, keypoint: 0, labels: new Map(), proposals: {}, dragging: -1};
+const state = {doc: null, video: 0, frame: 0, keypoint: 0, labels: new Map(), proposals: {}, dragging: -1, conflict: null};
 let saving = Promise.resolve();
 const $ = (id) => document.getElementById(id);
 const view = new FrameView($("view"), drawPoints);
@@ -74,9 +74,20 @@ function save() {
     skeleton: state.doc.skeleton,
     frames: [...state.labels.values()],
   };
-  saving = saving.then(() => api("/api/labels", {method: "PUT", body: doc}))
-    .then((r) => showStatus(`saved ${r.frames} frames · ${new Date().toLocaleTimeString()}`))
-    .catch((e) => showStatus("NOT SAVED: " + e.message, true));
+  // the revision this page loaded or last saved: the server refuses the write (409) when the file changed since,
+  // e.g. saved from another tab, instead of replacing labels this page has never seen
+  saving = saving.then(() => {
+    if (state.conflict) throw state.conflict;
+    return api("/api/labels", {method: "PUT", body: Object.assign({revision: state.doc.revision}, doc)});
+  })
+    .then((r) => {
+      state.doc.revision = r.revision;
+      showStatus(`saved ${r.frames} frames · ${new Date().toLocaleTimeString()}`);
+    })
+    .catch((e) => {
+      if (e.conflict) state.conflict = e;
+      showStatus("NOT SAVED: " + e.message + (e.conflict ? " (reload the page: F5)" : ""), true);
+    });
   return saving;
 }
 

@@ -2,35 +2,92 @@
 "use strict";
 
 const TRAIL = 10;
-const state = {doc: null, frame: 0, keypoint: 0, index: new Map(), corrections: new Map(), dragging: -1,
+const PAGE = 1000;  // video frames per /api/tracks request: the page holds only the pages near what it shows
+const KEEP_PAGES = 12;
+const state = {doc: null, frame: 0, keypoint: 0, pages: new Map(), corrections: new Map(), dragging: -1,
   playing: false};
 const $ = (id) => document.getElementById(id);
 const view = new FrameView($("view"), drawTracks);
 
+// Tracks are fetched by page of PAGE video frames; a page is {frames, index: Map(frame -> row), xy, confidence,
+// visible} once loaded. Pages far from the current frame are dropped, so memory does not grow with the run.
+function loadPage(p) {
+  if (p < 0) return Promise.resolve(null);
+  let entry = state.pages.get(p);
+  if (!entry) {
+    entry = {data: null, promise: null};
+    entry.promise = api(`/api/tracks?start=${p * PAGE}&stop=${(p + 1) * PAGE}`).then((doc) => {
+      doc.index = new Map(doc.frame.map((f, t) => [f, t]));
+      entry.data = doc;
+      return doc;
+    }).catch((e) => { state.pages.delete(p); throw e; });
+    state.pages.set(p, entry);
+    const here = Math.floor(state.frame / PAGE);
+    const far = [...state.pages.keys()].sort((a, b) => Math.abs(b - here) - Math.abs(a - here));
+    for (const q of far.slice(0, Math.max(0, state.pages.size - KEEP_PAGES))) state.pages.delete(q);
+  }
+  return entry.promise;
+}
+
+// The pages a frame needs (its own, the one before for the trail), and the next one fetched ahead.
+function ensurePages(frame) {
+  const p = Math.floor(frame / PAGE);
+  loadPage(p + 1).catch(() => {});
+  return Promise.all([loadPage(p), loadPage(p - 1)]);
+}
+
+function pageData(p) {
+  const entry = state.pages.get(p);
+  return entry ? entry.data : null;
+}
+
+// The tracked row of a frame: {xy, confidence, visible}, or undefined (not tracked, or its page not loaded yet).
+function rowAt(frame) {
+  const page = pageData(Math.floor(frame / PAGE));
+  if (!page) return undefined;
+  const t = page.index.get(frame);
+  return t === undefined ? undefined : {xy: page.xy[t], confidence: page.confidence[t], visible: page.visible[t]};
+}
+
+// The rows of the TRAIL tracked frames before a tracked frame, and its own, in order.
+function trailRows(frame) {
+  const p = Math.floor(frame / PAGE);
+  const here = pageData(p), before = pageData(p - 1);
+  if (!here || !here.index.has(frame)) return [];
+  const rows = [];
+  const take = (page, from, to) => {
+    for (let t = from; t <= to; t++) rows.push(page.xy[t]);
+  };
+  const t = here.index.get(frame);
+  const missing = TRAIL - t;
+  if (missing > 0 && before && before.frame.length) take(before, Math.max(0, before.frame.length - missing),
+    before.frame.length - 1);
+  take(here, Math.max(0, t - TRAIL), t);
+  return rows;
+}
+
 // Tracked points of a frame as [k, [x, y] | null, visible]; corrections replace tracked points.
 function pointsAt(frame) {
-  const t = state.index.get(frame);
+  const row = rowAt(frame);
   const fixed = state.corrections.get(frame) || {};
   return state.doc.keypoints.map((name, k) => {
     if (name in fixed) return [k, fixed[name], true];
-    if (t === undefined) return [k, null, false];
-    const x = state.doc.xy[t][2 * k], y = state.doc.xy[t][2 * k + 1];
-    return [k, x === null ? null : [x, y], Boolean(state.doc.visible[t][k])];
+    if (row === undefined) return [k, null, false];
+    const x = row.xy[2 * k], y = row.xy[2 * k + 1];
+    return [k, x === null ? null : [x, y], Boolean(row.visible[k])];
   });
 }
 
 function drawTracks() {
-  const t = state.index.get(state.frame);
-  if (t !== undefined) {
-    state.doc.keypoints.forEach((_, k) => {
-      for (let s = Math.max(0, t - TRAIL); s < t; s++) {
-        const a = state.doc.xy[s], b = state.doc.xy[s + 1];
-        if (a[2 * k] !== null && b[2 * k] !== null) {
-          view.line([a[2 * k], a[2 * k + 1]], [b[2 * k], b[2 * k + 1]], colour(k), 1);
-        }
+  const trail = trailRows(state.frame);
+  state.doc.keypoints.forEach((_, k) => {
+    for (let s = 1; s < trail.length; s++) {
+      const a = trail[s - 1], b = trail[s];
+      if (a[2 * k] !== null && b[2 * k] !== null) {
+        view.line([a[2 * k], a[2 * k + 1]], [b[2 * k], b[2 * k + 1]], colour(k), 1);
       }
-    });
-  }
+    }
+  });
   const points = pointsAt(state.frame);
   const byName = Object.fromEntries(points.map(([k, xy]) => [state.doc.keypoints[k], xy]));
   for (const [a, b] of state.doc.skeleton) if (byName[a] && byName[b]) view.line(byName[a], byName[b], "#fff", 1);
@@ -41,11 +98,11 @@ function render() {
   $("slider").value = state.frame;
   $("frame").value = state.frame;
   const points = pointsAt(state.frame);
-  const t = state.index.get(state.frame);
+  const row = rowAt(state.frame);
   const fixed = state.corrections.get(state.frame) || {};
   $("keypoints").innerHTML = "";
   state.doc.keypoints.forEach((name, k) => {
-    const conf = t === undefined ? null : state.doc.confidence[t][k];
+    const conf = row === undefined ? null : row.confidence[k];
     const li = document.createElement("li");
     const mark = name in fixed ? " ✎" : points[k][2] ? "" : " (not visible)";
     li.innerHTML = `<span class="swatch" style="background:${colour(k)}"></span>${name}${mark}` +
@@ -59,11 +116,12 @@ function render() {
   drawTrajectory();
 }
 
-// The plots span the tracked frames: x(frame) -> canvas x, f(canvas x) -> frame.
+// The plots span the tracked frames: x(frame) -> canvas x, f(canvas x) -> frame. They draw the server's binned
+// overview of the whole run (lowest confidence, mean position per span of frames), not the tracks themselves.
 function plotFrame(canvas) {
   const ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, canvas.width, canvas.height);
-  const first = state.doc.frame[0], n = state.doc.frame[state.doc.frame.length - 1] - first + 1;
+  const first = state.doc.tracked.first, n = state.doc.tracked.last - first + 1;
   return {ctx, x: (f) => (f - first + 0.5) * canvas.width / n, f: (x) => first + Math.floor(x * n / canvas.width)};
 }
 
@@ -71,8 +129,10 @@ function drawSeries(ctx, x, values, y, stroke, width, dash = []) {
   ctx.beginPath();
   ctx.setLineDash(dash);
   let drawing = false;
-  state.doc.frame.forEach((f, t) => {
-    const v = values(t);
+  const half = (state.doc.overview.width - 1) / 2;
+  state.doc.overview.frame.forEach((start, b) => {
+    const f = start + half;
+    const v = values(b);
     if (v === null) { drawing = false; return; }
     if (drawing) ctx.lineTo(x(f), y(v)); else ctx.moveTo(x(f), y(v));
     drawing = true;
@@ -91,7 +151,7 @@ function drawTimeline() {
   const {ctx, x} = plotFrame(canvas);
   const y = (v) => canvas.height - 4 - v * (canvas.height - 8);
   state.doc.keypoints.forEach((_, k) => {
-    drawSeries(ctx, x, (t) => state.doc.confidence[t][k], y, colour(k), k === state.keypoint ? 2.5 : 1);
+    drawSeries(ctx, x, (b) => state.doc.overview.confidence[b][k], y, colour(k), k === state.keypoint ? 2.5 : 1);
   });
   cursor(ctx, x, canvas);
 }
@@ -101,10 +161,9 @@ function drawTrajectory() {
   const {ctx, x} = plotFrame(canvas);
   const info = state.doc.videos[0], k = state.keypoint;
   const y = (v) => canvas.height - 4 - v * (canvas.height - 8);
-  drawSeries(ctx, x, (t) => (state.doc.xy[t][2 * k] === null ? null : state.doc.xy[t][2 * k] / info.width), y,
-    colour(k), 1.5);
-  drawSeries(ctx, x, (t) => (state.doc.xy[t][2 * k + 1] === null ? null : state.doc.xy[t][2 * k + 1] / info.height),
-    y, colour(k), 1.5, [4, 3]);
+  const ov = state.doc.overview;
+  drawSeries(ctx, x, (b) => (ov.x[b][k] === null ? null : ov.x[b][k] / info.width), y, colour(k), 1.5);
+  drawSeries(ctx, x, (b) => (ov.y[b][k] === null ? null : ov.y[b][k] / info.height), y, colour(k), 1.5, [4, 3]);
   cursor(ctx, x, canvas);
 }
 
@@ -112,7 +171,13 @@ async function seek(frame) {
   state.frame = Math.max(0, Math.min(state.doc.videos[0].n_frames - 1, frame));
   render();
   const shown = state.frame;
+  const pages = ensurePages(shown);  // the tracks of this frame, fetched while the picture loads
   const drawn = await view.load(`/api/video/0/frame/${shown}.jpg`);
+  try {
+    await pages;
+  } catch (e) {
+    showStatus("cannot load the tracks: " + e.message, true);
+  }
   if (drawn) { render(); document.body.dataset.frame = shown; }
   return drawn;
 }
@@ -216,7 +281,6 @@ function fillChips(container, items, text) {
 
 async function start() {
   state.doc = await api("/api/state");
-  state.doc.frame.forEach((f, t) => state.index.set(f, t));
   const info = state.doc.videos[0];
   $("slider").max = info.n_frames - 1;
   $("n-frames").textContent = info.n_frames;
@@ -227,6 +291,9 @@ async function start() {
   fillChips($("lowest"), state.doc.lowest, (l) => `${l.frame} (${l.confidence.toFixed(2)})`);
   fillChips($("gaps"), state.doc.gaps, (g) => `${g.keypoint || "untracked"} ${g.start}–${g.end}`);
   if (!state.doc.gaps.length) $("gaps").textContent = "none";
+  if (state.doc.gaps_total > state.doc.gaps.length) {
+    $("gaps").append(` … and ${state.doc.gaps_total - state.doc.gaps.length} more`);
+  }
   const fit = () => {
     const main = document.querySelector("main");
     const width = Math.max(320, main.clientWidth - 16);
@@ -239,10 +306,10 @@ async function start() {
   fit();
   window.addEventListener("resize", fit);
   const hash = /frame=(\d+)/.exec(location.hash);
-  showStatus(`${state.doc.frame.length} tracked frames`);
+  showStatus(`${state.doc.tracked.count} tracked frames`);
   const adapting = await api("/api/adapt");
   if (adapting.returncode !== null || adapting.running) followAdapt(adapting);
-  await seek(hash ? Number(hash[1]) : state.doc.frame[0]);
+  await seek(hash ? Number(hash[1]) : state.doc.tracked.first);
 }
 
 window.ppm = {state, view, seek, colours: COLOURS};
