@@ -348,7 +348,7 @@ def _is_batch(args, inputs: list[str]) -> bool:
 def run_track(args) -> int:
     """``ppmtrack track``: track video files or streams with an engine file or a support set."""
     from ppmtrack.pipelines.batch import expand_inputs, plan_batch
-    from ppmtrack.pipelines.outputs import engine_identity
+    from ppmtrack.pipelines.outputs import engine_identity, frame_selection
     from ppmtrack.pipelines.sources import is_live_spec, probe_source
     from ppmtrack.pipelines.track import (
         check_output_formats,
@@ -381,7 +381,8 @@ def run_track(args) -> int:
         return _run_ray(args, out_dir, inputs, formats)
     engine, engine_path = _load_engine(args, out_dir, inputs, (_devices(args) or [None])[0])
     sha = file_sha256(engine_path) if Path(engine_path).is_file() else None
-    items = plan_batch(inputs, out_dir, engine_identity(engine, engine_path, sha), args.overwrite)
+    items = plan_batch(inputs, out_dir, engine_identity(engine, engine_path, sha), args.overwrite,
+                       frame_selection(args.start, args.stop, args.stride))
     kwargs = _track_kwargs(args, formats)
     stop_event = threading.Event()
     if len(live) > 1:
@@ -450,9 +451,10 @@ def _run_batch(args, items, engine, engine_path, out_dir, kwargs, stop_event) ->
 def _run_ray(args, out_dir, inputs, formats) -> int:
     from ppmtrack.pipelines.batch import BatchResult, plan_batch
     from ppmtrack.pipelines.cluster import run_batch_ray
-    from ppmtrack.pipelines.outputs import engine_file_identity
+    from ppmtrack.pipelines.outputs import engine_file_identity, frame_selection
 
-    items = plan_batch(inputs, out_dir, engine_file_identity(args.engine, args.model), args.overwrite)
+    items = plan_batch(inputs, out_dir, engine_file_identity(args.engine, args.model), args.overwrite,
+                       frame_selection(args.start, args.stop, args.stride))
     load_kwargs = {"model": args.model, "device": args.device, "dtype": args.dtype}
     stop_event = threading.Event()
     with _StopOnSignal(stop_event):

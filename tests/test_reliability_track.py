@@ -149,7 +149,9 @@ def test_full_disk_ends_the_summary_as_failed_naming_the_file(engine, engine_fil
     assert doc["frames_processed"] > 0 and doc["last_frame"] is not None
     assert not list(small_disk.glob("*.tmp"))
     tracks = read_tracks_csv(small_disk / "sample.csv")
-    assert int(tracks.frame[-1]) >= doc["last_frame"]
+    # the summary and the CSV agree (issue 19 item 9), and the message says where it stopped
+    assert doc["frames_processed"] == len(tracks) and doc["last_frame"] == int(tracks.frame[-1])
+    assert f"writing failed at frame {doc['last_frame']}: " in doc["status"]
     assert not _open_files_under(small_disk)
 
 
