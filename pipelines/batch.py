@@ -149,7 +149,8 @@ def expand_inputs(specs: Iterable[str | Path], videotypes=None, recursive: bool 
             add(str(path))
         elif glob.has_magic(str(path)):
             matches = sorted(glob.glob(str(path), recursive=True))
-            videos = [m for m in matches if Path(m).is_file() and Path(m).suffix.lower() in types]
+            videos = [m for m in matches if Path(m).is_file() and Path(m).suffix.lower() in types
+                      and not is_annotated_video(Path(m))]
             if not videos:
                 raise InputListError(f"{spec}: the pattern matches no video ({', '.join(types)})")
             for video in videos:

@@ -40,6 +40,7 @@ logger = logging.getLogger("ppmtrack")
 
 SUMMARY_SUFFIX = ".summary.json"
 ALIAS_VIDEO_SUFFIX = ".ppmtrack.mp4"
+STATE_SUFFIX = ".state"  # STEM.state/: the per-frame run state (pipelines.run_state)
 
 
 class OutputExistsError(PpmtrackError, FileExistsError):
@@ -111,6 +112,9 @@ def stem_files(out_dir: Path, stem: str, previous: dict | None = None) -> list[P
     # (STEM.<individual>.nwb) are found through the summary's list, not by a pattern that could match another stem
     found.update({out_dir / f"{stem}.raw.nwb", out_dir / f"{stem}.raw.analysis.h5"})
     found.update(p for p in out_dir.glob(f"{glob_escape(stem)}.from*.mp4") if p.name[len(stem) + 5:-4].isdigit())
+    state = out_dir / f"{stem}{STATE_SUFFIX}"  # the run state an unfinished run keeps for --resume
+    if state.is_dir():
+        found.update(state.rglob("*"))
     if previous:
         listed = previous.get("outputs") or {}
         for key in ("csv", "video", "summary"):
@@ -118,7 +122,8 @@ def stem_files(out_dir: Path, stem: str, previous: dict | None = None) -> list[P
                 found.add(Path(listed[key]))
         found.update(Path(p) for p in listed.get("formats") or [])
         found.update(Path(p) for p in listed.get("plots") or [])
-    return sorted(p for p in found if p.is_file() and p.parent.resolve() == out_dir.resolve())
+    return sorted(p for p in found if p.is_file() and (p.parent.resolve() == out_dir.resolve()
+                                                       or state in p.parents))
 
 
 def glob_escape(text: str) -> str:
@@ -351,3 +356,8 @@ def remove_output_set(files: list[Path], spec) -> None:
             continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+    for folder in sorted({p.parent for p in files if p.parent.name.endswith(STATE_SUFFIX)}, reverse=True):
+        with contextlib.suppress(OSError):  # the run state folder (and its scratch folder), once empty
+            for sub in sorted(folder.rglob("*"), reverse=True):
+                sub.rmdir()
+            folder.rmdir()

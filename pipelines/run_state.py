@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-STATE_SUFFIX = ".state"
+from ppmtrack.pipelines.outputs import STATE_SUFFIX
+
 FRAMES_FILE = "frames.bin"
 LAYOUT_FILE = "layout.json"
 LAYOUT_VERSION = 1
