@@ -148,7 +148,7 @@ def smooth_on_disk(read_chunk, time: np.ndarray, n_keypoints: int, params: Smoot
                    smooth: bool = True, chunk: int = SPILL_CHUNK):
     """:func:`tracker.fusion.fuse_keypoints` of a recording too long for memory, in windows of ``chunk`` frames.
 
-    The filter's states go to raw files in the folder ``workspace`` (about 150 bytes per frame and keypoint);
+    The filter's states go to raw files in the folder ``workspace`` (about 100 bytes per frame and keypoint);
     the Rauch-Tung-Striebel pass then runs backwards over them a window at a time. The numbers are those of
     :func:`tracker.fusion.fuse_keypoints` on the whole recording.
 
