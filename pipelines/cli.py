@@ -992,9 +992,10 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--reuse-every", type=int, default=1, dest="reuse_every", metavar="K",
                        help="recompute the deep UNet features every K frames only (DeepCache-style; 1 = off)")
     track.add_argument("--resume", action="store_true",
-                       help="continue an interrupted, failed or killed run of this file in DIR after the last "
-                            "complete frame of its CSV (same engine and frame selection); with several videos, "
-                            "each unfinished one is resumed and the others are tracked")
+                       help="continue an interrupted, failed or killed run of this file in DIR where it stopped "
+                            "(same engine and frame selection), with the tracks an uninterrupted run would give "
+                            "(from its run state DIR/STEM.state/); with several videos, each unfinished one is "
+                            "resumed and the others are tracked")
     track.add_argument("--plots", action="store_true",
                        help="at the end, write PNG plots (trajectories, confidence, speed; see 'ppmtrack plot')")
     many = track.add_argument_group("many videos and clusters (docs/cli.md, docs/cluster.md)")

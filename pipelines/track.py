@@ -536,9 +536,11 @@ def track_video(
         Passed to :func:`pipelines.sources.open_source` (e.g. ``{"rtsp_transport": "udp"}``).
     resume
         Continue an interrupted, failed or killed run of the same file with the same engine and frame
-        selection in ``out_dir``: tracking restarts after the last complete frame of its CSV, the filter is
-        re-initialised from its last rows, and the CSV grows from there (the final smoothing covers the whole
-        run). The annotated video of the resumed part goes to ``<stem>.from<FRAME>.mp4``.
+        selection in ``out_dir`` and give the tracks of an uninterrupted run: the filter is replayed over the
+        earlier frames' detections, flow and anchors from the run state ``<stem>.state/``
+        (:mod:`pipelines.run_state`), tracking restarts after the last frame it holds (the CSV is cut to those
+        frames; ``summary.resumed`` counts the ones tracked again), and the final smoothing covers the whole run.
+        The annotated video of the resumed part goes to ``<stem>.from<FRAME>.mp4``.
     plots
         At the end, write PNG plots of the tracks (:func:`pipelines.plots.write_plots`), listed in the
         summary's ``outputs["plots"]``; a plot that fails is a warning and ``outputs["plots_error"]``.
