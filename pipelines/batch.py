@@ -152,7 +152,8 @@ def expand_inputs(specs: Iterable[str | Path], videotypes=None, recursive: bool 
             add(str(path))
         elif glob.has_magic(str(path)):
             matches = sorted(glob.glob(str(path), recursive=True))
-            videos = [m for m in matches if Path(m).is_file() and Path(m).suffix.lower() in types]
+            videos = [m for m in matches if Path(m).is_file() and Path(m).suffix.lower() in types
+                      and not is_annotated_video(Path(m))]
             if not videos:
                 raise InputListError(f"{spec}: the pattern matches no video ({', '.join(types)})")
             for video in videos:
@@ -168,18 +169,39 @@ def expand_inputs(specs: Iterable[str | Path], videotypes=None, recursive: bool 
 def is_annotated_video(path: Path) -> bool:
     """True if ``path`` is an annotated video ppmtrack wrote (so a folder of inputs and outputs is not re-tracked).
 
-    Recognised by its name (``STEM.ppmtrack.mp4``) or by the summary beside it that lists it as its video.
+    Recognised by its name (``STEM.ppmtrack.mp4``; ``STEM.fromN.mp4``, the part of a resumed run, beside
+    ``STEM.summary.json``), by a summary in its folder that lists it among its videos, or by the ``comment`` tag
+    every annotated video carries (:data:`pipelines.io.video.ANNOTATED_VIDEO_COMMENT`), which holds wherever
+    the file was copied or renamed.
     """
     if path.name.endswith(ALIAS_VIDEO_SUFFIX):
         return True
-    summary = path.with_name(path.stem + SUMMARY_SUFFIX)
-    if not summary.is_file():
-        return False
+    stem, dot, part = path.stem.rpartition(".")
+    if dot and part.startswith("from") and part[4:].isdigit() and path.with_name(stem + SUMMARY_SUFFIX).is_file():
+        return True
+    resolved = path.resolve()
+    for summary in path.parent.glob(f"*{SUMMARY_SUFFIX}"):
+        try:
+            outputs = json.loads(summary.read_text(encoding="utf-8")).get("outputs") or {}
+            videos = [outputs.get("video"), *(outputs.get("video_parts") or [])]
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+        if any(video and Path(video).resolve() == resolved for video in videos):
+            return True
+    return _has_own_tag(path)
+
+
+def _has_own_tag(path: Path) -> bool:
+    """True if the video's container carries ppmtrack's annotated-video tag."""
+    import av
+
+    from ppmtrack.pipelines.io.video import ANNOTATED_VIDEO_COMMENT
+
     try:
-        video = (json.loads(summary.read_text(encoding="utf-8")).get("outputs") or {}).get("video")
-    except (OSError, ValueError, AttributeError):
+        with av.open(str(path), metadata_errors="ignore") as container:
+            return container.metadata.get("comment") == ANNOTATED_VIDEO_COMMENT
+    except Exception:  # noqa: BLE001 - not readable as a video here: tracking it reports the problem
         return False
-    return bool(video) and Path(video).resolve() == path.resolve()
 
 
 def warnings_of(doc: dict) -> str:
@@ -223,14 +245,15 @@ def write_batch_summary(items: list[BatchItem], out_dir: str | Path, extra: dict
     return csv_path, json_path
 
 
-def plan_batch(specs: list[str], out_dir: str | Path, identity: dict | None, overwrite: bool
-               ) -> list[BatchItem]:
-    """One :class:`BatchItem` per input with its unique stem; complete earlier runs marked ``skipped``."""
+def plan_batch(specs: list[str], out_dir: str | Path, identity: dict | None, overwrite: bool,
+               selection: dict | None = None) -> list[BatchItem]:
+    """One :class:`BatchItem` per input with its unique stem; complete earlier runs (of this engine ``identity``
+    and frame ``selection``, see :func:`pipelines.outputs.frame_selection`) marked ``skipped``."""
     stems = assign_stems(specs, out_dir)
     items = []
     for spec in specs:
         item = BatchItem(video=input_identity(spec), stem=stems[input_identity(spec)], spec=spec)
-        done = None if overwrite or is_live_spec(spec) else complete_run(spec, out_dir, item.stem, identity)
+        done = None if overwrite or is_live_spec(spec) else complete_run(spec, out_dir, item.stem, identity, selection)
         if done is not None:
             item.status = "skipped"
             fill_from_summary(item, done)

@@ -363,7 +363,7 @@ def run_track(args) -> int:
     """``ppmtrack track``: track video files or streams with an engine file or a support set."""
     from ppmtrack.pipelines.batch import expand_inputs, plan_batch
     from ppmtrack.pipelines.io.formats import check_output_formats
-    from ppmtrack.pipelines.outputs import engine_identity, engine_sha256, prepare_output_dir
+    from ppmtrack.pipelines.outputs import engine_identity, engine_sha256, frame_selection, prepare_output_dir
     from ppmtrack.pipelines.sources import is_live_spec, probe_source
     from ppmtrack.pipelines.track import check_selection, track_video
 
@@ -390,7 +390,8 @@ def run_track(args) -> int:
         return _run_ray(args, out_dir, inputs, formats)
     engine, engine_path = _load_engine(args, out_dir, inputs, (_devices(args) or [None])[0])
     sha = engine_sha256(engine, engine_path)  # taken when the engine read its file
-    items = plan_batch(inputs, out_dir, engine_identity(engine, engine_path, sha), args.overwrite)
+    items = plan_batch(inputs, out_dir, engine_identity(engine, engine_path, sha), args.overwrite,
+                       frame_selection(args.start, args.stop, args.stride))
     kwargs = _track_kwargs(args, formats)
     stop_event = threading.Event()
     if len(live) > 1:
@@ -459,9 +460,10 @@ def _run_batch(args, items, engine, engine_path, out_dir, kwargs, stop_event) ->
 def _run_ray(args, out_dir, inputs, formats) -> int:
     from ppmtrack.pipelines.batch import BatchResult, plan_batch
     from ppmtrack.pipelines.cluster import run_batch_ray
-    from ppmtrack.pipelines.outputs import engine_file_identity
+    from ppmtrack.pipelines.outputs import engine_file_identity, frame_selection
 
-    items = plan_batch(inputs, out_dir, engine_file_identity(args.engine, args.model), args.overwrite)
+    items = plan_batch(inputs, out_dir, engine_file_identity(args.engine, args.model), args.overwrite,
+                       frame_selection(args.start, args.stop, args.stride))
     load_kwargs = {"model": args.model, "device": args.device, "dtype": args.dtype}
     stop_event = threading.Event()
     with _StopOnSignal(stop_event):
@@ -1002,9 +1004,10 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--reuse-every", type=int, default=1, dest="reuse_every", metavar="K",
                        help="recompute the deep UNet features every K frames only (DeepCache-style; 1 = off)")
     track.add_argument("--resume", action="store_true",
-                       help="continue an interrupted, failed or killed run of this file in DIR after the last "
-                            "complete frame of its CSV (same engine and frame selection); with several videos, "
-                            "each unfinished one is resumed and the others are tracked")
+                       help="continue an interrupted, failed or killed run of this file in DIR where it stopped "
+                            "(same engine and frame selection), with the tracks an uninterrupted run would give "
+                            "(from its run state DIR/STEM.state/); with several videos, each unfinished one is "
+                            "resumed and the others are tracked")
     track.add_argument("--plots", action="store_true",
                        help="at the end, write PNG plots (trajectories, confidence, speed; see 'ppmtrack plot')")
     many = track.add_argument_group("many videos and clusters (docs/cli.md, docs/cluster.md)")

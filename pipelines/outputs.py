@@ -13,9 +13,10 @@ with it: ``STEM.csv``, ``STEM.mp4`` (the annotated video), ``STEM.summary.json``
   A rerun finds the stem the input had before.
 - **A camera's sessions are all kept.** A live stream whose stem has results already gets
   ``STEM_YYYYmmdd-HHMMSS`` (its start time).
-- **Results are never overwritten silently.** Complete outputs of the same input and engine are skipped
-  (batch runs) or refused (single runs) unless ``overwrite``; results of another engine, or files this
-  input's summary does not explain, are refused unless ``overwrite``. A previous run of the same input that
+- **Results are never overwritten silently.** Complete outputs of the same input, engine and frame selection
+  (``--start``/``--stop``/``--stride``) are skipped (batch runs) or refused (single runs) unless ``overwrite``;
+  results of another engine or another frame selection, or files this input's summary does not explain, are
+  refused unless ``overwrite``. A previous run of the same input that
   did not complete (failed, interrupted, killed) is redone. Redoing removes the whole previous set of the
   stem first, so no stale ``.nwb`` or DLC file of an older run stays beside the new CSV.
 """
@@ -43,6 +44,7 @@ from ppmtrack.pipelines.summary import SUMMARY_SUFFIX
 logger = logging.getLogger("ppmtrack")
 
 ALIAS_VIDEO_SUFFIX = ".ppmtrack.mp4"
+STATE_SUFFIX = ".state"  # STEM.state/: the per-frame run state (pipelines.run_state)
 
 
 class OutputExistsError(PpmtrackError, FileExistsError):
@@ -149,6 +151,9 @@ def stem_files(out_dir: Path, stem: str, previous: dict | None = None) -> list[P
             found.update(out_dir.glob(pattern.format(stem=glob_escape(stem))))
     # videos of resumed parts (--resume)
     found.update(p for p in out_dir.glob(f"{glob_escape(stem)}.from*.mp4") if p.name[len(stem) + 5:-4].isdigit())
+    state = out_dir / f"{stem}{STATE_SUFFIX}"  # the run state an unfinished run keeps for --resume
+    if state.is_dir():
+        found.update(state.rglob("*"))
     if previous:
         listed = previous.get("outputs") or {}
         for key in ("csv", "video", "summary"):
@@ -156,7 +161,8 @@ def stem_files(out_dir: Path, stem: str, previous: dict | None = None) -> list[P
                 found.add(Path(listed[key]))
         found.update(Path(p) for p in listed.get("formats") or [])
         found.update(Path(p) for p in listed.get("plots") or [])
-    return sorted(p for p in found if p.is_file() and p.parent.resolve() == out_dir.resolve())
+    return sorted(p for p in found if p.is_file() and (p.parent.resolve() == out_dir.resolve()
+                                                       or state in p.parents))
 
 
 def glob_escape(text: str) -> str:
@@ -248,11 +254,44 @@ def _is_input(path: Path, inputs: list) -> bool:
     return False
 
 
-def is_complete(doc: dict | None, out_dir: Path, spec, engine_identity: dict | None = None) -> bool:
-    """True if the summary ``doc`` is a complete run of ``spec`` (with this engine, if given) whose files exist."""
+def frame_selection(start: int = 0, stop: int | None = None, stride: int = 1) -> dict:
+    """The frame selection of a request (``--start``/``--stop``/``--stride``), as a summary's ``input`` records it."""
+    return {"start": int(start), "stop": None if stop is None else int(stop), "stride": int(stride)}
+
+
+def same_selection(doc: dict | None, selection: dict | None) -> bool:
+    """True if the summary ``doc`` tracked the frames ``selection`` asks for (any, when ``selection`` is None).
+
+    A summary without a recorded selection (older runs) counts as the whole video (start 0, every frame).
+    """
+    if selection is None:
+        return True
+    info = (doc or {}).get("input") or {}
+    recorded = frame_selection(info.get("start") or 0, info.get("stop"), info.get("stride") or 1)
+    return recorded == frame_selection(**selection)
+
+
+def describe_selection(selection: dict) -> str:
+    """``--start 10 --stop 24 --stride 2`` (only what differs from the whole video), or ``all frames``."""
+    parts = []
+    if selection.get("start"):
+        parts.append(f"--start {selection['start']}")
+    if selection.get("stop") is not None:
+        parts.append(f"--stop {selection['stop']}")
+    if (selection.get("stride") or 1) != 1:
+        parts.append(f"--stride {selection['stride']}")
+    return " ".join(parts) or "all frames"
+
+
+def is_complete(doc: dict | None, out_dir: Path, spec, engine_identity: dict | None = None,
+                selection: dict | None = None) -> bool:
+    """True if the summary ``doc`` is a complete run of ``spec`` (with this engine and frame selection, if given)
+    whose files exist."""
     if not doc or doc.get("status") != "complete" or summary_input(doc) != input_identity(spec):
         return False
     if engine_identity is not None and not same_engine(doc.get("engine") or {}, engine_identity):
+        return False
+    if not same_selection(doc, selection):
         return False
     listed = doc.get("outputs") or {}
     files = [listed.get("csv"), listed.get("video"), *(listed.get("formats") or [])]
@@ -296,21 +335,25 @@ def same_engine(recorded: dict, identity: dict) -> bool:
             and list(recorded.get("keypoints") or []) == identity["keypoints"])
 
 
-def complete_run(spec, out_dir: str | Path, stem: str, identity: dict | None = None) -> dict | None:
-    """The summary of a complete earlier run of ``spec`` with stem ``stem`` (and engine ``identity``), or None."""
+def complete_run(spec, out_dir: str | Path, stem: str, identity: dict | None = None,
+                 selection: dict | None = None) -> dict | None:
+    """The summary of a complete earlier run of ``spec`` with stem ``stem`` (and engine ``identity``, frame
+    ``selection``), or None."""
     doc = read_previous_summary(Path(out_dir), stem)
-    return doc if is_complete(doc, Path(out_dir), spec, identity) else None
+    return doc if is_complete(doc, Path(out_dir), spec, identity, selection) else None
 
 
 def prepare_output_set(spec, out_dir: str | Path, *, stem: str | None = None, write_video: bool = True,
-                       identity: dict | None = None, overwrite: bool = False) -> OutputSet:
+                       identity: dict | None = None, overwrite: bool = False,
+                       selection: dict | None = None) -> OutputSet:
     """Name the outputs of ``spec`` in ``out_dir`` and clear the way for a new run (see the module docstring).
 
     Raises
     ------
     OutputExistsError
-        Without ``overwrite``: complete results of this input exist (same engine: nothing to do; another
-        engine: would be lost), or files of the stem exist that no summary of this input explains.
+        Without ``overwrite``: complete results of this input exist (same engine and frame ``selection``:
+        nothing to do; another engine or selection: would be lost), or files of the stem exist that no summary
+        of this input explains.
     InputAliasError
         An output would be one of the inputs.
     """
@@ -341,6 +384,10 @@ def prepare_output_set(spec, out_dir: str | Path, *, stem: str | None = None, wr
         if previous.get("status") == "complete":
             other = identity is not None and not same_engine(previous.get("engine") or {}, identity)
             what = "of another engine" if other else "of the same engine"
+            if not other and not same_selection(previous, selection):
+                then = describe_selection(frame_selection(**{k: (previous.get("input") or {}).get(k, d) for k, d
+                                                             in (("start", 0), ("stop", None), ("stride", 1))}))
+                what = f"of another frame selection ({then}, now {describe_selection(frame_selection(**selection))})"
             raise OutputExistsError(f"{outputs.summary}: complete results {what} exist for {spec}; use "
                                     "--overwrite to redo them or choose another folder with -o")
         logger.info("%s: the earlier run ended %r; redoing it", spec, previous.get("status"))
@@ -355,3 +402,8 @@ def remove_output_set(files: list[Path], spec) -> None:
             continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+    for folder in sorted({p.parent for p in files if p.parent.name.endswith(STATE_SUFFIX)}, reverse=True):
+        with contextlib.suppress(OSError):  # the run state folder (and its scratch folder), once empty
+            for sub in sorted(folder.rglob("*"), reverse=True):
+                sub.rmdir()
+            folder.rmdir()

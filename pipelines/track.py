@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 import queue
 import threading
 import time
@@ -28,13 +29,14 @@ from ppmtrack.pipelines.detection_noise import (
     parse_detection_noise,
     resolve_detection_noise,
 )
-from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
+from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv
 from ppmtrack.pipelines.io.formats import OUTPUT_FORMATS, check_output_formats, write_tracks
 from ppmtrack.pipelines.io.video import DEFAULT_VIDEO_FPS, AnnotatedVideoWriter
 from ppmtrack.pipelines.outputs import (
     OutputError,
     assign_stems,
     engine_identity,
+    frame_selection,
     input_identity,
     output_stem,
     prepare_output_dir,
@@ -44,6 +46,7 @@ from ppmtrack.pipelines.outputs import (
     engine_sha256 as engine_file_sha256,
 )
 from ppmtrack.pipelines.progress import expected_frames, progress_bar
+from ppmtrack.pipelines.run_state import RunState, RunStateError, record_dtype, state_dir
 from ppmtrack.pipelines.sources import Source, VideoFrame, is_live_spec, open_source, redact, redact_url
 
 __all__ = [  # also importable from here (their homes: engine.engine_file, pipelines.outputs, pipelines.io.formats)
@@ -53,7 +56,7 @@ __all__ = [  # also importable from here (their homes: engine.engine_file, pipel
 from ppmtrack.pipelines.summary import RunSummary, record_source_counts
 from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks
 from ppmtrack.tracker.flow import FlowParams
-from ppmtrack.tracker.fusion import Anchors, FlowTrack, fuse_keypoints
+from ppmtrack.tracker.smoothing import SPILL_CHUNK, smooth_on_disk
 
 if TYPE_CHECKING:
     from ppmtrack.engine.interface import EngineLike
@@ -77,8 +80,6 @@ class ResumeError(PpmtrackError, ValueError):
 
 SUMMARY_INTERVAL_S = 2.0
 """How often the summary file is rewritten while a run goes (frames processed, last frame written)."""
-RESUME_WARMUP_FRAMES = 30
-"""Frames of the earlier CSV fed to the causal filter when a run resumes, to re-initialise its state."""
 
 
 def check_selection(start: int, stop: int | None, stride: int, n_frames: int | None = None) -> None:
@@ -97,64 +98,51 @@ def check_selection(start: int, stop: int | None, stride: int, n_frames: int | N
 class _TrackWriter:
     """The writer thread: causal smoothing, the growing CSV and the annotated video, one frame at a time.
 
-    ``keep`` keeps the per-frame arrays (a few numbers per keypoint) for the smoothing at the end of a file.
-    With ``flow``, each frame's optical flow from the previous one is fused in (the previous frame, grey and
-    downscaled, is all that is kept of the images); ``anchors`` (frame index → support-frame record, see
-    :mod:`pipelines.anchors`) pin the labelled support frames that lie in this video.
+    With a ``state`` (file runs), each frame's filter inputs and outputs are appended to the run state on disk
+    (:mod:`pipelines.run_state`) for the smoothing at the end of a file and for ``--resume``; nothing grows in
+    memory. With ``flow``, each frame's optical flow from the previous one is fused in (the previous frame, grey
+    and downscaled, is all that is kept of the images); ``anchors`` (frame index → support-frame record, see
+    :mod:`pipelines.anchors`) pin the labelled support frames that lie in this video. A state holding frames of
+    an earlier run (``--resume``) is replayed through the filter first; frames up to ``reference`` (the last of
+    them, decoded again) only give the image the next frame's flow starts from.
     """
 
     def __init__(self, engine, csv_path: Path, video: AnnotatedVideoWriter | None, params: SmoothingParams,
-                 summary: RunSummary, keep: bool, previous: Tracks | None = None, flow: FlowParams | None = None,
-                 anchors: dict | None = None, clock_origin: float | None = None):
+                 summary: RunSummary, state: RunState | None = None, flow: FlowParams | None = None,
+                 anchors: dict | None = None, clock_origin: float | None = None, reference: int | None = None):
         self.k = len(engine.names)
         self.smoother = OnlineSmoother(self.k, params, flow=flow)
         self.anchors = anchors or {}
-        self.anchor_rows: list[tuple[int, np.ndarray]] = []  # (row, (K, 2)) of the anchors used
-        self.flow_displacement: list[np.ndarray] = []
-        self.flow_error: list[np.ndarray] = []
-        self.csv = TracksCsvWriter(csv_path, engine.names, append=previous is not None)
+        self.state = state
+        self.keep = state is not None
+        self.reference = reference
+        self.csv = TracksCsvWriter(csv_path, engine.names, append=bool(state is not None and state.n))
         self.video = video
         self.summary = summary
-        self.keep = keep
-        self.frames: list[int] = []
-        self.times: list[float] = []  # the frames' own times, as in the CSV
-        self.filter_times: list[float] = []  # strictly increasing, as the filter saw them
-        self.raw: list[np.ndarray] = []
-        self.conf: list[np.ndarray] = []
-        self.xy: list[np.ndarray] = []
-        self.visible: list[np.ndarray] = []
         self.queue: queue.Queue = queue.Queue(maxsize=WRITER_QUEUE_BATCHES)
         self.error: BaseException | None = None
         self.last_time: float | None = None
         self.first_time: float | None = None
         self.clock_origin = clock_origin  # live: the monotonic time frame times count from (for latency)
         self.latencies: collections.deque = collections.deque(maxlen=LATENCY_WINDOW)
-        if previous is not None:
-            self._continue_after(previous)
+        if state is not None and state.n:
+            self._continue_after(state)
         self.thread = threading.Thread(target=self._run, daemon=True, name="ppmtrack-writer")
         self.thread.start()
 
-    def _continue_after(self, previous: Tracks) -> None:
-        """Resume after an earlier run's frames: keep them for the final smoothing and re-initialise the causal
-        filter from the last ``RESUME_WARMUP_FRAMES`` of them."""
-        times: list[float] = []
-        for t in previous.time.tolist():
-            times.append(t if not times else max(t, times[-1] + 1e-6))
-        n = len(times)
-        for i in range(max(0, n - RESUME_WARMUP_FRAMES), n):
-            self.smoother.update(times[i], previous.raw_xy[i], np.nan_to_num(previous.confidence[i]))
-        self.last_time = times[-1] if times else None
-        if self.keep:
-            self.frames = previous.frame.tolist()
-            self.times = previous.time.tolist()
-            self.filter_times = times
-            self.raw = list(previous.raw_xy)
-            self.conf = list(np.nan_to_num(previous.confidence))
-            self.xy = list(previous.xy)
-            self.visible = list(previous.visible)
-            if self.smoother.flow is not None:  # no flow was kept of the earlier run's frames
-                self.flow_displacement = [np.full((self.k, 2), np.nan)] * len(previous)
-                self.flow_error = [np.full(self.k, np.inf)] * len(previous)
+    def _continue_after(self, state: RunState) -> None:
+        """Resume after an earlier run's frames: replay them through the filter with the flow and anchors
+        recorded then, so it is in the state it had when the run stopped."""
+        anchor_frames = []
+        flow = self.smoother.flow is not None
+        for start in range(0, state.n, SPILL_CHUNK):
+            window = state.window(start, start + SPILL_CHUNK)
+            raw, conf, displacement, fb_error, anchor = state.filter_inputs(start, start + SPILL_CHUNK, flow)
+            self.smoother.replay(np.array(window["filter_time"]), raw, conf, displacement, fb_error, anchor)
+            anchor_frames += window["frame"][np.isfinite(anchor).all(-1).any(-1)].tolist()
+            self.last_time = float(window["filter_time"][-1])
+        if anchor_frames:
+            self.summary.settings["anchor_frames"] = anchor_frames
 
     def put(self, frames: list[VideoFrame], prediction) -> bool:
         """Hand a predicted batch over; False if the writer has failed (its error is in ``self.error``)."""
@@ -175,6 +163,9 @@ class _TrackWriter:
                 frames, prediction = item
                 for i, frame in enumerate(frames):
                     self._write_frame(frame, prediction.keypoints[i], prediction.confidence[i])
+                if self.state is not None:  # what --resume reads: handed to the system batch by batch
+                    with _naming_the_file(self.state.path, self.summary.last_frame):
+                        self.state.flush()
         except BaseException as exc:  # reported by the run, which then stops
             self.error = exc
             while True:  # keep draining so the producer never blocks on a dead writer
@@ -182,6 +173,9 @@ class _TrackWriter:
                     return
 
     def _write_frame(self, frame: VideoFrame, raw_xy: np.ndarray, confidence: np.ndarray) -> None:
+        if self.reference is not None and frame.index <= self.reference:  # resuming: tracked before the stop
+            self.smoother.set_reference_image(frame.image)
+            return
         stages = self.summary.stages
         # The filter needs strictly increasing times; a file with repeated timestamps gets them nudged.
         t = frame.time if self.last_time is None else max(frame.time, self.last_time + 1e-6)
@@ -195,8 +189,17 @@ class _TrackWriter:
         stages["smoothing"].add(t1 - t0, 1)
         if anchor is not None:
             self.summary.settings.setdefault("anchor_frames", []).append(frame.index)
+        if self.state is not None:
+            flow = self.smoother.last_flow if self.smoother.flow is not None else (None, None)
+            with _naming_the_file(self.state.path, frame.index):
+                self.state.append(frame.index, frame.time, t, raw_xy, confidence, xy, visible, *flow, anchor)
         with _naming_the_file(self.csv.path, frame.index):
             self.csv.write_frame(frame.index, frame.time, xy, confidence, visible, raw_xy)
+        # counted once its CSV rows are written: the summary's count and the CSV agree even if the video fails
+        self.summary.frames_processed += 1
+        if self.summary.first_frame is None:
+            self.summary.first_frame = frame.index
+        self.summary.last_frame = frame.index
         if self.video is not None:
             if frame.image.shape[:2] == (self.video.height, self.video.width):
                 with _naming_the_file(self.video.path, frame.index):
@@ -211,56 +214,44 @@ class _TrackWriter:
         stages["writing"].add(time.perf_counter() - t1, 1)
         if self.clock_origin is not None:
             self.latencies.append(time.monotonic() - self.clock_origin - frame.time)
-        self.summary.frames_processed += 1
-        if self.summary.first_frame is None:
-            self.summary.first_frame = frame.index
-        self.summary.last_frame = frame.index
-        if self.keep:
-            self.frames.append(frame.index)
-            self.times.append(frame.time)
-            self.filter_times.append(t)
-            self.raw.append(np.asarray(raw_xy, dtype=np.float64))
-            self.conf.append(np.asarray(confidence, dtype=np.float64))
-            self.xy.append(xy)
-            self.visible.append(visible)
-            if anchor is not None:
-                self.anchor_rows.append((len(self.frames) - 1, anchor))
-            if self.smoother.flow is not None:
-                self.flow_displacement.append(self.smoother.last_flow[0])
-                self.flow_error.append(self.smoother.last_flow[1])
 
     def finish(self) -> None:
         """Wait for the queued frames to be written, then close the CSV and the video."""
         self.queue.put(None)
         self.thread.join()
+        last = self.summary.last_frame  # a file that fails on closing failed after the last frame written
         try:
-            with _naming_the_file(self.csv.path):
+            with _naming_the_file(self.csv.path, last):
                 self.csv.close()
         finally:
-            if self.video is not None:
-                with _naming_the_file(self.video.path):
-                    self.video.close()
+            try:
+                if self.state is not None:
+                    with _naming_the_file(self.state.path, last):
+                        self.state.close()
+            finally:
+                if self.video is not None:
+                    with _naming_the_file(self.video.path, last):
+                        self.video.close()
 
-    def smoothed(self) -> tuple[np.ndarray, np.ndarray]:
-        """RTS-smoothed positions and visibility of the kept frames, with the flow and anchors of the run."""
-        k = self.k
-        flow = anchors = None
-        if self.flow_displacement:
-            flow = FlowTrack(np.array(self.flow_displacement).reshape(-1, k, 2),
-                             np.array(self.flow_error).reshape(-1, k))
-        if self.anchor_rows:
-            anchors = Anchors(np.array([r for r, _ in self.anchor_rows]),
-                              np.array([xy for _, xy in self.anchor_rows]).reshape(-1, k, 2))
-        return fuse_keypoints(np.array(self.raw).reshape(-1, k, 2), np.array(self.conf).reshape(-1, k),
-                              np.array(self.filter_times), flow, anchors, self.smoother.params, smooth=True)
+    def smoothed_rows(self):
+        """RTS smoothing of the run's frames, computed on disk (:func:`tracker.smoothing.smooth_on_disk`):
+        ``rows(start, stop)`` → (xy, visible). Its scratch files are in the state folder."""
+        workspace = self.state.folder / "smoothing"
+        workspace.mkdir(exist_ok=True)
+        flow = self.smoother.flow is not None
+        return smooth_on_disk(lambda a, b: self.state.filter_inputs(a, b, flow), self.state.column("filter_time"),
+                              self.k, self.smoother.params, workspace)
 
-    def tracks(self, names, skeleton) -> Tracks:
-        """The kept frames as Tracks with the causal positions."""
-        k = self.k
+    def tracks(self, names, skeleton, rows=None) -> Tracks:
+        """The run's frames as Tracks in memory (for the extra formats and plots), with the positions of
+        ``rows`` (see :meth:`smoothed_rows`) or the causal ones."""
+        n = self.state.n
+        xy, visible = (self.state.column("xy"), self.state.column("visible")) if rows is None else rows(0, n)
         return Tracks(
-            names=list(names), frame=np.array(self.frames, dtype=np.int64), time=np.array(self.times),
-            raw_xy=np.array(self.raw).reshape(-1, k, 2), confidence=np.array(self.conf).reshape(-1, k),
-            xy=np.array(self.xy).reshape(-1, k, 2), visible=np.array(self.visible).reshape(-1, k),
+            names=list(names), frame=self.state.column("frame").astype(np.int64), time=self.state.column("time"),
+            raw_xy=self.state.column("raw").reshape(-1, self.k, 2),
+            confidence=self.state.column("confidence").reshape(-1, self.k),
+            xy=np.asarray(xy).reshape(-1, self.k, 2), visible=np.asarray(visible).reshape(-1, self.k),
             skeleton=list(skeleton),
         )
 
@@ -295,8 +286,9 @@ class _naming_the_file:  # noqa: N801 - used as a statement: ``with _naming_the_
 
 
 def _resume_point(paths: dict, source, engine, start: int, stop: int | None, stride: int,
-                  engine_sha256: str | None) -> tuple[Tracks, dict]:
-    """The frames an earlier, unfinished run of the same input and settings wrote, and its summary.
+                  engine_sha256: str | None) -> tuple[int, dict, int]:
+    """How far an earlier, unfinished run of the same input and settings got: the frames in its run state
+    (:mod:`pipelines.run_state`), its summary, and the complete frames of its CSV.
 
     Raises ResumeError when there is nothing to resume or the earlier run differs.
     """
@@ -323,10 +315,36 @@ def _resume_point(paths: dict, source, engine, start: int, stop: int | None, str
     if differences:
         raise ResumeError(f"{summary_path}: the earlier run differs in {', '.join(differences)}; resume with "
                           "the same input, engine and frame selection, or start over")
-    tracks = read_tracks_csv(csv_path)  # ignores a last frame a killed writer left incomplete
-    if len(tracks) and tracks.names != list(engine.names):
-        raise ResumeError(f"{csv_path}: its keypoints {tracks.names} are not the engine's {list(engine.names)}")
-    return tracks, previous
+    try:
+        n_state = RunState.count(state_dir(summary_path.parent, summary_path.name[:-len(".summary.json")]),
+                                 engine.names)
+    except RunStateError as exc:
+        raise ResumeError(f"{summary_path}: the earlier run left no run state to continue from ({exc}); it was "
+                          "made by an older ppmtrack or its state was removed: start over without --resume"
+                          ) from None
+    return n_state, previous, _csv_frames(csv_path, len(engine.names))
+
+
+def _csv_frames(path: Path, n_keypoints: int) -> int:
+    """Complete frames in a tracks CSV (its complete lines after the header, K a frame), read in blocks."""
+    lines = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            lines += block.count(b"\n")
+    return max(0, lines - 1) // max(1, n_keypoints)
+
+
+def _write_csv_from_state(state: RunState, path: Path, names, rows=None) -> None:
+    """Rewrite a tracks CSV atomically from the run state, with the positions of ``rows`` (``rows(start, stop)``
+    → (xy, visible), e.g. :meth:`_TrackWriter.smoothed_rows`) or the causal ones; a window of frames at a time."""
+    tmp = path.with_name(path.name + ".tmp")
+    with TracksCsvWriter(tmp, names) as out:
+        for start in range(0, state.n, SPILL_CHUNK):
+            w = state.window(start, start + SPILL_CHUNK)
+            xy, visible = (w["xy"], w["visible"]) if rows is None else rows(start, start + len(w))
+            for i in range(len(w)):
+                out.write_frame(w["frame"][i], w["time"][i], xy[i], w["confidence"][i], visible[i], w["raw"][i])
+    os.replace(tmp, path)
 
 
 def resumable(out_dir: Path, stem: str) -> bool:
@@ -453,9 +471,11 @@ def track_video(
         Passed to :func:`pipelines.sources.open_source` (e.g. ``{"rtsp_transport": "udp"}``).
     resume
         Continue an interrupted, failed or killed run of the same file with the same engine and frame
-        selection in ``out_dir``: tracking restarts after the last complete frame of its CSV, the filter is
-        re-initialised from its last rows, and the CSV grows from there (the final smoothing covers the whole
-        run). The annotated video of the resumed part goes to ``<stem>.from<FRAME>.mp4``.
+        selection in ``out_dir`` and give the tracks of an uninterrupted run: the filter is replayed over the
+        earlier frames' detections, flow and anchors from the run state ``<stem>.state/``
+        (:mod:`pipelines.run_state`), tracking restarts after the last frame it holds (the CSV is cut to those
+        frames; ``summary.resumed`` counts the ones tracked again), and the final smoothing covers the whole run.
+        The annotated video of the resumed part goes to ``<stem>.from<FRAME>.mp4``.
     plots
         At the end, write PNG plots of the tracks (:func:`pipelines.plots.write_plots`), listed in the
         summary's ``outputs["plots"]``; a plot that fails is a warning and ``outputs["plots_error"]``.
@@ -510,28 +530,35 @@ def track_video(
     engine_path = engine_path or getattr(engine, "path", None)
     engine_sha256 = engine_file_sha256(engine, engine_path)  # from the engine's own read of its file
     identity = engine_identity(engine, engine_path, engine_sha256)
-    previous = previous_summary = summary_resumed = None
+    previous_summary = None
+    n_before = csv_before = 0
     first = start
+    reference = None  # resuming: the last frame tracked before, decoded again for the next frame's flow
+    state_folder = None if (is_live_spec(source_spec) if live is None else live) else state_dir(out_dir, stem)
     if resume:
-        if is_live_spec(source_spec) if live is None else live:
+        if state_folder is None:
             raise ResumeError("--resume works for video files only; a live stream cannot be resumed")
-        previous, previous_summary = _resume_point(paths, source_spec, engine, start, stop, stride, engine_sha256)
-        if len(previous):
-            first = int(previous.frame[-1]) + stride
-        else:  # killed before its first frame was written: start from the beginning
-            previous = None
-            summary_resumed = {"from_frame": start, "frames_before": 0,
-                               "previous_status": previous_summary.get("status")}
+        n_before, previous_summary, csv_before = _resume_point(paths, source_spec, engine, start, stop, stride,
+                                                               engine_sha256)
+        n_before = min(n_before, csv_before)  # frames in both the run state and the CSV
+        if n_before:
+            window = np.memmap(state_folder / "frames.bin", dtype=record_dtype(len(engine.names)), mode="r",
+                               shape=(n_before,))
+            reference = int(window["frame"][-1])
+            first_before = int(window["frame"][0])
+            del window
+            first = reference + stride
         if write_video:
             paths["video"] = out_dir / f"{stem}.from{first}.mp4"
-    elif not (is_live_spec(source_spec) if live is None else live):
+    elif state_folder is not None:
         _offer_resume(paths["summary"])
 
-    if source is not None and first != start:  # resuming: the batch opened it from --start
+    open_at = first if reference is None else reference
+    if source is not None and open_at != start:  # resuming: the batch opened it from --start
         source.close()
         source = None
     if source is None:
-        source = open_source(source_spec, start=first, stop=stop, stride=stride, live=live,
+        source = open_source(source_spec, start=open_at, stop=stop, stride=stride, live=live,
                              queue_size=max(8, batch_size), drop_policy=drop_policy, stop_event=halt,
                              ffmpeg_options=ffmpeg_options, max_reconnect_s=max_reconnect_s)
     info = source.info
@@ -551,7 +578,8 @@ def track_video(
     try:
         if not resume:
             output_set = prepare_output_set(source_spec, out_dir, stem=stem, write_video=write_video,
-                                            identity=identity, overwrite=overwrite)
+                                            identity=identity, overwrite=overwrite,
+                                            selection=frame_selection(start, stop, stride))
             paths = output_set.paths()
     except BaseException:
         source.close()
@@ -575,33 +603,43 @@ def track_video(
         outputs={"csv": str(paths["csv"]), "video": str(paths["video"]) if paths["video"] else None,
                  "summary": str(paths["summary"]), "formats": []},
     )
-    if summary_resumed is not None:
-        summary.resumed = summary_resumed
-    if previous is not None:
-        summary.resumed = {"from_frame": first, "frames_before": len(previous),
+    if resume:
+        summary.resumed = {"from_frame": first, "frames_before": n_before,
+                           "frames_retracked": max(0, csv_before - n_before), "reference_frame": reference,
                            "previous_status": previous_summary.get("status")}
-        summary.frames_processed = len(previous)
-        if len(previous):
-            summary.first_frame, summary.last_frame = int(previous.frame[0]), int(previous.frame[-1])
+        earlier = previous_summary.get("outputs") or {}
+        parts = [*(earlier.get("video_parts") or []), *([earlier["video"]] if earlier.get("video") else [])]
+        if parts:
+            summary.outputs["video_parts"] = parts
+        summary.frames_processed = n_before
+        if n_before:
+            summary.first_frame, summary.last_frame = first_before, reference
         summary.started_at = previous_summary.get("started_at", summary.started_at)
-        logger.info("resuming after frame %s (%d frames tracked before)", summary.last_frame, len(previous))
+        logger.info("resuming after frame %s (%d frames tracked before%s)", reference, n_before,
+                    f"; {csv_before - n_before} frames of the CSV are tracked again" if csv_before > n_before else "")
+    state = None
     try:
         video = None
         if write_video:
             video = AnnotatedVideoWriter(paths["video"], info.width, info.height,
                                          info.fps_fraction or info.fps or DEFAULT_VIDEO_FPS, engine.names,
                                          engine.skeleton, **video_style)
-        if previous is not None:  # the CSV without a frame a killed writer left half-written
-            write_tracks_csv(previous, paths["csv"])
+        if not is_live:
+            state = RunState(state_folder, engine.names, keep=n_before if resume else None)
+            if resume:  # the CSV of exactly the frames the state holds (no half-written or unrecorded frame)
+                with _naming_the_file(paths["csv"]):
+                    _write_csv_from_state(state, paths["csv"], engine.names)
         anchors = {} if flow == "off" else anchors_for_source(getattr(engine, "info", {}), str(source_spec),
                                                              len(engine.names))
-        writer = _TrackWriter(engine, paths["csv"], video, params, summary, keep=not is_live, previous=previous,
+        writer = _TrackWriter(engine, paths["csv"], video, params, summary, state=state,
                               flow=None if flow == "off" else FlowParams(), anchors=anchors,
-                              clock_origin=source.started_at if is_live else None)
+                              clock_origin=source.started_at if is_live else None, reference=reference)
         with _naming_the_file(paths["summary"]):
             summary.write(paths["summary"])
     except BaseException:
         source.close()
+        if state is not None:
+            state.close()
         raise
 
     logger.info("tracking %s (%dx%d%s) → %s", redact_url(source_spec), info.width, info.height,
@@ -657,7 +695,7 @@ def track_video(
         try:
             writer.finish()
         except BaseException as exc:  # closing the outputs failed (disk full, ...)
-            failure = failure or exc
+            failure = failure or writer.error or exc
     failure = failure or writer.error
 
     stats = source.stats
@@ -682,6 +720,8 @@ def track_video(
     summary.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if not summary.write(paths["summary"], quiet=failure is not None):
         logger.error("%s: the summary could not be written; status: %s", paths["summary"], summary.status)
+    elif summary.status == "complete" and writer.state is not None:
+        writer.state.remove()  # nothing left to resume; an unfinished run keeps it for --resume
     if failure is not None:
         raise failure
     if keyboard_interrupt:
@@ -695,17 +735,16 @@ def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: di
     """End of run: RTS-smooth and atomically rewrite the CSV (complete file runs), the extra formats, the plots."""
     if not summary.frames_processed:
         return
-    tracks = None
-    if writer.keep:
-        tracks = writer.tracks(engine.names, engine.skeleton)
+    rows = tracks = None
     if rts:
         t0 = time.perf_counter()
-        xy, visible = writer.smoothed()
-        tracks = dataclasses.replace(tracks, xy=xy, visible=visible)
+        rows = writer.smoothed_rows()
         t1 = time.perf_counter()
-        write_tracks_csv(tracks, paths["csv"])
+        _write_csv_from_state(writer.state, paths["csv"], engine.names, rows)
         summary.csv_positions = "rts"
         summary.finalize_s.update(rts_smoothing=t1 - t0, csv_rewrite=time.perf_counter() - t1)
+    if writer.keep and (extra_formats or plots):  # these take the whole run in memory
+        tracks = writer.tracks(engine.names, engine.skeleton, rows)
     if extra_formats:
         t0 = time.perf_counter()
         if tracks is None:  # a stream keeps nothing in memory: read back what the CSV holds

@@ -112,6 +112,28 @@ class OnlineSmoother:
         self._last_time = time
         return self._filter.position(), visible
 
+    def replay(self, time: np.ndarray, raw_xy: np.ndarray, confidence: np.ndarray,
+               flow_displacement: np.ndarray | None = None, fb_error: np.ndarray | None = None,
+               anchor_xy: np.ndarray | None = None) -> None:
+        """Feed frames filtered before, with the flow recorded then (:attr:`last_flow`), no images: the filter
+        ends in the state it had after them (how ``track --resume`` continues a run exactly).
+
+        Arrays have a leading frame axis: (n, K, 2) and (n, K); ``time`` (n,) increasing. Call
+        :meth:`set_reference_image` with the last of those frames' images before the next :meth:`update`.
+        """
+        time = np.asarray(time, dtype=np.float64)
+        m = frame_measurements(raw_xy, confidence, self.params, flow_displacement, fb_error, anchor_xy)
+        for i, t in enumerate(time.tolist()):
+            if self._last_time is not None and t <= self._last_time:
+                raise ValueError(f"time must increase from frame to frame: got {t} after {self._last_time}")
+            self._filter.step(t, 0.0 if self._last_time is None else t - self._last_time, m.frame(i))
+            self._last_time = t
+
+    def set_reference_image(self, image: np.ndarray) -> None:
+        """The image the next frame's flow starts from (the last frame fed by :meth:`replay`)."""
+        if self.flow is not None and image is not None:
+            self._last_image = flow_image(image, self.flow)
+
     def _measure_flow(self, image: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Flow of the current estimates from the previous frame to ``image``; recorded in ``last_flow``."""
         displacement = np.full((self.n_keypoints, 2), np.nan)

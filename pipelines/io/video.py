@@ -37,6 +37,8 @@ LEGEND_OPACITY = 0.6
 TEXT_COLOUR = (255, 255, 255)
 # Fragmented MP4, a fragment at each keyframe and at least every 0.5 s, handed to the OS after each packet.
 DEFAULT_VIDEO_FPS = 30.0  # for the annotated video of a stream that declares no rate (frame times are kept)
+ANNOTATED_VIDEO_COMMENT = "ppmtrack annotated video"
+"""The ``comment`` tag of every annotated video ppmtrack writes: how a folder of inputs recognises its outputs."""
 MUXER_OPTIONS = {
     "movflags": "frag_keyframe+empty_moov+default_base_moof",
     "frag_duration": "500000",
@@ -130,6 +132,7 @@ class AnnotatedVideoWriter:
         self.ticks_per_frame = rate.denominator * ticks
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.container = av.open(str(self.path), mode="w", format="mp4", container_options=MUXER_OPTIONS)
+        self.container.metadata["comment"] = ANNOTATED_VIDEO_COMMENT
         self.stream = self.container.add_stream(codec, rate=rate, options=options)
         self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, pix_fmt
         self.stream.codec_context.time_base = self.time_base
