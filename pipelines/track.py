@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import os
 import queue
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ppmtrack.engine.atomic import atomic_path
 from ppmtrack.engine.engine_file import file_sha256
 from ppmtrack.engine.errors import PpmtrackError, UsageError
 from ppmtrack.pipelines.anchors import anchors_for_source, matching_anchor
@@ -337,14 +337,12 @@ def _csv_frames(path: Path, n_keypoints: int) -> int:
 def _write_csv_from_state(state: RunState, path: Path, names, rows=None) -> None:
     """Rewrite a tracks CSV atomically from the run state, with the positions of ``rows`` (``rows(start, stop)``
     → (xy, visible), e.g. :meth:`_TrackWriter.smoothed_rows`) or the causal ones; a window of frames at a time."""
-    tmp = path.with_name(path.name + ".tmp")
-    with TracksCsvWriter(tmp, names) as out:
+    with atomic_path(path) as tmp, TracksCsvWriter(tmp, names) as out:
         for start in range(0, state.n, SPILL_CHUNK):
             w = state.window(start, start + SPILL_CHUNK)
             xy, visible = (w["xy"], w["visible"]) if rows is None else rows(start, start + len(w))
             for i in range(len(w)):
                 out.write_frame(w["frame"][i], w["time"][i], xy[i], w["confidence"][i], visible[i], w["raw"][i])
-    os.replace(tmp, path)
 
 
 def resumable(out_dir: Path, stem: str) -> bool:
