@@ -515,7 +515,7 @@ def _run_track_multi(args, item, engine, engine_path, out_dir, formats, stop_eve
             item.spec, engine, out_dir, stem=item.stem, animals=args.animals, max_animals=args.max_animals,
             batch_size=args.batch_size, start=args.start, stop=args.stop, stride=args.stride,
             write_video=not args.no_video, output_formats=["csv", *formats], smoothing=smoothing,
-            detection_noise=args.detection_noise, identity=identity, progress=not args.quiet,
+            detection_noise=args.detection_noise, flow=args.flow, identity=identity, progress=not args.quiet,
             stop_event=stop_event, engine_path=engine_path,
             species=args.species, crops=args.animal_crops, overwrite=args.overwrite,
         )

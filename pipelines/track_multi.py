@@ -3,7 +3,8 @@
 ``ppmtrack track VIDEO --animals N`` (or ``--animals auto --max-animals M``). Each batch of frames goes
 through the engine once (:meth:`engine.api.Engine.predict_animals`: the foreground map split into animals,
 each keypoint read on each animal, an appearance vector per animal); :class:`tracker.identity.IdentityTracker`
-assigns the animals to identities frame by frame; each identity's keypoints are smoothed by its own filter.
+assigns the animals to identities frame by frame; each identity's keypoints are smoothed by its own filter,
+which fuses the optical flow of that animal's keypoints with its detections, as for one animal (``--flow``).
 Outputs: ``<stem>.csv`` with an ``individual`` column (written frame by frame, so a crash leaves every finished
 frame), ``<stem>.mp4`` with one colour per animal and its name, a DeepLabCut multi-animal table on request,
 and ``<stem>.summary.json`` listing the identity decisions the tracker was unsure of. See
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.engine.errors import UsageError
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.detection_noise import parse_detection_noise, resolve_detection_noise
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, write_multi_tracks_csv
@@ -30,13 +32,16 @@ from ppmtrack.pipelines.sources import open_source, redact_url
 from ppmtrack.pipelines.summary import RunSummary
 from ppmtrack.pipelines.track import (
     DEFAULT_VIDEO_FPS,
+    FLOW_MODES,
     _expected_frames,
     _update_counts,
     check_output_formats,
     file_sha256,
     prepare_output_dir,
 )
-from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks, smooth_keypoints
+from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks
+from ppmtrack.tracker.flow import FlowParams
+from ppmtrack.tracker.fusion import FlowTrack, fuse_keypoints
 from ppmtrack.tracker.identity import UNASSIGNED, IdentityParams, IdentityTracker
 
 logger = logging.getLogger("ppmtrack")
@@ -64,31 +69,52 @@ def parse_animals(value: str | int) -> tuple[int | None, bool]:
 
 
 class _Identities:
-    """Per-identity smoothers and the kept per-frame arrays of every identity (grown as identities appear)."""
+    """Per-identity smoothers and the kept per-frame arrays of every identity (grown as identities appear).
 
-    def __init__(self, k: int, params: SmoothingParams):
-        self.k, self.params = k, params
+    With ``flow``, each identity's filter fuses the optical flow of its own keypoints from the previous frame
+    (:class:`tracker.kalman.OnlineSmoother`, as for one animal): the identity assignment decides which detection
+    feeds which filter, the flow follows each animal's keypoints between frames whoever was detected.
+    """
+
+    def __init__(self, k: int, params: SmoothingParams, flow: FlowParams | None = None):
+        self.k, self.params, self.flow = k, params, flow
         self.smoothers: list[OnlineSmoother] = []
         self.raw: list[list[np.ndarray]] = []  # [identity][frame] (K, 2)
         self.conf: list[list[np.ndarray]] = []
         self.xy: list[list[np.ndarray]] = []
         self.visible: list[list[np.ndarray]] = []
+        self.flow_displacement: list[list[np.ndarray]] = []  # [identity][frame] (K, 2), NaN where none
+        self.flow_error: list[list[np.ndarray]] = []  # [identity][frame] (K,), inf where none
         self.n_frames = 0
 
-    def add_frame(self, t: float, measured: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    def add_frame(self, t: float, measured: dict[int, tuple[np.ndarray, np.ndarray]],
+                  image: np.ndarray | None = None) -> None:
         while len(self.smoothers) <= max(measured, default=-1):
-            self.smoothers.append(OnlineSmoother(self.k, self.params))
+            self.smoothers.append(OnlineSmoother(self.k, self.params, flow=self.flow))
             for store, shape, fill in ((self.raw, (self.k, 2), np.nan), (self.conf, (self.k,), 0.0),
-                                       (self.xy, (self.k, 2), np.nan), (self.visible, (self.k,), False)):
+                                       (self.xy, (self.k, 2), np.nan), (self.visible, (self.k,), False),
+                                       (self.flow_displacement, (self.k, 2), np.nan),
+                                       (self.flow_error, (self.k,), np.inf)):
                 store.append([np.full(shape, fill)] * self.n_frames)
         for i, smoother in enumerate(self.smoothers):
             raw, conf = measured.get(i, (np.full((self.k, 2), np.nan), np.zeros(self.k)))
-            xy, visible = smoother.update(t, raw, conf)
+            xy, visible = smoother.update(t, raw, conf, image)
             self.raw[i].append(raw)
             self.conf[i].append(conf)
             self.xy[i].append(xy)
             self.visible[i].append(visible)
+            self.flow_displacement[i].append(smoother.last_flow[0])
+            self.flow_error[i].append(smoother.last_flow[1])
         self.n_frames += 1
+
+    def smoothed(self, i: int, filter_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Identity ``i``'s RTS-smoothed positions and visibility, with the flow its filter measured."""
+        flow = None
+        if self.flow is not None:
+            flow = FlowTrack(np.array(self.flow_displacement[i]).reshape(-1, self.k, 2),
+                             np.array(self.flow_error[i]).reshape(-1, self.k))
+        return fuse_keypoints(np.array(self.raw[i]).reshape(-1, self.k, 2), np.array(self.conf[i]).reshape(-1, self.k),
+                              filter_times, flow, None, self.params, smooth=True)
 
     def tracks(self, names, skeleton, frames, times) -> dict[str, Tracks]:
         return {individual_name(i): Tracks(names=list(names), frame=np.array(frames, dtype=np.int64),
@@ -113,6 +139,7 @@ def track_video_multi(
     output_formats=("csv",),
     smoothing: SmoothingParams | None = None,
     detection_noise: str | float = "auto",
+    flow: str = "auto",
     identity: IdentityParams | None = None,
     foreground_threshold: float = 0.5,
     crops: bool = False,
@@ -143,6 +170,10 @@ def track_video_multi(
         Each identity's keypoint filter (``min_confidence`` also decides which keypoints count for identity).
     detection_noise
         "auto" (the engine's held-out error per keypoint) or pixels, as for :func:`pipelines.track.track_video`.
+    flow
+        "auto": each identity's keypoint filter fuses Lucas-Kanade optical flow between consecutive frames with
+        the detections the identity assignment gives it (the same fusion as one animal, :mod:`tracker.fusion`);
+        "off": detections only.
     identity
         Identity assignment parameters; ``max_animals`` and ``fixed_count`` are set from ``animals``.
     species
@@ -170,6 +201,8 @@ def track_video_multi(
     if unsupported:
         raise ValueError(f"output format {unsupported[0]!r} is not written for several animals yet; "
                          f"choose among csv, {', '.join(MULTI_FORMATS)}")
+    if flow not in FLOW_MODES:
+        raise UsageError(f"flow must be one of {', '.join(FLOW_MODES)}, got {flow!r}")
     detection_noise = parse_detection_noise(detection_noise)
     params = smoothing if smoothing is not None else SmoothingParams()
     id_params = dataclasses.replace(identity or IdentityParams(), max_animals=n_max, fixed_count=exact)
@@ -201,7 +234,7 @@ def track_video_multi(
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "animals": "auto" if count is None else count, "max_animals": n_max,
                   "smooth": "causal" if info.is_live else "rts", "smoothing": dataclasses.asdict(params),
-                  "detection_noise": noise_record,
+                  "flow": "off" if flow == "off" else "lk", "detection_noise": noise_record,
                   "identity": dataclasses.asdict(id_params), "foreground_threshold": foreground_threshold,
                   "crops": bool(crops),
                   "output_formats": ["csv", *extra], "write_video": write_video},
@@ -210,7 +243,7 @@ def track_video_multi(
     )
     k = len(engine.names)
     tracker = IdentityTracker(k, id_params, params)
-    identities = _Identities(k, params)
+    identities = _Identities(k, params, flow=None if flow == "off" else FlowParams())
     frames_seen: list[int] = []
     times_seen: list[float] = []  # the frames' own times, as in the CSV
     filter_times: list[float] = []  # strictly increasing, as the filters saw them
@@ -250,7 +283,7 @@ def track_video_multi(
                                      animals_here.appearance)
                 measured = {int(i): (animals_here.keypoints[d], animals_here.confidence[d])
                             for d, i in enumerate(ids) if i != UNASSIGNED}
-                identities.add_frame(t, measured)
+                identities.add_frame(t, measured, frame.image)
                 frames_seen.append(frame.index)
                 times_seen.append(frame.time)
                 filter_times.append(t)
@@ -312,9 +345,8 @@ def _finish(summary, identities: _Identities, engine, paths, extra, stem, engine
     """RTS-smooth each identity and rewrite the CSV atomically (complete file runs); the extra formats."""
     tracks = identities.tracks(engine.names, engine.skeleton, frames, times)
     if rts:
-        for name, animal in tracks.items():
-            xy, visible = smooth_keypoints(animal.raw_xy, animal.confidence, np.array(filter_times),
-                                           identities.params)
+        for i, (name, animal) in enumerate(tracks.items()):
+            xy, visible = identities.smoothed(i, np.array(filter_times))
             tracks[name] = dataclasses.replace(animal, xy=xy, visible=visible)
         write_multi_tracks_csv(tracks, paths["csv"])
         summary.csv_positions = "rts"
