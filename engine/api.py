@@ -367,6 +367,62 @@ class Engine:
                 first += n
         return found
 
+    def predict_boxes(self, frames, boxes: list, margin: float = 0.25, min_side: float = 32.0) -> list:
+        """Every animal of each frame from given boxes: each box's crop through one forward for the batch.
+
+        `boxes`: one ``(D_i, 4)`` array ``(x0, y0, x1, y1)`` in frame pixel edges per frame (an external
+        detector's, or another tool's instances; ``pipelines.boxes``). Each box is made square with `margin`
+        (a fraction of its longer side on every side, at least `min_side` px; `engine.geometry.square_box`),
+        cut by `engine.geometry.crop` as in ``predict_animals(crops=True)``, and its keypoints read from the
+        crop's maps. The appearance vector is the unit mean of the L2-normalised diffusion features of the
+        crop's cells inside the box. Returns one :class:`engine.multi.Animals` per frame, in box order
+        (``foreground_mass``: the mean foreground map inside the box).
+        """
+        from ppmtrack.engine.geometry import square_box
+        from ppmtrack.engine.multi import Animals, region_appearance
+
+        self.cache_prompt()
+        images = to_uint8_batch(frames, self.model.device)
+        if len(boxes) != len(images):
+            raise ValueError(f"{len(boxes)} box lists for {len(images)} frames")
+        k = len(self.names)
+        squares, owners, given = [], [], []
+        for i, frame_boxes in enumerate(boxes):
+            for x0, y0, x1, y1 in np.asarray(frame_boxes, dtype=np.float64).reshape(-1, 4):
+                squares.append(square_box(x0, y0, x1, y1, margin=margin, min_side=min_side))
+                given.append((x0, y0, x1, y1))
+                owners.append(i)
+        empty = Animals(np.zeros((0, k, 2)), np.zeros((0, k)), np.zeros((0, 0)), np.zeros(0))
+        if not owners:
+            return [empty for _ in boxes]
+        x, crop_box = crop(images[owners], np.stack(squares), self.resolution)
+        out = self.extractor.layer_maps(self.extractor.encode(x), self.conditioning(), n_tokens=k + 1,
+                                        features=True)
+        maps = out["maps"]
+        res = maps.shape[-1]
+        read = self.read_out(maps, crop_box, return_foreground=True)
+        features = torch.cat([F.normalize(F.interpolate(f.permute(0, 3, 1, 2).float(), size=(res, res),
+                                                        mode="bilinear", align_corners=False), dim=1)
+                              for f in out["features"]], dim=1).permute(0, 2, 3, 1)  # (N, R, R, C)
+        # each crop's cells whose centres lie inside its given box
+        centres = grid_to_input(np.arange(res, dtype=np.float64), self.resolution / res)
+        corners = crop_box.to_input(np.array(given).reshape(-1, 2, 2))  # (N, 2 corners, xy)
+        inside_x = (centres[None] >= corners[:, :1, 0]) & (centres[None] <= corners[:, 1:, 0])  # (N, R)
+        inside_y = (centres[None] >= corners[:, :1, 1]) & (centres[None] <= corners[:, 1:, 1])
+        masks = inside_y[:, :, None] & inside_x[:, None, :]
+        masks[~masks.any(axis=(1, 2))] = True  # a box smaller than a cell: the whole crop
+        found = []
+        owners = np.array(owners)
+        for i in range(len(boxes)):
+            rows = np.flatnonzero(owners == i)
+            if not len(rows):
+                found.append(empty)
+                continue
+            appearance = np.concatenate([region_appearance(features[r], masks[r:r + 1]) for r in rows])
+            mass = np.array([float(read.foreground[r][masks[r]].mean()) for r in rows])
+            found.append(Animals(read.keypoints[rows], read.confidence[rows], appearance, mass))
+        return found
+
     def _fused_maps(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """FGAR-fused keypoint maps (B, K, R, R) and the layer-averaged foreground map M_f (B, R, R)."""
         out = read_out(maps, len(self.names), self.fgar, self.resolution)

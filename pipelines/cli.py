@@ -368,6 +368,8 @@ def run_track(args) -> int:
     live = [spec for spec in inputs if is_live_spec(spec)]
     if live and len(live) != len(inputs):
         raise UsageError("live streams and video files cannot be tracked in one command; run them separately")
+    if args.boxes is not None and args.animals is None:
+        raise UsageError("--boxes gives the boxes of several animals: add --animals N (docs/multi-animal.md)")
     if args.animals is not None:
         _check_multi_options(args)
         if len(inputs) != 1 or live:
@@ -490,6 +492,10 @@ def _check_multi_options(args) -> None:
     from ppmtrack.pipelines.track_multi import parse_animals
 
     parse_animals(args.animals)
+    if args.boxes is not None:  # a bad box source fails now, before a model is loaded
+        from ppmtrack.pipelines.boxes import open_boxes
+
+        open_boxes(args.boxes)
     if args.backend == "onnx" or (args.backend == "auto" and args.engine and args.engine.endswith(".onnx")):
         raise UsageError("--animals needs the torch backend (an .engine file), not an ONNX export")
     unsupported = [flag for flag, used in (("--resume", args.resume), ("--plots", args.plots),
@@ -518,6 +524,7 @@ def _run_track_multi(args, item, engine, engine_path, out_dir, formats, stop_eve
             detection_noise=args.detection_noise, flow=args.flow, identity=identity, progress=not args.quiet,
             stop_event=stop_event, engine_path=engine_path,
             species=args.species, crops=args.animal_crops, overwrite=args.overwrite,
+            boxes=args.boxes, box_ids=args.box_ids, box_min_score=args.box_min_score,
         )
     print(summary.describe())
     ids = summary.identities
@@ -974,6 +981,16 @@ def build_parser() -> argparse.ArgumentParser:
     several.add_argument("--animal-crops", action="store_true", dest="animal_crops",
                          help="read each animal's keypoints from its own crop (a square around its foreground "
                               "region; all crops of a batch in one extra forward) instead of the whole frame")
+    several.add_argument("--boxes", metavar="SOURCE",
+                         help="read each animal from the crop of its box instead of splitting the foreground: a "
+                              "boxes .csv/.json (frame,[id,]x0,y0,x1,y1[,score]), SLEAP .slp/analysis .h5 or "
+                              "DeepLabCut multi-animal .h5/.csv tracks (boxes around their keypoints), or an ONNX "
+                              "detector .onnx (contract in docs/multi-animal.md)")
+    several.add_argument("--box-ids", choices=("keep", "ignore"), default="keep", dest="box_ids",
+                         help="with --boxes that carry ids: keep (the source's first N ids are the identities) or "
+                              "ignore (identities by position and appearance)")
+    several.add_argument("--box-min-score", type=float, default=0.0, dest="box_min_score",
+                         help="with --boxes: drop boxes scored below this")
     several.add_argument("--identity-motion", choices=MOTION_MODELS, default="kalman", dest="identity_motion",
                          help="kalman: predicted positions plus appearance; nearest: nearest last position only "
                               "(baseline)")
