@@ -675,6 +675,54 @@ def run_review(args) -> int:
     return 0
 
 
+def run_identities(args) -> int:
+    """``ppmtrack identities``: candidate swap points and identity corrections (pipelines/corrections.py)."""
+    from ppmtrack.pipelines.corrections import Corrections
+    from ppmtrack.pipelines.web.sessions import find_tracks_csv
+
+    results = Path(args.results)
+    csv = results if results.is_file() else next(iter(sorted(p for p in results.glob("*.csv")
+                                                              if ".corrected" not in p.name
+                                                              and _is_multi_csv(p))), None)
+    if csv is None:
+        csv = find_tracks_csv(results)  # its error names what is there
+    fix = Corrections(csv)
+    op = None
+    if args.swap:
+        op = {"op": "swap", "animal": args.swap[0], "other": args.swap[1]}
+    elif args.new:
+        if len(args.new) > 2:
+            raise UsageError("--new takes the animal and, optionally, the new animal's name")
+        op = {"op": "new", "animal": args.new[0], "other": args.new[1] if len(args.new) > 1 else None}
+    elif args.same_as:
+        op = {"op": "same_as", "animal": args.same_as[0], "other": args.same_as[1]}
+    if op is not None:
+        if args.from_frame is None:
+            raise UsageError("a correction needs --from N (its first frame)")
+        written = fix.add({**op, "from_frame": args.from_frame})
+    elif args.undo:
+        written = fix.undo()
+    elif args.redo:
+        written = fix.redo()
+    else:
+        written = None
+    for c in fix.doc["corrections"]:
+        other = f" {c['other']}" if c.get("other") else ""
+        print(f"correction: {c['op']} {c['animal']}{other} from frame {c['from_frame']}")
+    if written is not None:
+        print("wrote " + ", ".join(written) if written else "no correction left: corrected files removed")
+    candidates = fix.candidates(args.candidates)
+    print(f"{len(candidates)} candidate swap points (check these frames first):")
+    for c in candidates:
+        print(f"  frame {c['frame']:>6}  {' / '.join(c['animals']):<24} {c['reason']:<9} score {c['score']:.2f}")
+    return 0
+
+
+def _is_multi_csv(path: Path) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return ",individual," in f.readline()
+
+
 def run_plot(args) -> int:
     """``ppmtrack plot``: PNG plots of a tracks CSV."""
     from ppmtrack.pipelines.plots import write_plots
@@ -747,6 +795,33 @@ def _add_browser_and_plot_commands(commands, debug) -> None:
     plot.add_argument("-o", "--output", metavar="DIR", help="folder for the PNGs (default: the CSV's folder)")
     plot.add_argument("--video", help="the tracked video (default: the source named in STEM.summary.json)")
     plot.set_defaults(run=run_plot)
+    identities = commands.add_parser(
+        "identities", parents=[debug], formatter_class=_HelpFormatter,
+        help="correct identity swaps of a several-animal run (kept apart from the original CSV, undoable)",
+        description="List the frames where identities most likely swapped, and correct them: each correction is "
+                    "saved in STEM.corrections.json beside the results and re-exported to STEM.corrected.csv and "
+                    "every format the run wrote (dlc, sleap, nwb); the run's own CSV is never changed. "
+                    "See docs/multi-animal.md.",
+        epilog="examples:\n  ppmtrack identities results/pair.csv                       # candidate swap points\n"
+               "  ppmtrack identities results/pair.csv --swap animal1 animal2 --from 99\n"
+               "  ppmtrack identities results/pair.csv --new animal2 --from 310\n"
+               "  ppmtrack identities results/pair.csv --same-as animal3 animal1 --from 420\n"
+               "  ppmtrack identities results/pair.csv --undo\n",
+    )
+    identities.add_argument("results", metavar="RESULTS", help="tracks CSV of 'ppmtrack track --animals' (or its "
+                                                               "folder)")
+    what = identities.add_mutually_exclusive_group()
+    what.add_argument("--swap", nargs=2, metavar=("A", "B"), help="A and B exchange identities from --from on")
+    what.add_argument("--new", nargs="+", metavar=("A", "NAME"),
+                      help="A from --from on is a new animal (named NAME, default the next animalN)")
+    what.add_argument("--same-as", nargs=2, metavar=("A", "B"), dest="same_as",
+                      help="A from --from on is the same animal as B (B takes A's frames, A is empty there)")
+    what.add_argument("--undo", action="store_true", help="undo the last correction")
+    what.add_argument("--redo", action="store_true", help="redo the last undone correction")
+    identities.add_argument("--from", type=int, dest="from_frame", metavar="N", help="first frame of the correction")
+    identities.add_argument("--candidates", type=int, default=15, metavar="N",
+                            help="how many candidate swap points to list")
+    identities.set_defaults(run=run_identities)
 
 
 # ---- the parser -------------------------------------------------------------------------------------------
