@@ -68,8 +68,8 @@ def check_correction(c: dict, names: list[str], frames: np.ndarray) -> dict:
     except (KeyError, TypeError, ValueError):
         raise CorrectionError(f"a correction needs a frame number from_frame, got {c!r}") from None
     if not len(frames) or start < frames.min() or start > frames.max():
-        raise CorrectionError(f"from_frame {start} is outside the tracked frames "
-                              f"({int(frames.min()) if len(frames) else '-'}–{int(frames.max()) if len(frames) else '-'})")
+        span = f"{int(frames.min())}–{int(frames.max())}" if len(frames) else "none"
+        raise CorrectionError(f"from_frame {start} is outside the tracked frames ({span})")
     animal = c.get("animal")
     if animal not in names:
         raise CorrectionError(f"no animal {animal!r} in the tracks; choose among {', '.join(names)}")
@@ -260,7 +260,8 @@ def swap_candidates(tracks: dict[str, Tracks], summary: dict | None = None, limi
     def add(frame, animals, reason, score):
         key = (int(frame), tuple(sorted(animals)))
         if key not in found or found[key]["score"] < score:
-            found[key] = {"frame": int(frame), "animals": list(key[1]), "reason": reason, "score": round(float(score), 3)}
+            found[key] = {"frame": int(frame), "animals": list(key[1]), "reason": reason,
+                          "score": round(float(score), 3)}
 
     first = next(iter(tracks.values()))
     frames = first.frame

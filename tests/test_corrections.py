@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_track_multi import TruthEngine
 
 from ppmtrack.pipelines.cli import main
 from ppmtrack.pipelines.corrections import CorrectionError, Corrections, apply_corrections, swap_candidates
 from ppmtrack.pipelines.io.annotation import read_annotation
 from ppmtrack.pipelines.io.csv import read_multi_tracks_csv
 from ppmtrack.pipelines.track_multi import track_video_multi
-from test_track_multi import TruthEngine
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 HAS_NWB = all(importlib.util.find_spec(m) for m in ("pynwb", "ndx_pose"))
@@ -68,7 +68,8 @@ def test_a_swap_changes_exactly_the_frames_from_n_on_in_every_output_and_can_be_
         np.testing.assert_array_equal(corrected[a].xy[rows], original[b].xy[rows])
         np.testing.assert_array_equal(corrected[a].raw_xy[rows], original[b].raw_xy[rows])
     # the SLEAP analysis file and the DeepLabCut table say the same
-    sleap_before, sleap_after = _read_sleap(folder / "pair.analysis.h5"), _read_sleap(folder / "pair.corrected.analysis.h5")
+    sleap_before = _read_sleap(folder / "pair.analysis.h5")
+    sleap_after = _read_sleap(folder / "pair.corrected.analysis.h5")
     # (the run wrote its SLEAP file from full-precision tracks, the correction from the CSV's 3 decimals)
     np.testing.assert_allclose(sleap_after[..., :SWAP_AT], sleap_before[..., :SWAP_AT], atol=1e-3)
     np.testing.assert_allclose(sleap_after[0, ..., SWAP_AT:], sleap_before[1, ..., SWAP_AT:], atol=1e-3)
