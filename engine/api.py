@@ -119,7 +119,8 @@ class Engine:
     def adapt(cls, support: SupportSet, model: str | DiffusionModel = DEFAULT_MODEL,
               config: AdaptConfig | None = None,
               device: str | None = None, dtype: str | None = None, progress: Progress | None = None,
-              foreground: str | Path | torch.Tensor | None = None, validation=None) -> Engine:
+              foreground: str | Path | torch.Tensor | None = None, validation=None, init: str = "foreground",
+              species: str | None = None) -> Engine:
         """Adapt keypoint prompts to a support set (FARA → foreground prompt → keypoint prompts).
 
         `foreground`: a foreground prompt pre-trained on a base set (a file from
@@ -128,7 +129,14 @@ class Engine:
         `engine.adapt.AdaptationDiverged` when the loss explodes (learning rate too high).
         `validation`: an `engine.validate.ValidationConfig` to estimate held-out accuracy and choose the keypoint
         learning rate and step count before the final training (``info["validation"]``); default: none.
+        `init`: where the keypoint prompts start (`engine.text_prompts`): "foreground" (P_f, the PPM paper's
+        start), "names" ("the {keypoint} of a {species}" through the model's CLIP text encoder), or "auto" (with
+        validation: both are validated and the lower held-out error wins; without: foreground). The choice and
+        why are stored in ``info["prompt_init"]``.
         """
+        from ppmtrack.engine.text_prompts import check_init
+
+        init_mode = check_init(init)  # (`init` below is P_f's random start)
         cfg = config or AdaptConfig()
         dm = model if isinstance(model, DiffusionModel) else load_model(model, device=device, dtype=dtype)
         size = cfg.resolution or dm.native_resolution
@@ -155,14 +163,34 @@ class Engine:
         else:
             pf, fg_hist, fg_source = given_pf, [], f"base set ({Path(foreground).name})"
         validated = None
-        if validation is not None and validation.mode != "off":
+        validating = validation is not None and validation.mode != "off"
+        start, init_record = None, {"requested": init_mode, "chosen": "foreground"}
+        if init_mode in ("names", "auto") and (init_mode == "names" or validating):
+            from ppmtrack.engine.text_prompts import name_prompts
+
+            start, text_record = name_prompts(dm, list(support.names), species, scale_to=pf)
+            init_record.update(text_record, chosen="names")
+        if init_mode == "auto" and not validating:
+            init_record["why"] = "no validation to compare the starts: the foreground start (PPM's)"
+        if validating:
             from ppmtrack.engine.validate import validate_adaptation
 
-            validated = validate_adaptation(extractor, views, pf, support, cfg, validation, progress)
+            validated = validate_adaptation(extractor, views, pf, support, cfg, validation, progress, init=start)
+            if init_mode == "auto" and "error_px" in validated:
+                by_foreground = validate_adaptation(extractor, views, pf, support, cfg, validation, progress)
+                init_record["held_out_error_px"] = {"names": validated["error_px"],
+                                                    "foreground": by_foreground.get("error_px")}
+                if not by_foreground.get("error_px", np.inf) > validated["error_px"]:
+                    validated, start, init_record["chosen"] = by_foreground, None, "foreground"
+                init_record["why"] = "lower held-out error in validation"
+            elif init_mode == "auto":
+                validated = validate_adaptation(extractor, views, pf, support, cfg, validation, progress)
+                start, init_record["chosen"] = None, "foreground"
+                init_record["why"] = "validation skipped: the foreground start (PPM's)"
             if "chosen" in validated:
                 cfg = replace(cfg, **validated["chosen"])
         prompts, kp_hist, kp_skipped = train_keypoint_prompts(extractor, views, pf, len(support.names), cfg, rng,
-                                                              progress)
+                                                              progress, init=start)
         seconds = time.perf_counter() - t0
         info = {
             "adaptation": {
@@ -190,6 +218,7 @@ class Engine:
             info["display"] = dict(support.display)
         if validated is not None:
             info["validation"] = validated
+        info["prompt_init"] = init_record
         info["crop"] = cfg.crop.to_dict()  # the crops it was adapted on; tracking crops with its margin and zoom
         eng = cls(dm, support.names, prompts, pf, cfg, support.skeleton, support.flip_pairs, info=info)
         return eng

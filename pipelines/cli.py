@@ -135,7 +135,8 @@ def _adapt_engine(args, model: str):
     t0 = time.perf_counter()
     try:
         engine = Engine.adapt(support, model=model, config=config, device=args.device, dtype=args.dtype,
-                              progress=progress, foreground=args.foreground, validation=validation)
+                              progress=progress, foreground=args.foreground, validation=validation,
+                              init=args.init, species=getattr(args, "species", None))
     finally:
         bar.close()
     engine.info["support_frames"] = support_frame_records(labels, support.images)  # anchors for 'track'
@@ -260,6 +261,8 @@ def support_key(args, model: str) -> str:
     stats = [(m, os.stat(m).st_size, os.stat(m).st_mtime_ns) for m in media if os.path.exists(m)]
     settings = {"model": model, "config": _adapt_config(args).to_dict(), "foreground": args.foreground,
                 "dtype": args.dtype, "media": stats, "validate": args.validate}
+    if args.init != "foreground":  # (keys of engines made before --init stay the same)
+        settings.update(init=args.init, species=getattr(args, "species", None))
     if args.foreground and os.path.isfile(args.foreground):
         settings["foreground_sha256"] = hashlib.sha256(Path(args.foreground).read_bytes()).hexdigest()
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -918,6 +921,12 @@ def _adapt_options(with_defaults: bool) -> argparse.ArgumentParser:
     group.add_argument("--foreground", metavar="FILE",
                        help="start from a foreground prompt pre-trained on a base set ('ppmtrack "
                             "pretrain-foreground'); default: fit it on the support frames")
+    group.add_argument("--init", choices=("foreground", "names", "auto"), default="foreground",
+                       help="where the keypoint prompts start: foreground (the foreground prompt, PPM's start), "
+                            "names ('the {keypoint} of a {species}' through the model's CLIP text encoder; "
+                            "--species, default 'animal'), or auto (with validation: both starts validated, the "
+                            "lower held-out error wins — doubles the validation time). Stored in the engine "
+                            "(docs/adaptation.md)")
     group.add_argument("--flip", action="store_true",
                        help="also train on horizontally mirrored views, swapping the annotation's flip_pairs; "
                             "only right when mirrored left and right parts look alike (e.g. top-down views)")
@@ -975,6 +984,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="labelled frames: ppmtrack JSON, DeepLabCut CSV/H5 or labeled-data folder, SLEAP "
                             ".slp, or COCO keypoints JSON")
     adapt.add_argument("-o", "--output", required=True, metavar="ENGINE", help="engine file to write")
+    adapt.add_argument("--species", help="the animal's name for --init names|auto prompts ('the nose of a "
+                                         "{species}'; default 'animal')")
     adapt.set_defaults(run=run_adapt)
     _add_info_command(commands, debug)
 
