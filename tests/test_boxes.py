@@ -225,3 +225,16 @@ def test_engine_reads_animals_from_boxes_in_one_crop_forward(tiny_model):
         assert (np.abs(xy[:, 0] - cx) <= side / 2 + 1).all() and (np.abs(xy[:, 1] - cy) <= side / 2 + 1).all()
     np.testing.assert_allclose(np.linalg.norm(found[0].appearance, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(found[0].appearance[0], found[0].appearance[1])
+
+
+def test_track_refuses_boxes_without_animals_and_a_bad_box_file_before_loading_a_model(tmp_path, capsys):
+    from ppmtrack.pipelines.cli import main
+
+    bad = tmp_path / "boxes.txt"
+    bad.write_text("nothing")
+    common = ["track", str(SAMPLES / "pair.mp4"), "--support", str(SAMPLES / "pair_support.json"), "--model", "tiny",
+              "-o", str(tmp_path / "out")]
+    assert main([*common, "--boxes", str(bad)]) != 0
+    assert "add --animals N" in capsys.readouterr().err
+    assert main([*common, "--animals", "2", "--boxes", str(bad)]) != 0
+    assert "unknown kind of box source" in capsys.readouterr().err
