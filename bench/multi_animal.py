@@ -12,6 +12,12 @@
         nearest position only) and prints, per truth animal, PCK@0.1/0.2 of the raw positions and the identity
         switches per 1000 frames, counted two ways: among close matches (as 'ppmtrack eval') and by matching
         each identity's mean keypoint to the nearest truth animal's centre in every frame.
+    python bench/multi_animal.py compare VIDEO ENGINE TRUTH [--stop N --boxes NAME=SOURCE ...]
+        Foreground split vs boxes (oracle boxes around each truth animal's keypoints, and any --boxes source,
+        e.g. SLEAP's own tracks), each with optical flow off and on; identities by Hungarian + appearance
+        everywhere (box ids ignored, so no way is handed the truth's identities). Prints per way: frames with a
+        wrong number of animals, identity switches per 1000 frames (close matches, as 'ppmtrack eval'), PCK@0.1
+        and @0.2 of the final positions per truth animal. Inference runs once per source (replayed for flow on).
 """
 
 from __future__ import annotations
@@ -99,9 +105,12 @@ class _Replay:
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
-    def predict_animals(self, frames, *args, **kwargs):
+    def predict_boxes(self, frames, *args, **kwargs):
+        return self.predict_animals(frames, *args, _method="predict_boxes", **kwargs)
+
+    def predict_animals(self, frames, *args, _method="predict_animals", **kwargs):
         if self.calls == len(self.answers):
-            self.answers.append(self.engine.predict_animals(frames, *args, **kwargs))
+            self.answers.append(getattr(self.engine, _method)(frames, *args, **kwargs))
         self.calls += 1
         return self.answers[self.calls - 1]
 
@@ -137,6 +146,69 @@ def score(video: str, engine_path: str, truth_path: str, first: int, stop: int |
               f"({result.switches_per_1000_frames:.1f}/1000 frames); centre-matched {switches} "
               f"({1000 * switches / max(counted, 1):.1f}/1000 frames over {counted}); "
               f"{summary.frames_processed} frames in {wall:.0f} s (inference only on the first way)")
+
+
+def oracle_boxes(truth, path: Path) -> Path:
+    """A boxes CSV around each truth animal's keypoints (no ids)."""
+    from ppmtrack.pipelines.boxes import keypoint_boxes
+
+    rows = ["frame,x0,y0,x1,y1,score"]
+    for i, ref in enumerate(truth.frames):
+        for box in keypoint_boxes(truth.instances[i]):
+            if np.isfinite(box).all():
+                rows.append(f"{ref.frame}," + ",".join(f"{v:.2f}" for v in box) + ",1")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def wrong_count_frames(tracks: dict, truth) -> tuple[int, int]:
+    """Truth frames where the number of identities with a detection differs from the truth's animals."""
+    first = next(iter(tracks.values()))
+    row_of = {int(f): t for t, f in enumerate(first.frame)}
+    wrong = counted = 0
+    for i, ref in enumerate(truth.frames):
+        t = row_of.get(int(ref.frame))
+        if t is None:
+            continue
+        counted += 1
+        want = int(np.isfinite(truth.instances[i]).all(-1).any(-1).sum())
+        got = sum(int(np.isfinite(a.raw_xy[t]).all(-1).any() and a.confidence[t].max() > 0) for a in tracks.values())
+        wrong += got != want
+    return wrong, counted
+
+
+def compare(video: str, engine_path: str, truth_path: str, stop: int | None, sources: list[str]) -> None:
+    from ppmtrack.engine import Engine
+    from ppmtrack.pipelines.evaluate import evaluate_multi
+    from ppmtrack.pipelines.io.csv import read_multi_tracks_csv
+    from ppmtrack.pipelines.io.formats import read_labels
+    from ppmtrack.pipelines.track_multi import track_video_multi
+
+    base = Engine.load(engine_path)
+    truth = read_labels(truth_path)
+    tmp = Path(tempfile.mkdtemp())
+    named = {"foreground split": None, "oracle boxes": oracle_boxes(truth, tmp / "oracle.csv")}
+    named.update(dict(s.split("=", 1) for s in sources))
+    print(f"{video}, frames 0..{stop}, engine {engine_path}, machine {platform.processor() or platform.machine()}")
+    print("| animals from | flow | wrong-count frames | switches /1000 frames | PCK@0.1 per animal "
+          "| PCK@0.2 per animal | s/frame |")
+    print("|---|---|---|---|---|---|---|")
+    for name, boxes in named.items():
+        engine = _Replay(base)
+        for flow in ("off", "auto"):
+            engine.calls = 0
+            out = tmp / f"{len(list(tmp.iterdir()))}"
+            t0 = time.perf_counter()
+            summary = track_video_multi(video, engine, out, animals=2, stop=stop, boxes=boxes, box_ids="ignore",
+                                        flow=flow, write_video=False, progress=False)
+            wall = time.perf_counter() - t0
+            tracks = read_multi_tracks_csv(out / f"{Path(video).stem}.csv")
+            result = evaluate_multi(tracks, truth, thresholds=(0.1, 0.2), use="xy")
+            wrong, counted = wrong_count_frames(tracks, truth)
+            pck = [" / ".join(f"{result.pck[a][alpha]:.3f}" for a in result.individuals) for alpha in (0.1, 0.2)]
+            print(f"| {name} | {'on' if flow == 'auto' else 'off'} | {wrong} of {counted} | "
+                  f"{result.switches_per_1000_frames:.1f} | {pck[0]} | {pck[1]} | "
+                  f"{wall / max(summary.frames_processed, 1):.3f}{' (replayed)' if flow == 'auto' else ''} |")
 
 
 def fps(video: str, engine_path: str, animals: list[int], n_frames: int, crops: bool = False) -> None:
@@ -181,9 +253,17 @@ def main() -> None:
     sc.add_argument("--first", type=int, default=0)
     sc.add_argument("--stop", type=int)
     sc.add_argument("--crops", action="store_true")
+    cp = sub.add_parser("compare")
+    cp.add_argument("video")
+    cp.add_argument("engine")
+    cp.add_argument("truth")
+    cp.add_argument("--stop", type=int)
+    cp.add_argument("--boxes", action="append", default=[], metavar="NAME=SOURCE")
     args = ap.parse_args()
     if args.cmd == "fly-labels":
         fly_labels(args.out, args.first, args.last, [int(f) for f in args.support.split(",")], args.min_score)
+    elif args.cmd == "compare":
+        compare(args.video, args.engine, args.truth, args.stop, args.boxes)
     elif args.cmd == "score":
         score(args.video, args.engine, args.truth, args.first, args.stop, args.crops)
     else:

@@ -422,18 +422,20 @@ def train_foreground_prompt(extractor: MapExtractor, views: SupportViews, init: 
 
 def train_keypoint_prompts(extractor: MapExtractor, views: SupportViews, pf: torch.Tensor, n_keypoints: int,
                            cfg: AdaptConfig, rng: np.random.Generator, progress: Progress | None = None,
-                           on_step: Callable[[int, torch.Tensor], None] | None = None
-                           ) -> tuple[torch.Tensor, list, int]:
+                           on_step: Callable[[int, torch.Tensor], None] | None = None,
+                           init: torch.Tensor | None = None) -> tuple[torch.Tensor, list, int]:
     """Optimise the N keypoint prompts (tokens 0..N-1; the rest hold P_f) against the keypoint heatmaps.
 
     Returns the prompts, the losses and the number of skipped steps; raises `AdaptationDiverged` if the loss
     explodes. `on_step(steps_done, prompts)` is called after every step (validation evaluates intermediate
-    prompts).
+    prompts). `init`: (N, c) starting prompts (e.g. from the keypoints' names, `engine.text_prompts`); default: P_f
+    for every keypoint.
     """
     if n_keypoints >= TOKENS:
         raise UsageError(f"at most {TOKENS - 1} keypoints fit in one {TOKENS}-token conditioning")
     device = extractor.model.device
-    prompts = torch.nn.Parameter(pf.reshape(1, -1).repeat(n_keypoints, 1).float())
+    start = pf.reshape(1, -1).repeat(n_keypoints, 1) if init is None else init.reshape(n_keypoints, -1)
+    prompts = torch.nn.Parameter(start.float().to(device).clone())
     rest = pf.reshape(1, -1).expand(TOKENS - n_keypoints, -1).to(device)
     opt = _Optimiser([prompts], cfg.lr, extractor.model.dtype, "keypoint", "--lr", AdaptConfig.lr, cfg.steps)
     history = []

@@ -122,7 +122,8 @@ class Engine:
     def adapt(cls, support: SupportSet, model: str | DiffusionModel = DEFAULT_MODEL,
               config: AdaptConfig | None = None,
               device: str | None = None, dtype: str | None = None, progress: Progress | None = None,
-              foreground: str | Path | torch.Tensor | None = None, validation=None) -> Engine:
+              foreground: str | Path | torch.Tensor | None = None, validation=None, init: str = "foreground",
+              species: str | None = None) -> Engine:
         """Adapt keypoint prompts to a support set (FARA → foreground prompt → keypoint prompts).
 
         `foreground`: a foreground prompt pre-trained on a base set (a file from
@@ -131,7 +132,14 @@ class Engine:
         `engine.adapt.AdaptationDiverged` when the loss explodes (learning rate too high).
         `validation`: an `engine.validate.ValidationConfig` to estimate held-out accuracy and choose the keypoint
         learning rate and step count before the final training (``info["validation"]``); default: none.
+        `init`: where the keypoint prompts start (`engine.text_prompts`): "foreground" (P_f, the PPM paper's
+        start), "names" ("the {keypoint} of a {species}" through the model's CLIP text encoder), or "auto" (with
+        validation: both are validated and the lower held-out error wins; without: foreground). The choice and
+        why are stored in ``info["prompt_init"]``.
         """
+        from ppmtrack.engine.text_prompts import check_init
+
+        init_mode = check_init(init)  # (`init` below is P_f's random start)
         cfg = config or AdaptConfig()
         dm = model if isinstance(model, DiffusionModel) else load_model(model, device=device, dtype=dtype)
         size = cfg.resolution or dm.native_resolution
@@ -158,13 +166,36 @@ class Engine:
         else:
             pf, fg_hist, fg_source = given_pf, [], f"base set ({Path(foreground).name})"
         validated = None
-        if validation is not None and validation.mode != "off":
-            validated = validate_adaptation(extractor, views, pf, support, cfg, validation, progress,
-                                            predict=partial(predict_keypoints, dm, support.names))
+        predict = partial(predict_keypoints, dm, support.names)
+        validating = validation is not None and validation.mode != "off"
+        start, init_record = None, {"requested": init_mode, "chosen": "foreground"}
+        if init_mode in ("names", "auto") and (init_mode == "names" or validating):
+            from ppmtrack.engine.text_prompts import name_prompts
+
+            start, text_record = name_prompts(dm, list(support.names), species, scale_to=pf)
+            init_record.update(text_record, chosen="names")
+        if init_mode == "auto" and not validating:
+            init_record["why"] = "no validation to compare the starts: the foreground start (PPM's)"
+        if validating:
+            validated = validate_adaptation(extractor, views, pf, support, cfg, validation, progress, init=start,
+                                            predict=predict)
+            if init_mode == "auto" and "error_px" in validated:
+                by_foreground = validate_adaptation(extractor, views, pf, support, cfg, validation, progress,
+                                                    predict=predict)
+                init_record["held_out_error_px"] = {"names": validated["error_px"],
+                                                    "foreground": by_foreground.get("error_px")}
+                if not by_foreground.get("error_px", np.inf) > validated["error_px"]:
+                    validated, start, init_record["chosen"] = by_foreground, None, "foreground"
+                init_record["why"] = "lower held-out error in validation"
+            elif init_mode == "auto":
+                validated = validate_adaptation(extractor, views, pf, support, cfg, validation, progress,
+                                                    predict=predict)
+                start, init_record["chosen"] = None, "foreground"
+                init_record["why"] = "validation skipped: the foreground start (PPM's)"
             if "chosen" in validated:
                 cfg = replace(cfg, **validated["chosen"])
         prompts, kp_hist, kp_skipped = train_keypoint_prompts(extractor, views, pf, len(support.names), cfg, rng,
-                                                              progress)
+                                                              progress, init=start)
         seconds = time.perf_counter() - t0
         info = {
             "adaptation": {
@@ -192,6 +223,7 @@ class Engine:
             info["display"] = dict(support.display)
         if validated is not None:
             info["validation"] = validated
+        info["prompt_init"] = init_record
         info["crop"] = cfg.crop.to_dict()  # the crops it was adapted on; tracking crops with its margin and zoom
         eng = cls(dm, support.names, prompts, pf, cfg, support.skeleton, support.flip_pairs, info=info)
         return eng
@@ -381,6 +413,62 @@ class Engine:
                 animals.keypoints = read.keypoints[first:first + n]
                 animals.confidence = read.confidence[first:first + n]
                 first += n
+        return found
+
+    def predict_boxes(self, frames, boxes: list, margin: float = 0.25, min_side: float = 32.0) -> list:
+        """Every animal of each frame from given boxes: each box's crop through one forward for the batch.
+
+        `boxes`: one ``(D_i, 4)`` array ``(x0, y0, x1, y1)`` in frame pixel edges per frame (an external
+        detector's, or another tool's instances; ``pipelines.boxes``). Each box is made square with `margin`
+        (a fraction of its longer side on every side, at least `min_side` px; `engine.geometry.square_box`),
+        cut by `engine.geometry.crop` as in ``predict_animals(crops=True)``, and its keypoints read from the
+        crop's maps. The appearance vector is the unit mean of the L2-normalised diffusion features of the
+        crop's cells inside the box. Returns one :class:`engine.multi.Animals` per frame, in box order
+        (``foreground_mass``: the mean foreground map inside the box).
+        """
+        from ppmtrack.engine.geometry import square_box
+        from ppmtrack.engine.multi import Animals, region_appearance
+
+        self.cache_prompt()
+        images = to_uint8_batch(frames, self.model.device)
+        if len(boxes) != len(images):
+            raise ValueError(f"{len(boxes)} box lists for {len(images)} frames")
+        k = len(self.names)
+        squares, owners, given = [], [], []
+        for i, frame_boxes in enumerate(boxes):
+            for x0, y0, x1, y1 in np.asarray(frame_boxes, dtype=np.float64).reshape(-1, 4):
+                squares.append(square_box(x0, y0, x1, y1, margin=margin, min_side=min_side))
+                given.append((x0, y0, x1, y1))
+                owners.append(i)
+        empty = Animals(np.zeros((0, k, 2)), np.zeros((0, k)), np.zeros((0, 0)), np.zeros(0))
+        if not owners:
+            return [empty for _ in boxes]
+        x, crop_box = crop(images[owners], np.stack(squares), self.resolution)
+        out = self.extractor.layer_maps(self.extractor.encode(x), self.conditioning(), n_tokens=k + 1,
+                                        features=True)
+        maps = out["maps"]
+        res = maps.shape[-1]
+        read = self.read_out(maps, crop_box, return_foreground=True)
+        features = torch.cat([F.normalize(F.interpolate(f.permute(0, 3, 1, 2).float(), size=(res, res),
+                                                        mode="bilinear", align_corners=False), dim=1)
+                              for f in out["features"]], dim=1).permute(0, 2, 3, 1)  # (N, R, R, C)
+        # each crop's cells whose centres lie inside its given box
+        centres = grid_to_input(np.arange(res, dtype=np.float64), self.resolution / res)
+        corners = crop_box.to_input(np.array(given).reshape(-1, 2, 2))  # (N, 2 corners, xy)
+        inside_x = (centres[None] >= corners[:, :1, 0]) & (centres[None] <= corners[:, 1:, 0])  # (N, R)
+        inside_y = (centres[None] >= corners[:, :1, 1]) & (centres[None] <= corners[:, 1:, 1])
+        masks = inside_y[:, :, None] & inside_x[:, None, :]
+        masks[~masks.any(axis=(1, 2))] = True  # a box smaller than a cell: the whole crop
+        found = []
+        owners = np.array(owners)
+        for i in range(len(boxes)):
+            rows = np.flatnonzero(owners == i)
+            if not len(rows):
+                found.append(empty)
+                continue
+            appearance = np.concatenate([region_appearance(features[r], masks[r:r + 1]) for r in rows])
+            mass = np.array([float(read.foreground[r][masks[r]].mean()) for r in rows])
+            found.append(Animals(read.keypoints[rows], read.confidence[rows], appearance, mass))
         return found
 
     def _fused_maps(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -239,8 +239,8 @@ def advice(names: list[str], per_keypoint_px: list, per_keypoint_normalised: lis
 
 
 def validate_adaptation(extractor: MapExtractor, views: SupportViews, pf: torch.Tensor, support: SupportSet,
-                        cfg: AdaptConfig, vcfg: ValidationConfig, progress: Progress | None = None, *,
-                        predict: PredictKeypoints) -> dict:
+                        cfg: AdaptConfig, vcfg: ValidationConfig, progress: Progress | None = None,
+                        init: torch.Tensor | None = None, *, predict: PredictKeypoints) -> dict:
     """Estimate held-out accuracy and choose the learning rate and step count (``record["chosen"]``; `cfg` is
     not changed: the caller trains with ``dataclasses.replace(cfg, **record["chosen"])``).
 
@@ -249,7 +249,7 @@ def validate_adaptation(extractor: MapExtractor, views: SupportViews, pf: torch.
 
     `views` and `pf` are those of the final adaptation (shared, not rebuilt). Returns the record stored as
     ``info["validation"]`` in the engine file; ``{"skipped": reason}`` when validation does not fit the cost
-    rule.
+    rule. `init`: the keypoint prompts' start (`train_keypoint_prompts`), default P_f.
     """
     model = extractor.model
     family = model_family(model)
@@ -290,7 +290,7 @@ def validate_adaptation(extractor: MapExtractor, views: SupportViews, pf: torch.
                 normalised[(lr, step)].append(err / sizes[:, None])
 
             train_keypoint_prompts(extractor, train_views, pf, len(support.names), run_cfg, rng, report,
-                                   on_step=evaluate)
+                                   on_step=evaluate, init=init)
     grid = []
     for (lr, step), errs in errors.items():
         err_px = np.concatenate(errs)

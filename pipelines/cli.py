@@ -136,7 +136,8 @@ def _adapt_engine(args, model: str):
     t0 = time.perf_counter()
     try:
         engine = Engine.adapt(support, model=model, config=config, device=args.device, dtype=args.dtype,
-                              progress=progress, foreground=args.foreground, validation=validation)
+                              progress=progress, foreground=args.foreground, validation=validation,
+                              init=args.init, species=getattr(args, "species", None))
     finally:
         bar.close()
     engine.info["support_frames"] = support_frame_records(labels, support.images)  # anchors for 'track'
@@ -261,6 +262,8 @@ def support_key(args, model: str) -> str:
     stats = [(m, os.stat(m).st_size, os.stat(m).st_mtime_ns) for m in media if os.path.exists(m)]
     settings = {"model": model, "config": _adapt_config(args).to_dict(), "foreground": args.foreground,
                 "dtype": args.dtype, "media": stats, "validate": args.validate}
+    if args.init != "foreground":  # (keys of engines made before --init stay the same)
+        settings.update(init=args.init, species=getattr(args, "species", None))
     if args.foreground and os.path.isfile(args.foreground):
         settings["foreground_sha256"] = hashlib.sha256(Path(args.foreground).read_bytes()).hexdigest()
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -377,6 +380,8 @@ def run_track(args) -> int:
     live = [spec for spec in inputs if is_live_spec(spec)]
     if live and len(live) != len(inputs):
         raise UsageError("live streams and video files cannot be tracked in one command; run them separately")
+    if args.boxes is not None and args.animals is None:
+        raise UsageError("--boxes gives the boxes of several animals: add --animals N (docs/multi-animal.md)")
     if args.animals is not None:
         _check_multi_options(args)
         if len(inputs) != 1 or live:
@@ -501,6 +506,10 @@ def _check_multi_options(args) -> None:
     from ppmtrack.pipelines.track_multi import parse_animals
 
     parse_animals(args.animals)
+    if args.boxes is not None:  # a bad box source fails now, before a model is loaded
+        from ppmtrack.pipelines.boxes import open_boxes
+
+        open_boxes(args.boxes)
     from ppmtrack.engine.loading import engine_backend
 
     if engine_backend(args.engine, args.backend) == "onnx":
@@ -528,9 +537,10 @@ def _run_track_multi(args, item, engine, engine_path, out_dir, formats, stop_eve
             item.spec, engine, out_dir, stem=item.stem, animals=args.animals, max_animals=args.max_animals,
             batch_size=args.batch_size, start=args.start, stop=args.stop, stride=args.stride,
             write_video=not args.no_video, output_formats=["csv", *formats], smoothing=smoothing,
-            detection_noise=args.detection_noise, identity=identity, progress=not args.quiet,
+            detection_noise=args.detection_noise, flow=args.flow, identity=identity, progress=not args.quiet,
             stop_event=stop_event, engine_path=engine_path,
             species=args.species, crops=args.animal_crops, overwrite=args.overwrite,
+            boxes=args.boxes, box_ids=args.box_ids, box_min_score=args.box_min_score,
         )
     print(summary.describe())
     ids = summary.identities
@@ -681,6 +691,54 @@ def run_review(args) -> int:
     return 0
 
 
+def run_identities(args) -> int:
+    """``ppmtrack identities``: candidate swap points and identity corrections (pipelines/corrections.py)."""
+    from ppmtrack.pipelines.corrections import Corrections
+    from ppmtrack.pipelines.web.sessions import find_tracks_csv
+
+    results = Path(args.results)
+    csv = results if results.is_file() else next(iter(sorted(p for p in results.glob("*.csv")
+                                                              if ".corrected" not in p.name
+                                                              and _is_multi_csv(p))), None)
+    if csv is None:
+        csv = find_tracks_csv(results)  # its error names what is there
+    fix = Corrections(csv)
+    op = None
+    if args.swap:
+        op = {"op": "swap", "animal": args.swap[0], "other": args.swap[1]}
+    elif args.new:
+        if len(args.new) > 2:
+            raise UsageError("--new takes the animal and, optionally, the new animal's name")
+        op = {"op": "new", "animal": args.new[0], "other": args.new[1] if len(args.new) > 1 else None}
+    elif args.same_as:
+        op = {"op": "same_as", "animal": args.same_as[0], "other": args.same_as[1]}
+    if op is not None:
+        if args.from_frame is None:
+            raise UsageError("a correction needs --from N (its first frame)")
+        written = fix.add({**op, "from_frame": args.from_frame})
+    elif args.undo:
+        written = fix.undo()
+    elif args.redo:
+        written = fix.redo()
+    else:
+        written = None
+    for c in fix.doc["corrections"]:
+        other = f" {c['other']}" if c.get("other") else ""
+        print(f"correction: {c['op']} {c['animal']}{other} from frame {c['from_frame']}")
+    if written is not None:
+        print("wrote " + ", ".join(written) if written else "no correction left: corrected files removed")
+    candidates = fix.candidates(args.candidates)
+    print(f"{len(candidates)} candidate swap points (check these frames first):")
+    for c in candidates:
+        print(f"  frame {c['frame']:>6}  {' / '.join(c['animals']):<24} {c['reason']:<9} score {c['score']:.2f}")
+    return 0
+
+
+def _is_multi_csv(path: Path) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return ",individual," in f.readline()
+
+
 def run_plot(args) -> int:
     """``ppmtrack plot``: PNG plots of a tracks CSV."""
     from ppmtrack.pipelines.plots import write_plots
@@ -753,6 +811,33 @@ def _add_browser_and_plot_commands(commands, debug) -> None:
     plot.add_argument("-o", "--output", metavar="DIR", help="folder for the PNGs (default: the CSV's folder)")
     plot.add_argument("--video", help="the tracked video (default: the source named in STEM.summary.json)")
     plot.set_defaults(run=run_plot)
+    identities = commands.add_parser(
+        "identities", parents=[debug], formatter_class=_HelpFormatter,
+        help="correct identity swaps of a several-animal run (kept apart from the original CSV, undoable)",
+        description="List the frames where identities most likely swapped, and correct them: each correction is "
+                    "saved in STEM.corrections.json beside the results and re-exported to STEM.corrected.csv and "
+                    "every format the run wrote (dlc, sleap, nwb); the run's own CSV is never changed. "
+                    "See docs/multi-animal.md.",
+        epilog="examples:\n  ppmtrack identities results/pair.csv                       # candidate swap points\n"
+               "  ppmtrack identities results/pair.csv --swap animal1 animal2 --from 99\n"
+               "  ppmtrack identities results/pair.csv --new animal2 --from 310\n"
+               "  ppmtrack identities results/pair.csv --same-as animal3 animal1 --from 420\n"
+               "  ppmtrack identities results/pair.csv --undo\n",
+    )
+    identities.add_argument("results", metavar="RESULTS", help="tracks CSV of 'ppmtrack track --animals' (or its "
+                                                               "folder)")
+    what = identities.add_mutually_exclusive_group()
+    what.add_argument("--swap", nargs=2, metavar=("A", "B"), help="A and B exchange identities from --from on")
+    what.add_argument("--new", nargs="+", metavar=("A", "NAME"),
+                      help="A from --from on is a new animal (named NAME, default the next animalN)")
+    what.add_argument("--same-as", nargs=2, metavar=("A", "B"), dest="same_as",
+                      help="A from --from on is the same animal as B (B takes A's frames, A is empty there)")
+    what.add_argument("--undo", action="store_true", help="undo the last correction")
+    what.add_argument("--redo", action="store_true", help="redo the last undone correction")
+    identities.add_argument("--from", type=int, dest="from_frame", metavar="N", help="first frame of the correction")
+    identities.add_argument("--candidates", type=int, default=15, metavar="N",
+                            help="how many candidate swap points to list")
+    identities.set_defaults(run=run_identities)
 
 
 # ---- the parser -------------------------------------------------------------------------------------------
@@ -849,6 +934,12 @@ def _adapt_options(with_defaults: bool) -> argparse.ArgumentParser:
     group.add_argument("--foreground", metavar="FILE",
                        help="start from a foreground prompt pre-trained on a base set ('ppmtrack "
                             "pretrain-foreground'); default: fit it on the support frames")
+    group.add_argument("--init", choices=("foreground", "names", "auto"), default="foreground",
+                       help="where the keypoint prompts start: foreground (the foreground prompt, PPM's start), "
+                            "names ('the {keypoint} of a {species}' through the model's CLIP text encoder; "
+                            "--species, default 'animal'), or auto (with validation: both starts validated, the "
+                            "lower held-out error wins — doubles the validation time). Stored in the engine "
+                            "(docs/adaptation.md)")
     group.add_argument("--flip", action="store_true",
                        help="also train on horizontally mirrored views, swapping the annotation's flip_pairs; "
                             "only right when mirrored left and right parts look alike (e.g. top-down views)")
@@ -907,6 +998,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="labelled frames: ppmtrack JSON, DeepLabCut CSV/H5 or labeled-data folder, SLEAP "
                             ".slp, or COCO keypoints JSON")
     adapt.add_argument("-o", "--output", required=True, metavar="ENGINE", help="engine file to write")
+    adapt.add_argument("--species", help="the animal's name for --init names|auto prompts ('the nose of a "
+                                         "{species}'; default 'animal')")
     adapt.set_defaults(run=run_adapt)
     _add_info_command(commands, debug)
 
@@ -988,6 +1081,16 @@ def build_parser() -> argparse.ArgumentParser:
     several.add_argument("--animal-crops", action="store_true", dest="animal_crops",
                          help="read each animal's keypoints from its own crop (a square around its foreground "
                               "region; all crops of a batch in one extra forward) instead of the whole frame")
+    several.add_argument("--boxes", metavar="SOURCE",
+                         help="read each animal from the crop of its box instead of splitting the foreground: a "
+                              "boxes .csv/.json (frame,[id,]x0,y0,x1,y1[,score]), SLEAP .slp/analysis .h5 or "
+                              "DeepLabCut multi-animal .h5/.csv tracks (boxes around their keypoints), or an ONNX "
+                              "detector .onnx (contract in docs/multi-animal.md)")
+    several.add_argument("--box-ids", choices=("keep", "ignore"), default="keep", dest="box_ids",
+                         help="with --boxes that carry ids: keep (the source's first N ids are the identities) or "
+                              "ignore (identities by position and appearance)")
+    several.add_argument("--box-min-score", type=float, default=0.0, dest="box_min_score",
+                         help="with --boxes: drop boxes scored below this")
     several.add_argument("--identity-motion", choices=MOTION_MODELS, default="kalman", dest="identity_motion",
                          help="kalman: predicted positions plus appearance; nearest: nearest last position only "
                               "(baseline)")

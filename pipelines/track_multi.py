@@ -3,7 +3,8 @@
 ``ppmtrack track VIDEO --animals N`` (or ``--animals auto --max-animals M``). Each batch of frames goes
 through the engine once (:meth:`engine.api.Engine.predict_animals`: the foreground map split into animals,
 each keypoint read on each animal, an appearance vector per animal); :class:`tracker.identity.IdentityTracker`
-assigns the animals to identities frame by frame; each identity's keypoints are smoothed by its own filter.
+assigns the animals to identities frame by frame; each identity's keypoints are smoothed by its own filter,
+which fuses the optical flow of that animal's keypoints with its detections, as for one animal (``--flow``).
 Outputs: ``<stem>.csv`` with an ``individual`` column (written frame by frame, so a crash leaves every finished
 frame), ``<stem>.mp4`` with one colour per animal and its name, a DeepLabCut multi-animal table on request,
 and ``<stem>.summary.json`` listing the identity decisions the tracker was unsure of. See
@@ -21,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.engine.errors import UsageError
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
+from ppmtrack.pipelines.boxes import BOX_ID_MODES, BoxCounts, open_boxes, safe_individual_name, select_boxes
 from ppmtrack.pipelines.detection_noise import parse_detection_noise, resolve_detection_noise
 from ppmtrack.pipelines.io.csv import TracksCsvWriter, write_multi_tracks_csv
 from ppmtrack.pipelines.io.files import TrackFileOptions
@@ -32,7 +35,10 @@ from ppmtrack.pipelines.outputs import engine_sha256 as engine_file_sha256
 from ppmtrack.pipelines.progress import expected_frames
 from ppmtrack.pipelines.sources import open_source, redact, redact_url
 from ppmtrack.pipelines.summary import RunSummary, record_source_counts
-from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks, smooth_keypoints
+from ppmtrack.pipelines.track import FLOW_MODES
+from ppmtrack.tracker import OnlineSmoother, SmoothingParams, Tracks
+from ppmtrack.tracker.flow import FlowParams
+from ppmtrack.tracker.fusion import FlowTrack, fuse_keypoints
 from ppmtrack.tracker.identity import UNASSIGNED, IdentityParams, IdentityTracker
 
 logger = logging.getLogger("ppmtrack")
@@ -59,34 +65,61 @@ def parse_animals(value: str | int) -> tuple[int | None, bool]:
 
 
 class _Identities:
-    """Per-identity smoothers and the kept per-frame arrays of every identity (grown as identities appear)."""
+    """Per-identity smoothers and the kept per-frame arrays of every identity (grown as identities appear).
 
-    def __init__(self, k: int, params: SmoothingParams):
-        self.k, self.params = k, params
+    With ``flow``, each identity's filter fuses the optical flow of its own keypoints from the previous frame
+    (:class:`tracker.kalman.OnlineSmoother`, as for one animal): the identity assignment decides which detection
+    feeds which filter, the flow follows each animal's keypoints between frames whoever was detected.
+    """
+
+    def __init__(self, k: int, params: SmoothingParams, flow: FlowParams | None = None,
+                 names: list[str] | None = None):
+        self.k, self.params, self.flow = k, params, flow
+        self.given_names = list(names or [])
         self.smoothers: list[OnlineSmoother] = []
         self.raw: list[list[np.ndarray]] = []  # [identity][frame] (K, 2)
         self.conf: list[list[np.ndarray]] = []
         self.xy: list[list[np.ndarray]] = []
         self.visible: list[list[np.ndarray]] = []
+        self.flow_displacement: list[list[np.ndarray]] = []  # [identity][frame] (K, 2), NaN where none
+        self.flow_error: list[list[np.ndarray]] = []  # [identity][frame] (K,), inf where none
         self.n_frames = 0
 
-    def add_frame(self, t: float, measured: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    def add_frame(self, t: float, measured: dict[int, tuple[np.ndarray, np.ndarray]],
+                  image: np.ndarray | None = None) -> None:
         while len(self.smoothers) <= max(measured, default=-1):
-            self.smoothers.append(OnlineSmoother(self.k, self.params))
+            self.smoothers.append(OnlineSmoother(self.k, self.params, flow=self.flow))
             for store, shape, fill in ((self.raw, (self.k, 2), np.nan), (self.conf, (self.k,), 0.0),
-                                       (self.xy, (self.k, 2), np.nan), (self.visible, (self.k,), False)):
+                                       (self.xy, (self.k, 2), np.nan), (self.visible, (self.k,), False),
+                                       (self.flow_displacement, (self.k, 2), np.nan),
+                                       (self.flow_error, (self.k,), np.inf)):
                 store.append([np.full(shape, fill)] * self.n_frames)
         for i, smoother in enumerate(self.smoothers):
             raw, conf = measured.get(i, (np.full((self.k, 2), np.nan), np.zeros(self.k)))
-            xy, visible = smoother.update(t, raw, conf)
+            xy, visible = smoother.update(t, raw, conf, image)
             self.raw[i].append(raw)
             self.conf[i].append(conf)
             self.xy[i].append(xy)
             self.visible[i].append(visible)
+            self.flow_displacement[i].append(smoother.last_flow[0])
+            self.flow_error[i].append(smoother.last_flow[1])
         self.n_frames += 1
 
+    def name(self, i: int) -> str:
+        """Identity ``i``'s name in every output: the box source's id where ids are kept, else ``animal<i+1>``."""
+        return self.given_names[i] if i < len(self.given_names) else individual_name(i)
+
+    def smoothed(self, i: int, filter_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Identity ``i``'s RTS-smoothed positions and visibility, with the flow its filter measured."""
+        flow = None
+        if self.flow is not None:
+            flow = FlowTrack(np.array(self.flow_displacement[i]).reshape(-1, self.k, 2),
+                             np.array(self.flow_error[i]).reshape(-1, self.k))
+        return fuse_keypoints(np.array(self.raw[i]).reshape(-1, self.k, 2), np.array(self.conf[i]).reshape(-1, self.k),
+                              filter_times, flow, None, self.params, smooth=True)
+
     def tracks(self, names, skeleton, frames, times) -> dict[str, Tracks]:
-        return {individual_name(i): Tracks(names=list(names), frame=np.array(frames, dtype=np.int64),
+        return {self.name(i): Tracks(names=list(names), frame=np.array(frames, dtype=np.int64),
                                            time=np.array(times), raw_xy=np.array(self.raw[i]),
                                            confidence=np.array(self.conf[i]), xy=np.array(self.xy[i]),
                                            visible=np.array(self.visible[i]), skeleton=list(skeleton))
@@ -108,9 +141,13 @@ def track_video_multi(
     output_formats=("csv",),
     smoothing: SmoothingParams | None = None,
     detection_noise: str | float = "auto",
+    flow: str = "auto",
     identity: IdentityParams | None = None,
     foreground_threshold: float = 0.5,
     crops: bool = False,
+    boxes=None,
+    box_ids: str = "keep",
+    box_min_score: float = 0.0,
     progress: bool = True,
     stop_event: threading.Event | None = None,
     engine_path: str | Path | None = None,
@@ -138,12 +175,26 @@ def track_video_multi(
         Each identity's keypoint filter (``min_confidence`` also decides which keypoints count for identity).
     detection_noise
         "auto" (the engine's held-out error per keypoint) or pixels, as for :func:`pipelines.track.track_video`.
+    flow
+        "auto": each identity's keypoint filter fuses Lucas-Kanade optical flow between consecutive frames with
+        the detections the identity assignment gives it (the same fusion as one animal, :mod:`tracker.fusion`);
+        "off": detections only.
     identity
         Identity assignment parameters; ``max_animals`` and ``fixed_count`` are set from ``animals``.
     species
         ``Subject.species`` of every animal's NWB file.
     foreground_threshold
         Foreground cells at or above this fraction of the frame's maximum belong to animals.
+    boxes
+        A box source (:func:`pipelines.boxes.open_boxes`: a boxes CSV/JSON, SLEAP or DeepLabCut multi-animal
+        tracks, an ONNX detector) or an opened :class:`pipelines.boxes.BoxSource`: each animal is read from the
+        crop of its box (:meth:`engine.api.Engine.predict_boxes`) instead of the foreground split. The summary's
+        ``identities.boxes`` counts what happened to the boxes.
+    box_ids
+        With ``boxes`` that carry ids: "keep" (the first ``animals`` ids of the source are the identities, named
+        after them; boxes of other ids are dropped and counted) or "ignore" (Hungarian + appearance assignment).
+    box_min_score
+        Boxes scored below this are dropped (counted).
     crops
         Read each animal's keypoints from its own crop (all crops of a batch in one second forward) instead of
         the whole-frame maps (:meth:`engine.api.Engine.predict_animals`).
@@ -165,6 +216,18 @@ def track_video_multi(
     if unsupported:
         raise ValueError(f"output format {unsupported[0]!r} is not written for several animals yet; "
                          f"choose among csv, {', '.join(MULTI_FORMATS)}")
+    if flow not in FLOW_MODES:
+        raise UsageError(f"flow must be one of {', '.join(FLOW_MODES)}, got {flow!r}")
+    if box_ids not in BOX_ID_MODES:
+        raise UsageError(f"box ids must be one of {', '.join(BOX_ID_MODES)}, got {box_ids!r}")
+    box_source = open_boxes(boxes) if isinstance(boxes, (str, Path)) else boxes
+    keep_ids = box_source is not None and box_source.has_ids and box_ids == "keep"
+    allowed_ids = box_source.id_order[:n_max] if keep_ids else None
+    id_names = []
+    for i, ident in enumerate(allowed_ids or []):
+        candidate = safe_individual_name(ident, individual_name(i))
+        id_names.append(candidate if candidate not in id_names else individual_name(i))
+    box_counts = BoxCounts()
     detection_noise = parse_detection_noise(detection_noise)
     params = smoothing if smoothing is not None else SmoothingParams()
     id_params = dataclasses.replace(identity or IdentityParams(), max_animals=n_max, fixed_count=exact)
@@ -197,16 +260,20 @@ def track_video_multi(
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "animals": "auto" if count is None else count, "max_animals": n_max,
                   "smooth": "causal" if info.is_live else "rts", "smoothing": dataclasses.asdict(params),
-                  "detection_noise": noise_record,
+                  "flow": "off" if flow == "off" else "lk", "detection_noise": noise_record,
                   "identity": dataclasses.asdict(id_params), "foreground_threshold": foreground_threshold,
                   "crops": bool(crops),
+                  "boxes": None if box_source is None else {**box_source.describe(), "ids": box_ids if
+                                                            box_source.has_ids else "none in the source",
+                                                            "min_score": box_min_score},
                   "output_formats": ["csv", *extra], "write_video": write_video},
         outputs={"csv": str(paths["csv"]), "video": str(paths["video"]) if paths["video"] else None,
                  "summary": str(paths["summary"]), "formats": []},
     )
     k = len(engine.names)
     tracker = IdentityTracker(k, id_params, params)
-    identities = _Identities(k, params)
+    identities = _Identities(k, params, flow=None if flow == "off" else FlowParams(), names=id_names)
+    id_index = {ident: i for i, ident in enumerate(allowed_ids or [])}
     frames_seen: list[int] = []
     times_seen: list[float] = []  # the frames' own times, as in the CSV
     filter_times: list[float] = []  # strictly increasing, as the filters saw them
@@ -214,7 +281,7 @@ def track_video_multi(
     try:
         csv_writer = TracksCsvWriter(paths["csv"], engine.names, individuals=True)
         if write_video:
-            video = _AnimalVideo(paths["video"], info, engine, params, n_max)
+            video = _AnimalVideo(paths["video"], info, engine, params, n_max, name=identities.name)
         summary.write(paths["summary"])
     except BaseException:
         source.close()
@@ -235,25 +302,35 @@ def track_video_multi(
             if batch.gap is not None:  # recorded from the source's outages at the end (record_source_counts)
                 continue
             t0 = time.perf_counter()
-            found = engine.predict_animals(np.stack([f.image for f in batch.frames]), n_max, exact=exact,
-                                           threshold=foreground_threshold, crops=crops)
+            images = np.stack([f.image for f in batch.frames])
+            if box_source is None:
+                found = engine.predict_animals(images, n_max, exact=exact, threshold=foreground_threshold,
+                                               crops=crops)
+                chosen = [None] * len(found)
+            else:
+                chosen = [select_boxes(box_source.boxes_at(f.index, f.image), f.image.shape[:2], n_max, box_counts,
+                                       allowed_ids, box_min_score) for f in batch.frames]
+                found = engine.predict_boxes(images, [c.xyxy for c in chosen])
             summary.stages["inference"].add(time.perf_counter() - t0, len(batch.frames))
             t1 = time.perf_counter()
-            for frame, animals_here in zip(batch.frames, found, strict=True):
+            for frame, animals_here, frame_boxes in zip(batch.frames, found, chosen, strict=True):
                 t = frame.time if last_t is None else max(frame.time, last_t + 1e-6)
                 last_t = t
-                ids = tracker.update(frame.index, t, animals_here.keypoints, animals_here.confidence,
-                                     animals_here.appearance)
+                if keep_ids:  # the source's ids are the identities
+                    ids = np.array([id_index[ident] for ident in frame_boxes.ids], dtype=np.int64)
+                else:
+                    ids = tracker.update(frame.index, t, animals_here.keypoints, animals_here.confidence,
+                                         animals_here.appearance)
                 measured = {int(i): (animals_here.keypoints[d], animals_here.confidence[d])
                             for d, i in enumerate(ids) if i != UNASSIGNED}
-                identities.add_frame(t, measured)
+                identities.add_frame(t, measured, frame.image)
                 frames_seen.append(frame.index)
                 times_seen.append(frame.time)
                 filter_times.append(t)
                 for i in range(len(identities.smoothers)):
                     csv_writer.write_frame(frame.index, frame.time, identities.xy[i][-1], identities.conf[i][-1],
                                            identities.visible[i][-1], identities.raw[i][-1],
-                                           individual=individual_name(i))
+                                           individual=identities.name(i))
                 if video is not None:
                     video.write(frame, identities)
                 summary.frames_processed += 1
@@ -280,10 +357,14 @@ def track_video_multi(
                 failure = failure or exc
     record_source_counts(summary, source.stats, batch_stats)  # damaged, missing and dropped frames, as for one animal
     summary.identities = {
-        "individuals": [individual_name(i) for i in range(len(identities.smoothers))],
+        "individuals": [identities.name(i) for i in range(len(identities.smoothers))],
         "uncertain_count": len(tracker.uncertain),
         "uncertain": [d.to_dict() for d in tracker.uncertain[:MAX_LISTED_UNCERTAIN]],
     }
+    if box_source is not None:
+        summary.identities["boxes"] = box_counts.to_dict()
+        if keep_ids:
+            summary.identities["source_ids"] = dict(zip(id_names, allowed_ids, strict=True))
     if failure is None:
         summary.status = "interrupted" if halt.is_set() else "complete"
         if summary.frames_processed and identities.smoothers:
@@ -308,9 +389,8 @@ def _finish(summary, identities: _Identities, engine, paths, extra, stem, engine
     """RTS-smooth each identity and rewrite the CSV atomically (complete file runs); the extra formats."""
     tracks = identities.tracks(engine.names, engine.skeleton, frames, times)
     if rts:
-        for name, animal in tracks.items():
-            xy, visible = smooth_keypoints(animal.raw_xy, animal.confidence, np.array(filter_times),
-                                           identities.params)
+        for i, (name, animal) in enumerate(tracks.items()):
+            xy, visible = identities.smoothed(i, np.array(filter_times))
             tracks[name] = dataclasses.replace(animal, xy=xy, visible=visible)
         write_multi_tracks_csv(tracks, paths["csv"])
         summary.csv_positions = "rts"
@@ -323,17 +403,18 @@ def _finish(summary, identities: _Identities, engine, paths, extra, stem, engine
 class _AnimalVideo:
     """The annotated video of several animals: each animal in its own colour, its name by its first keypoint."""
 
-    def __init__(self, path, info, engine, params: SmoothingParams, n_max: int):
+    def __init__(self, path, info, engine, params: SmoothingParams, n_max: int, name=individual_name):
         self.k = len(engine.names)
         self.n = n_max
-        names = [f"{individual_name(i)}:{n}" for i in range(n_max) for n in engine.names]
-        skeleton = [(f"{individual_name(i)}:{a}", f"{individual_name(i)}:{b}")
+        self.name = name
+        names = [f"{name(i)}:{n}" for i in range(n_max) for n in engine.names]
+        skeleton = [(f"{name(i)}:{a}", f"{name(i)}:{b}")
                     for i in range(n_max) for a, b in engine.skeleton]
         colours = [PALETTE[i % len(PALETTE)] for i in range(n_max) for _ in engine.names]
         self.writer = AnnotatedVideoWriter(path, info.width, info.height,
                                            info.fps_fraction or info.fps or DEFAULT_VIDEO_FPS, names, skeleton,
                                            min_confidence=params.min_confidence, colours=colours,
-                                           legend_entries=[(individual_name(i), PALETTE[i % len(PALETTE)])
+                                           legend_entries=[(name(i), PALETTE[i % len(PALETTE)])
                                                            for i in range(n_max)])
         self.first_time: float | None = None
 
@@ -350,7 +431,7 @@ class _AnimalVideo:
             xy[i], conf[i], visible[i] = identities.xy[i][-1], identities.conf[i][-1], identities.visible[i][-1]
             seen = np.flatnonzero(np.isfinite(xy[i]).all(axis=1))
             if len(seen):
-                labels.append((individual_name(i), xy[i][seen[0]] + [6, -6], PALETTE[i % len(PALETTE)]))
+                labels.append((self.name(i), xy[i][seen[0]] + [6, -6], PALETTE[i % len(PALETTE)]))
         self.writer.write(frame.image, xy.reshape(-1, 2), conf.reshape(-1), visible.reshape(-1),
                           time=frame.time - self.first_time, labels=labels)
 

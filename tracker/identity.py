@@ -5,8 +5,9 @@ appearance vector, e.g. the mean diffusion features inside that animal's foregro
 identity. Every frame, :class:`IdentityTracker`
 
 1. predicts where each track's animal is now: a constant-velocity Kalman filter on the animal's centre
-   (the keypoint filter of :mod:`tracker.fusion`, with one point) moves the track's last keypoints rigidly
-   to the predicted centre;
+   (the keypoint filter of :mod:`tracker.fusion`, with one point, whose detection noise is the RMS of the used
+   keypoints' noise: one value, or one per keypoint from the engine's validation) moves the track's last
+   keypoints rigidly to the predicted centre;
 2. builds a cost for every (track, detection) pair: the mean distance between predicted and detected
    keypoints in units of the animal's size, plus ``appearance_weight`` times the cosine distance between
    the track's appearance (a running mean) and the detection's;
@@ -26,7 +27,7 @@ stand for its prediction and appearance is ignored (nearest-position assignment)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -255,6 +256,15 @@ class IdentityTracker:
         return identity
 
     # ---- internals ---------------------------------------------------------------------------------------
+    def _centre_params(self, used: np.ndarray) -> SmoothingParams:
+        """The filter parameters of an animal's one-point centre: the keypoints' detection noise (one value, or
+        one per keypoint as validation gives it) as the RMS over the keypoints used this frame."""
+        noise = self.smoothing.detection_noise(self.n_keypoints)
+        centre_noise = float(np.sqrt(np.mean(noise[used] ** 2)))
+        if centre_noise == self.smoothing.measurement_noise_px:
+            return self.smoothing
+        return replace(self.smoothing, measurement_noise_px=centre_noise)
+
     def _predicted_keypoints(self, track: _Track, time: float) -> np.ndarray:
         if self.params.motion == "nearest" or time - track.last_seen > self.params.max_coast_s:
             return track.keypoints
@@ -324,7 +334,7 @@ class IdentityTracker:
     def _observe(self, track: _Track, det_xy: np.ndarray, confidence: np.ndarray, used: np.ndarray,
                  appearance: np.ndarray | None, time: float, update_appearance: bool) -> None:
         centre = animal_centre(det_xy, used)
-        measured = frame_measurements(centre[None], np.array([np.mean(confidence[used])]), self.smoothing)
+        measured = frame_measurements(centre[None], np.array([np.mean(confidence[used])]), self._centre_params(used))
         restart = track.centre_filter is None or time - track.last_seen > self.params.max_coast_s
         if restart:
             track.centre_filter = KeypointFilter(1, self.smoothing)
@@ -348,6 +358,4 @@ class IdentityTracker:
 
 def nearest_position_params(params: IdentityParams) -> IdentityParams:
     """The same parameters with ``motion="nearest"``: the nearest-position baseline."""
-    from dataclasses import replace
-
     return replace(params, motion="nearest")
