@@ -555,9 +555,21 @@ def run_eval(args) -> int:
         raise UsageError(f"{args.truth}: labels {len(truth.individuals)} animals ({', '.join(truth.individuals)}) "
                          f"but {args.tracks} tracks one; score it against one of them with --individual NAME, "
                          "or track with --animals")
+    import numpy as np
+
+    from ppmtrack.pipelines.evaluate import support_frames_of_run
+
     tracks = read_tracks_csv(args.tracks)
-    sys.stdout.write(format_report(evaluate(tracks, truth, use="raw" if args.raw else "xy", video=args.truth_video,
-                                            tracked_span_only=args.tracked_span)))
+    exclude, note = set(), ""
+    if not args.include_support:
+        exclude, note = support_frames_of_run(args.tracks, args.summary, args.engine, args.truth_video)
+    options = dict(video=args.truth_video, tracked_span_only=args.tracked_span, exclude_frames=exclude)
+    result = evaluate(tracks, truth, use="raw" if args.raw else "xy", **options)
+    detection_only = None
+    if not args.raw and np.isfinite(tracks.raw_xy).any() and not np.array_equal(tracks.raw_xy, tracks.xy,
+                                                                                   equal_nan=True):
+        detection_only = evaluate(tracks, truth, use="raw", **options)
+    sys.stdout.write(format_report(result, detection_only, note))
     return 0
 
 
@@ -1017,7 +1029,9 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", parents=[debug], formatter_class=_HelpFormatter,
         help="score a tracks CSV against ground truth",
         description="Print PCK@0.05/0.1/0.2 and the pixel error of tracked keypoints against labelled "
-                    "frames.",
+                    "frames, fused (smoothed) and detection-only (the engine's raw detections). The engine's "
+                    "support frames in this video (from the run's summary and engine file) are not scored: "
+                    "the tracks are pinned there, so they would measure the labels, not the tracker.",
         epilog="examples:\n  ppmtrack eval results/sample.csv samples/truth.json\n"
                "  ppmtrack eval results/reachingvideo1.csv labeled-data/reachingvideo1/CollectedData_Mackenzie.csv\n"
                "  ppmtrack eval results/clip.csv labels.v001.slp --truth-video clip\n",
@@ -1037,7 +1051,16 @@ def build_parser() -> argparse.ArgumentParser:
                             help="leave out truth frames before the first or after the last tracked frame "
                                  "(tracks of part of a video); by default they count as not tracked")
     evaluation.add_argument("--raw", action="store_true",
-                            help="score the engine's raw measurements instead of the smoothed positions")
+                            help="score the engine's raw measurements instead of the smoothed positions (by "
+                                 "default both are printed: fused PCK and, beside it, detection-only PCK)")
+    evaluation.add_argument("--include-support", action="store_true", dest="include_support",
+                            help="also score the engine's support frames (by default they are left out: the engine "
+                                 "was trained on them and the tracks are anchored there)")
+    evaluation.add_argument("--summary", metavar="PATH",
+                            help="the run's summary, for its support frames (default: STEM.summary.json beside "
+                                 "TRACKS_CSV, when there)")
+    evaluation.add_argument("--engine", metavar="PATH",
+                            help="also leave out the support frames this engine file records for the tracked video")
     evaluation.set_defaults(run=run_eval)
 
     convert = commands.add_parser(
