@@ -119,16 +119,24 @@ class Engine:
     def adapt(cls, support: SupportSet, model: str | DiffusionModel = DEFAULT_MODEL,
               config: AdaptConfig | None = None,
               device: str | None = None, dtype: str | None = None, progress: Progress | None = None,
-              foreground: str | Path | torch.Tensor | None = None, validation=None) -> Engine:
+              foreground: str | Path | torch.Tensor | None = None, validation="auto") -> Engine:
         """Adapt keypoint prompts to a support set (FARA → foreground prompt → keypoint prompts).
 
         `foreground`: a foreground prompt pre-trained on a base set (a file from
         `engine.foreground.save_foreground`, or the tensor); default: fit P_f on the support frames (base-free).
         `config` is not changed: the engine keeps a copy with the resolution filled in. Raises
         `engine.adapt.AdaptationDiverged` when the loss explodes (learning rate too high).
-        `validation`: an `engine.validate.ValidationConfig` to estimate held-out accuracy and choose the keypoint
-        learning rate and step count before the final training (``info["validation"]``); default: none.
+        `validation`: an `engine.validate.ValidationConfig` (or ``"auto"``, the default, as ``ppmtrack adapt``
+        does; ``"off"`` or None: no validation) to estimate held-out accuracy and choose the keypoint
+        learning rate and step count before the final training (``info["validation"]``). A rate that neither
+        `config` nor validation sets is the model family's (`engine.adapt.DEFAULT_LR`: 5e-4 for Stable
+        Diffusion, 0.1 for tiny); ``info["defaults"]`` says which applied and why.
         """
+        from ppmtrack.engine.adapt import DEFAULT_LR, DEFAULT_LR_WHY, model_family
+        from ppmtrack.engine.validate import ValidationConfig
+
+        if validation is None or isinstance(validation, str):
+            validation = ValidationConfig(mode=validation or "off")
         cfg = config or AdaptConfig()
         dm = model if isinstance(model, DiffusionModel) else load_model(model, device=device, dtype=dtype)
         size = cfg.resolution or dm.native_resolution
@@ -155,12 +163,21 @@ class Engine:
         else:
             pf, fg_hist, fg_source = given_pf, [], f"base set ({Path(foreground).name})"
         validated = None
-        if validation is not None and validation.mode != "off":
+        if validation.mode != "off":
             from ppmtrack.engine.validate import validate_adaptation
 
             validated = validate_adaptation(extractor, views, pf, support, cfg, validation, progress)
             if "chosen" in validated:
                 cfg = replace(cfg, **validated["chosen"])
+        family = model_family(dm)
+        if cfg.lr is not None:
+            defaults = {"family": family, "lr": cfg.lr, "lr_from": "validation" if validated and "chosen" in
+                        validated else "given"}
+        else:
+            why = ("validation was off" if validated is None else f"validation was skipped: {validated['skipped']}")
+            cfg = replace(cfg, lr=DEFAULT_LR[family])
+            defaults = {"family": family, "lr": cfg.lr, "lr_from": "family default",
+                        "why": f"{why}; {DEFAULT_LR_WHY[family]}"}
         prompts, kp_hist, kp_skipped = train_keypoint_prompts(extractor, views, pf, len(support.names), cfg, rng,
                                                               progress)
         seconds = time.perf_counter() - t0
@@ -190,6 +207,7 @@ class Engine:
             info["display"] = dict(support.display)
         if validated is not None:
             info["validation"] = validated
+        info["defaults"] = defaults
         info["crop"] = cfg.crop.to_dict()  # the crops it was adapted on; tracking crops with its margin and zoom
         eng = cls(dm, support.names, prompts, pf, cfg, support.skeleton, support.flip_pairs, info=info)
         return eng

@@ -104,6 +104,8 @@ def _validation_config(args):
         config.learning_rates = (args.lr,)
     if args.steps is not None:
         config.step_fractions = (1.0,)
+    if args.lr is not None or args.steps is not None or getattr(args, "loss", None) is not None:
+        config.paper_setting = False  # the paper's setting has its own rate, steps and loss
     return config
 
 
@@ -824,7 +826,8 @@ def _adapt_options(with_defaults: bool) -> argparse.ArgumentParser:
                             f"{base.steps // 2} and {base.steps}; {base.steps} without validation)")
     group.add_argument("--lr", type=float,
                        help="keypoint prompt learning rate (default: chosen by --validate from the model family's "
-                            f"grid; {base.lr:g} without validation)")
+                            "grid; without validation the family's rate: 5e-4 for Stable Diffusion (the PPM "
+                            "paper's), 0.1 for the tiny test model; 'ppmtrack info' shows which applied)")
     group.add_argument("--fg-steps", type=int, dest="fg_steps",
                        help=f"at most this many foreground prompt steps; it stops earlier when its loss stops "
                             f"improving (default: {base.fg_steps})")

@@ -93,6 +93,11 @@ def format_engine_info(description: dict) -> str:
     lines.append(f"adaptation: lr {config.get('lr', '?')}, {config.get('steps', '?')} keypoint steps, loss "
                  f"{config.get('loss', '?')}, batch {config.get('batch_size', '?')}, "
                  f"{config.get('views_per_frame', '?')} views per frame, seed {config.get('seed', '?')}")
+    defaults = info.get("defaults")
+    if defaults:
+        why = {"given": "given by the user", "validation": "chosen by validation"}.get(defaults.get("lr_from"))
+        why = why or f"the {defaults.get('family', '?')} family's default: {defaults.get('why', '')}"
+        lines.append(f"  keypoint learning rate {defaults.get('lr', '?'):g}: {why}")
     if adaptation:
         floor = adaptation.get("foreground_loss_floor")
         lines += [f"  {adaptation.get('support_frames', '?')} support frames, {adaptation.get('views', '?')} views, "
