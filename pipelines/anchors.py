@@ -1,5 +1,8 @@
 """Support frames as anchors: labelled frames that lie in the video being tracked pin the tracks there.
 
+(Which video frame a support frame is — from its labels, its file name or its pixels — is
+:mod:`pipelines.anchor_discovery`; this module holds the records and the thumbnail check.)
+
 ``ppmtrack adapt`` records, in the engine file's info, where each support frame came from (video file name and
 frame index), its labelled keypoints and a 16×16 grey thumbnail. When ``ppmtrack track`` runs on a video of
 that name, those frames' labels enter the keypoint filter as near-exact positions (anchors,
@@ -30,22 +33,29 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
 
 
 def support_frame_records(labels: Labels, images: list[np.ndarray]) -> list[dict]:
-    """The engine-info records of the support frames that are video frames (others have no place in a video).
+    """The engine-info records of every support frame, for anchoring (:mod:`pipelines.anchor_discovery`).
 
-    Each record: ``{"video": file name, "frame": index, "points": [[x, y] or None per keypoint],
-    "thumbnail": 256 ints}``.
+    Each record: ``{"label": where it came from, "video": file name or None, "frame": index or None,
+    "placed_by": how the video frame was known (or "unplaced": why not), "points": [[x, y] or None per
+    keypoint], "thumbnail": 256 ints, "content": fingerprint of the animal's surroundings}``. A frame placed by
+    its labels or its file name anchors a video of that name; any frame can be found by content.
     """
+    from ppmtrack.pipelines.anchor_discovery import fingerprint_record, place
+
     records = []
     for ref, points, image in zip(labels.frames, labels.keypoints, images, strict=True):
-        if ref.video is None or ref.frame is None:
-            continue
-        records.append({
-            "video": Path(ref.video).name,
-            "frame": int(ref.frame),
+        video, frame, how = place(ref)
+        record = {
+            "label": ref.describe() if ref.image is None else f"{Path(ref.image).parent.name}/{Path(ref.image).name}",
+            "video": video,
+            "frame": frame,
             "points": [None if not np.isfinite(p).all() else [round(float(p[0]), 3), round(float(p[1]), 3)]
                        for p in points],
             "thumbnail": thumbnail(image).reshape(-1).astype(int).tolist(),
-        })
+            "content": fingerprint_record(image, points),
+        }
+        record["placed_by" if video is not None else "unplaced"] = how
+        records.append(record)
     return records
 
 
@@ -59,7 +69,8 @@ def anchors_for_source(engine_info: dict, source_name: str, n_keypoints: int) ->
     """
     out = {}
     for record in engine_info.get("support_frames", []):
-        if record.get("video") != Path(source_name).name or len(record.get("points", [])) != n_keypoints:
+        if (record.get("video") is None or record.get("frame") is None or Path(record["video"]).stem
+                != Path(source_name).stem or len(record.get("points", [])) != n_keypoints):
             continue
         xy = np.array([[np.nan, np.nan] if p is None else p for p in record["points"]], dtype=np.float64)
         out[int(record["frame"])] = {"xy": xy, "thumbnail": np.array(record["thumbnail"], dtype=np.uint8)

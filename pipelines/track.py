@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ppmtrack.engine.errors import MissingExtraError, PpmtrackError, UsageError
-from ppmtrack.pipelines.anchors import anchors_for_source, matching_anchor
+from ppmtrack.pipelines.anchor_discovery import AnchorFinder
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.crops import crop_policy_for, crop_settings, predict_with_crops
 from ppmtrack.pipelines.detection_noise import (
@@ -152,16 +152,16 @@ class _TrackWriter:
 
     ``keep`` keeps the per-frame arrays (a few numbers per keypoint) for the smoothing at the end of a file.
     With ``flow``, each frame's optical flow from the previous one is fused in (the previous frame, grey and
-    downscaled, is all that is kept of the images); ``anchors`` (frame index → support-frame record, see
-    :mod:`pipelines.anchors`) pin the labelled support frames that lie in this video.
+    downscaled, is all that is kept of the images); ``anchors`` (an ``AnchorFinder``, see
+    :mod:`pipelines.anchor_discovery`) pin the labelled support frames that lie in this video.
     """
 
     def __init__(self, engine, csv_path: Path, video: AnnotatedVideoWriter | None, params: SmoothingParams,
                  summary: RunSummary, keep: bool, previous: Tracks | None = None, flow: FlowParams | None = None,
-                 anchors: dict | None = None, clock_origin: float | None = None):
+                 anchors: AnchorFinder | None = None, clock_origin: float | None = None):
         self.k = len(engine.names)
         self.smoother = OnlineSmoother(self.k, params, flow=flow)
-        self.anchors = anchors or {}
+        self.anchors = anchors  # an AnchorFinder (pipelines.anchor_discovery), or None
         self.anchor_rows: list[tuple[int, np.ndarray]] = []  # (row, (K, 2)) of the anchors used
         self.flow_displacement: list[np.ndarray] = []
         self.flow_error: list[np.ndarray] = []
@@ -242,7 +242,8 @@ class _TrackWriter:
         if self.first_time is None:
             self.first_time = frame.time
         t0 = time.perf_counter()
-        anchor = matching_anchor(self.anchors, frame.index, frame.image) if self.anchors else None
+        anchor = (self.anchors.match(frame.index, frame.image, len(self.frames) if self.keep else None)
+                  if self.anchors else None)
         xy, visible = self.smoother.update(t, raw_xy, confidence, frame.image, anchor)
         t1 = time.perf_counter()
         stages["smoothing"].add(t1 - t0, 1)
@@ -301,9 +302,13 @@ class _TrackWriter:
         if self.flow_displacement:
             flow = FlowTrack(np.array(self.flow_displacement).reshape(-1, k, 2),
                              np.array(self.flow_error).reshape(-1, k))
-        if self.anchor_rows:
-            anchors = Anchors(np.array([r for r, _ in self.anchor_rows]),
-                              np.array([xy for _, xy in self.anchor_rows]).reshape(-1, k, 2))
+        anchor_rows = self.anchor_rows + (self.anchors.found_by_content() if self.anchors else [])  # found by pixels
+        if self.anchors is not None and self.anchors.report:
+            self.summary.settings["anchors"] = self.anchors.summary()
+            self.summary.settings["anchor_frames"] = sorted({self.frames[r] for r, _ in anchor_rows})
+        if anchor_rows:
+            anchors = Anchors(np.array([r for r, _ in anchor_rows]),
+                              np.array([xy for _, xy in anchor_rows]).reshape(-1, k, 2))
         return fuse_keypoints(np.array(self.raw).reshape(-1, k, 2), np.array(self.conf).reshape(-1, k),
                               np.array(self.filter_times), flow, anchors, self.smoother.params, smooth=True)
 
@@ -652,8 +657,8 @@ def track_video(
                                          engine.skeleton, **video_style)
         if previous is not None:  # the CSV without a frame a killed writer left half-written
             write_tracks_csv(previous, paths["csv"])
-        anchors = {} if flow == "off" else anchors_for_source(getattr(engine, "info", {}), str(source_spec),
-                                                             len(engine.names))
+        anchors = None if flow == "off" else AnchorFinder(getattr(engine, "info", {}), str(source_spec),
+                                                          len(engine.names))
         writer = _TrackWriter(engine, paths["csv"], video, params, summary, keep=not is_live, previous=previous,
                               flow=None if flow == "off" else FlowParams(), anchors=anchors,
                               clock_origin=source.started_at if is_live else None)
