@@ -571,7 +571,14 @@ def run_eval(args) -> int:
     if not args.raw and np.isfinite(tracks.raw_xy).any() and not np.array_equal(tracks.raw_xy, tracks.xy,
                                                                                    equal_nan=True):
         detection_only = evaluate(tracks, truth, use="raw", **options)
-    sys.stdout.write(format_report(result, detection_only, note))
+    report = format_report(result, detection_only, note)
+    if not args.include_support and note and not result.support_frames_excluded:
+        report = report.replace("\n", f"\nno support frame of the engine lies in this video ({note}): a new session, "
+                                "the engine and the flow alone\n", 1)
+    elif result.support_frames_excluded:
+        report = report.replace("\n", "\nthe tracks are anchored at the support frames in this video: fused PCK is "
+                                "an anchored number; detection-only PCK measures the engine\n", 1)
+    sys.stdout.write(report)
     return 0
 
 
