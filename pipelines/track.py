@@ -784,6 +784,10 @@ def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: di
         t0 = time.perf_counter()
         xy, visible = writer.smoothed()
         tracks = dataclasses.replace(tracks, xy=xy, visible=visible)
+        from ppmtrack.pipelines.self_check import self_check
+
+        tracks, summary.detector = self_check(tracks, writer.flow_displacement, writer.flow_error,
+                                              writer.smoother.params, fps)
         t1 = time.perf_counter()
         write_tracks_csv(tracks, paths["csv"])
         summary.csv_positions = "rts"
