@@ -670,8 +670,31 @@ def run_label(args) -> int:
     names, skeleton, flip_pairs = _keypoint_options(args)
     prepare_output_dir(Path(args.output).parent)
     session = LabelSession([Path(v) for v in args.videos], Path(args.output), names, skeleton, flip_pairs)
+    if args.frames_from:
+        session.suggested = _outlier_frames_of(args.frames_from, session.videos)
     serve(session, host=args.host, port=args.port)
     return 0
+
+
+def _outlier_frames_of(summary_path: str, videos) -> dict[int, list[int]]:
+    """``label --frames-from``: video id → the outlier frames a run's summary lists (its ``detector``)."""
+    import json
+
+    try:
+        doc = json.loads(Path(summary_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{summary_path}: cannot read the run's summary ({exc})") from None
+    frames = [int(f["frame"]) for f in ((doc.get("detector") or {}).get("outlier_frames") or [])]
+    if not frames:
+        raise UsageError(f"{summary_path}: lists no outlier frames (a run of this version with optical flow on a "
+                         "file lists them in 'detector')")
+    source = Path(str((doc.get("input") or {}).get("path") or (doc.get("input") or {}).get("source") or ""))
+    matching = [i for i, v in enumerate(videos) if Path(v.path).stem == source.stem]
+    if not matching:
+        raise UsageError(f"{summary_path} is the run of {source.name}, not of any video named here "
+                         f"({', '.join(Path(v.path).name for v in videos)})")
+    print(f"{len(frames)} outlier frames of {source.name} to label first: {', '.join(map(str, sorted(frames)))}")
+    return {matching[0]: sorted(frames)}
 
 
 def run_review(args) -> int:
@@ -729,6 +752,9 @@ def _add_browser_and_plot_commands(commands, debug) -> None:
     label.add_argument("--from", dest="keypoints_from", metavar="FILE",
                        help="take keypoint names and skeleton from an annotation, DeepLabCut/SLEAP/COCO labels "
                             "or a DeepLabCut config.yaml")
+    label.add_argument("--frames-from", dest="frames_from", metavar="SUMMARY",
+                       help="propose the outlier frames a tracking run found (results/STEM.summary.json, "
+                            "'detector'): where detection and motion disagree most — label them, adapt, track again")
     label.set_defaults(run=run_label)
 
     review = commands.add_parser(

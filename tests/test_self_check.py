@@ -80,6 +80,11 @@ def test_a_broken_engine_is_flagged_in_the_summary_and_a_good_one_is_not(tmp_pat
     doc = json.loads((tmp_path / "sample.summary.json").read_text())
     detector = doc["detector"]
     assert len(detector["outlier_frames"]) == 10
+    from ppmtrack.pipelines.cli import _outlier_frames_of  # label --frames-from: label the worst frames next
+
+    videos = [SimpleNamespace(path=Path("videos/other.mp4")), SimpleNamespace(path=Path("videos/sample.mp4"))]
+    assert _outlier_frames_of(str(tmp_path / "sample.summary.json"), videos) == {
+        1: sorted(f["frame"] for f in detector["outlier_frames"])}
     tracks = read_tracks_csv(tmp_path / "sample.csv")
     if broken:
         assert set(detector["flagged"]) == set(truth.names)
