@@ -279,7 +279,7 @@ def main(argv=None) -> int:
             continue
         all_frames, fps = read_video(clip.video)
         frames = all_frames[:args.frames] if args.frames else all_frames
-        for n in sizes + ([4] if name in ("sample", "session2") else []):
+        for n in dict.fromkeys(sizes + ([4] if name in ("sample", "session2") else [])):
             if n not in clip.support_sets:
                 continue
             suffix = _views_suffix(args.crop_views, args.validate)
@@ -371,12 +371,38 @@ def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, r
         rows["+crops+flow"] = fuse_keypoints(crop_xy, crop_conf, t, crop_flow, anchors=anchors, params=auto,
                                              smooth=True)[0]
         result.update(crop_stats=stats, crop_inference_ms_per_frame=round(ms, 1))
+    result["self_check"] = {"engine": self_check_of(clip, raw_xy, conf, t, frames, anchors, auto, params,
+                                                    rows["+flow"]),
+                            "random detections": self_check_of(clip, random_detections(raw_xy, frames.shape[1:3]),
+                                                               conf, t, frames, anchors, auto, params,
+                                                               rows["(c) random detections"])}
     if clip.support_from:
         result["new_session"] = f"engine adapted on {clip.support_from}; no support frame in this video"
     for variant, pos in rows.items():
         result[variant] = {a: round(pck(clip, pos, query, a), 3) for a in (0.1, 0.2)}
     result["verdict"] = verdict(result)
     return result
+
+
+def self_check_of(clip: Clip, raw_xy, conf, t, frames, anchors, params, flow_params, track) -> dict:
+    """The run's detector self-check (`tracker.selfcheck`, as `ppmtrack track` runs it) on these detections:
+    mean agreement and chance over the keypoints, and the keypoints flagged."""
+    from ppmtrack.pipelines.self_check import MIN_RADIUS_PX
+    from ppmtrack.tracker.fusion import measure_flow
+    from ppmtrack.tracker.selfcheck import check_detector
+
+    flow = measure_flow(frames, raw_xy, conf, t, anchors, params=params, flow_params=flow_params)
+    k = len(clip.names)
+    radius = np.maximum(np.broadcast_to(np.asarray(params.measurement_noise_px, float), (k,)), MIN_RADIUS_PX)
+    ok = np.isfinite(flow.fb_error) & (flow.fb_error <= params.max_flow_error_px)
+    checks = check_detector(clip.names, np.arange(len(frames)), raw_xy, flow.displacement, ok, track, radius,
+                            window=max(30, len(frames) // 4))
+    agreement = [c.agreement for c in checks if c.agreement is not None]
+    chance = [c.chance for c in checks if c.chance is not None]
+    return {"agreement": round(float(np.mean(agreement)), 3) if agreement else None,
+            "chance": round(float(np.mean(chance)), 3) if chance else None,
+            "flagged": sum(c.verdict == "no better than chance" or bool(c.bad_stretches) for c in checks),
+            "keypoints": k}
 
 
 def random_detections(raw_xy: np.ndarray, shape: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -419,6 +445,15 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         cells = " | ".join(f"{r[v][0.1]:.2f} / {r[v][0.2]:.2f}" if v in r else "–" for v in variants)
         lines.append(f"| {r['clip']} | {r['support']} | {r['query_frames']} | {cells} |")
+    checked = [r for r in rows if "self_check" in r]
+    if checked:
+        lines += ["", "Detector self-check (agreement of detections with the flow vs chance; keypoints flagged):", "",
+                  "| clip | support | engine: agreement / chance, flagged | random detections: agreement / chance, "
+                  "flagged |", "|---|---|---|---|"]
+        for r in checked:
+            cells = [f"{c['agreement']} / {c['chance']}, {c['flagged']} of {c['keypoints']}"
+                     for c in (r["self_check"]["engine"], r["self_check"]["random detections"])]
+            lines.append(f"| {r['clip']} | {r['support']} | {cells[0]} | {cells[1]} |")
     flagged = [f"{r['clip']} support {r['support']}" for r in rows
                if r.get("verdict") == "the detector adds nothing here"]
     if flagged:

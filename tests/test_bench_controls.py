@@ -46,3 +46,6 @@ def test_random_detections_score_below_a_good_detector_and_a_broken_one_is_calle
     flagged = bench.score_variants(clip, frames, fps, 1, broken, conf)
     assert flagged["verdict"] == "the detector adds nothing here", flagged
     assert "the detector adds nothing here" in bench.format_table([result, flagged])
+    # the self-check, as every run makes it: the good detector agrees with the motion, random detections do not
+    assert result["self_check"]["engine"]["flagged"] == 0
+    assert result["self_check"]["random detections"]["flagged"] == len(clip.names)
