@@ -112,8 +112,13 @@ def format_engine_info(description: dict) -> str:
     lines.append(format_validation(info.get("validation", {}), meta["keypoints"]))
     records = info.get("support_frames", [])
     if records:
-        lines.append(f"support frames in videos ({len(records)}): "
-                     + ", ".join(f"{r['video']}#{r['frame']}" for r in records))
+        placed = [r for r in records if r.get("video") is not None and r.get("frame") is not None]
+        if placed:
+            lines.append(f"support frames in videos ({len(placed)}): "
+                         + ", ".join(f"{r['video']}#{r['frame']}" for r in placed))
+        if len(placed) < len(records):
+            lines.append(f"support frames found by content when tracked ({len(records) - len(placed)}): "
+                         + ", ".join(str(r.get("label", "?")) for r in records if r not in placed))
     if "crop" in info:
         lines.append("crop policy: " + json.dumps(info["crop"], sort_keys=True))
     if "support_key" in info:
