@@ -305,7 +305,8 @@ class _TrackWriter:
         anchor_rows = self.anchor_rows + (self.anchors.found_by_content() if self.anchors else [])  # found by pixels
         if self.anchors is not None and self.anchors.report:
             self.summary.settings["anchors"] = self.anchors.summary()
-            self.summary.settings["anchor_frames"] = sorted({self.frames[r] for r, _ in anchor_rows})
+            if anchor_rows:
+                self.summary.settings["anchor_frames"] = sorted({self.frames[r] for r, _ in anchor_rows})
         if anchor_rows:
             anchors = Anchors(np.array([r for r, _ in anchor_rows]),
                               np.array([xy for _, xy in anchor_rows]).reshape(-1, k, 2))
