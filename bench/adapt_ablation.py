@@ -58,7 +58,7 @@ def main() -> None:
           f"{'PCK@0.1':>9}{'PCK@0.2':>9}")
     for name in args.only or VARIANTS:
         t0 = time.perf_counter()
-        engine = Engine.adapt(support, args.model, AdaptConfig(**VARIANTS[name]))
+        engine = Engine.adapt(support, args.model, AdaptConfig(**VARIANTS[name]), validation="off")
         seconds = time.perf_counter() - t0
         first, last = engine.info["adaptation"]["keypoint_loss"]
         sup, _, _ = score(engine, np.stack(support.images), support.keypoints)

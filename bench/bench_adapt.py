@@ -97,7 +97,7 @@ def main(argv=None) -> None:
         marks[f"{phase} last"] = now
 
     reset_peak(model.device)
-    engine = Engine.adapt(support, model, cfg, progress=progress)
+    engine = Engine.adapt(support, model, cfg, progress=progress, validation="off")
     sync(model.device)
     total = time.perf_counter() - t_start
     fg0 = marks.get("foreground first", t_start)

@@ -15,10 +15,22 @@ engine is adapted on the support frames (cached), the engine's detections on eve
 - ``pure LK``: Lucas-Kanade flow chained from the first support frame (forward and backward), no detections,
   no filter, with the tracker's flow settings (and with the 21-px window used before).
 
+Controls — what would expose a broken detector; the same cached detections, frames and anchors as ``+flow``:
+
+- ``(a) flow+anchors, no detections``: the same filter with every detection left out (confidence 0);
+- ``(b) LK restarted at each support frame``: pure LK from every support frame in the video, each frame taking
+  the track of the nearest one in time (the anchors the system gets, not only the first);
+- ``(c) random detections``: uniformly random positions in the frame with the real detections' confidences, so
+  the filter weighs them exactly as it weighs the real ones (``--detection-noise auto``);
+- ``(d) new session``: the clip ``session2`` (samples/session2.mp4, a new recording of the sample's animal)
+  tracked with the engine adapted on the sample's support frames: no support frame in the video, no anchor.
+
+A ``+flow`` row whose PCK@0.1 does not beat both (a) and (c) is marked "the detector adds nothing here".
+
 Scoring: BADJA clips use the BADJA protocol (correct when the error is at most α·√(silhouette area)); the sample
 and the DLC clip use ppmtrack's own (α·max(w, h) of the frame's labelled keypoints, ``pipelines.evaluate``).
 
-    python bench/tracking_quality.py [--clips sample,camel,cows,reaching] [--support 1,3] [--cache DIR]
+    python bench/tracking_quality.py [--clips sample,session2,camel,cows,reaching] [--support 1,3] [--cache DIR]
                                      [--validate] [--crops] [--crop-views N] [--frames N]
 
 Needs ../shared/data (skipped clip by clip when absent). CPU: adapting one engine takes ~1 min, detecting
@@ -54,6 +66,7 @@ class Clip:
     scale: np.ndarray  # (F,) the length α multiplies: √(silhouette area) or max(w, h)
     support_sets: dict[int, list[int]]  # support size → frame indices
     skeleton: list
+    support_from: str | None = None  # a new session: the engine is adapted on this clip's support frames
 
 
 def _sample() -> Clip:
@@ -92,7 +105,19 @@ def _reaching() -> Clip | None:
                 _bbox_sizes(xy, MIN_BBOX_SIZE_PX), {1: frames[:1].tolist(), 3: frames[:3].tolist()}, [])
 
 
-CLIPS = {"sample": _sample, "camel": lambda: _badja("badja_camel", "camel"),
+def _session2() -> Clip:
+    """The sample's new session: its engine comes from the sample's support frames, none lies in this video."""
+    from ppmtrack.pipelines.evaluate import MIN_BBOX_SIZE_PX, _bbox_sizes
+    from ppmtrack.pipelines.io.annotation import read_annotation
+
+    truth = read_annotation(ROOT / "samples" / "session2_truth.json")
+    frames = np.array([r.frame for r in truth.frames])
+    return Clip("session2", ROOT / "samples" / "session2.mp4", truth.names, frames, truth.keypoints,
+                _bbox_sizes(truth.keypoints, MIN_BBOX_SIZE_PX), {1: [], 3: [], 4: []}, truth.skeleton,
+                support_from="sample")
+
+
+CLIPS = {"sample": _sample, "session2": _session2, "camel": lambda: _badja("badja_camel", "camel"),
          "cows": lambda: _badja("badja_cows", "cows"), "reaching": _reaching}
 
 
@@ -148,7 +173,11 @@ def detections_for(clip: Clip, frames: np.ndarray, n_support: int, cache: Path, 
     if path.is_file():
         d = np.load(path)
         return d["xy"][:len(frames)], d["confidence"][:len(frames)]
-    engine = engine_for(clip, frames, n_support, cache, quick, crop_views, validate)
+    if clip.support_from:  # a new session: the engine of the other recording
+        source = CLIPS[clip.support_from]()
+        engine = engine_for(source, read_video(source.video)[0], n_support, cache, quick, crop_views, validate)
+    else:
+        engine = engine_for(clip, frames, n_support, cache, quick, crop_views, validate)
     xy, conf = [], []
     t0 = time.perf_counter()
     for i in range(0, len(frames), batch):
@@ -216,7 +245,7 @@ def pck(clip: Clip, xy: np.ndarray, query: np.ndarray, alpha: float) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", default="sample,camel,cows,reaching")
+    parser.add_argument("--clips", default="sample,session2,camel,cows,reaching")
     parser.add_argument("--support", default="1,3", help="support sizes (the sample also gets 4 = support.json)")
     parser.add_argument("--cache", default="/tmp/ppmtrack-bench-quality", help="engines and detections")
     parser.add_argument("--detect-only", action="store_true", help="only fill the cache")
@@ -250,13 +279,13 @@ def main(argv=None) -> int:
             continue
         all_frames, fps = read_video(clip.video)
         frames = all_frames[:args.frames] if args.frames else all_frames
-        for n in sizes + ([4] if name == "sample" else []):
+        for n in dict.fromkeys(sizes + ([4] if name in ("sample", "session2") else [])):
             if n not in clip.support_sets:
                 continue
             suffix = _views_suffix(args.crop_views, args.validate)
             if args.cached_only and not (cache / f"{clip.name}_s{n}{suffix}.detections.npz").is_file():
                 continue
-            if args.frames:  # adapt on the support frames even where they lie beyond the span (cached engine)
+            if args.frames and not clip.support_from:  # adapt on all support frames, even beyond the span
                 engine_for(clip, all_frames, n, cache, args.quick, args.crop_views, args.validate)
             raw_xy, conf = detections_for(clip, frames, n, cache, quick=args.quick, crop_views=args.crop_views,
                                           validate=args.validate)
@@ -264,7 +293,7 @@ def main(argv=None) -> int:
                                           validate=args.validate) if args.crops else None
             if args.detect_only:
                 continue
-            info = engine_info(cache / f"{clip.name}_s{n}{suffix}.engine")
+            info = engine_info(cache / f"{clip.support_from or clip.name}_s{n}{suffix}.engine")
             rows.append(score_variants(clip, frames, fps, n, raw_xy, conf, cropped, args.detection_noise or (),
                                        info))
             print(format_row(rows[-1]), flush=True)
@@ -288,32 +317,45 @@ def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, r
     from ppmtrack.tracker.fusion import Anchors, fuse_keypoints
     from ppmtrack.tracker.kalman import measure_flow
 
-    support_frames = clip.support_sets[n_support]
+    support_frames = [f for f in clip.support_sets[n_support] if f < len(frames)]
     query = np.flatnonzero(~np.isin(clip.label_frames, support_frames) & (clip.label_frames < len(frames)))
     t = np.arange(len(frames)) / fps
     rows = {}
     xy, _ = smooth_keypoints(raw_xy, conf, t)
     rows["detection"] = xy
     sup_rows = [int(np.flatnonzero(clip.label_frames == f)[0]) for f in support_frames]
-    anchors = Anchors(frame=np.array(support_frames), xy=clip.label_xy[sup_rows])
+    anchors = Anchors(frame=np.array(support_frames), xy=clip.label_xy[sup_rows]) if support_frames else None
     params = FlowParams()
     # what `ppmtrack track` does: the engine's held-out errors as detection noise (--detection-noise auto)
     auto, _ = resolve_detection_noise(info or {}, clip.names, SmoothingParams(), "auto", frames.shape[1:3])
+
+    def system(detections, confidence, smooth=True, with_anchors=anchors):
+        flow = measure_flow(frames, detections, confidence, t, with_anchors, params=auto, flow_params=params)
+        return fuse_keypoints(detections, confidence, t, flow, anchors=with_anchors, params=auto, smooth=smooth)[0]
+
     t0 = time.perf_counter()
     flow = measure_flow(frames, raw_xy, conf, t, anchors, params=auto, flow_params=params)
     flow_ms = 1000 * (time.perf_counter() - t0) / len(frames)
     rows["+flow"] = fuse_keypoints(raw_xy, conf, t, flow, anchors=anchors, params=auto, smooth=True)[0]
     rows["+flow, causal"] = fuse_keypoints(raw_xy, conf, t, flow, anchors=anchors, params=auto, smooth=False)[0]
-    unanchored = measure_flow(frames, raw_xy, conf, t, None, params=auto, flow_params=params)
-    rows["+flow, no anchor"] = fuse_keypoints(raw_xy, conf, t, unanchored, params=auto, smooth=True)[0]
+    if anchors is not None:
+        rows["+flow, no anchor"] = system(raw_xy, conf, with_anchors=None)
     for noise in detection_noise:
         fixed = SmoothingParams(measurement_noise_px=noise)
         fixed_flow = measure_flow(frames, raw_xy, conf, t, anchors, params=fixed, flow_params=params)
         rows[f"+flow, noise {noise:g} px"] = fuse_keypoints(raw_xy, conf, t, fixed_flow, anchors=anchors,
                                                             params=fixed, smooth=True)[0]
-    rows["pure LK"] = track_points_flow(frames, support_frames[0], clip.label_xy[sup_rows[0]], params)
-    wide = FlowParams(window_px=21)  # the window before it was chosen on these clips
-    rows["pure LK, 21 px window"] = track_points_flow(frames, support_frames[0], clip.label_xy[sup_rows[0]], wide)
+    # controls on the same frames and anchors
+    if anchors is not None:
+        rows["(a) flow+anchors, no detections"] = system(np.full_like(raw_xy, np.nan), np.zeros_like(conf))
+        rows["(b) LK restarted at each support frame"] = lk_from_every_support_frame(frames, support_frames,
+                                                                                      clip.label_xy[sup_rows], params)
+    rows["(c) random detections"] = system(random_detections(raw_xy, frames.shape[1:3]), conf)
+    if anchors is not None:
+        rows["pure LK"] = track_points_flow(frames, support_frames[0], clip.label_xy[sup_rows[0]], params)
+        wide = FlowParams(window_px=21)  # the window before it was chosen on these clips
+        rows["pure LK, 21 px window"] = track_points_flow(frames, support_frames[0], clip.label_xy[sup_rows[0]],
+                                                          wide)
     result = {"clip": clip.name, "support": n_support, "query_frames": int(len(query)),
               "flow_ms_per_frame": round(flow_ms, 1)}
     validation = (info or {}).get("validation") or {}
@@ -330,14 +372,70 @@ def score_variants(clip: Clip, frames: np.ndarray, fps: float, n_support: int, r
         rows["+crops+flow"] = fuse_keypoints(crop_xy, crop_conf, t, crop_flow, anchors=anchors, params=auto,
                                              smooth=True)[0]
         result.update(crop_stats=stats, crop_inference_ms_per_frame=round(ms, 1))
+    result["self_check"] = {"engine": self_check_of(clip, raw_xy, conf, t, frames, anchors, auto, params,
+                                                    rows["+flow"]),
+                            "random detections": self_check_of(clip, random_detections(raw_xy, frames.shape[1:3]),
+                                                               conf, t, frames, anchors, auto, params,
+                                                               rows["(c) random detections"])}
+    if clip.support_from:
+        result["new_session"] = f"engine adapted on {clip.support_from}; no support frame in this video"
     for variant, pos in rows.items():
         result[variant] = {a: round(pck(clip, pos, query, a), 3) for a in (0.1, 0.2)}
+    result["verdict"] = verdict(result)
     return result
+
+
+def self_check_of(clip: Clip, raw_xy, conf, t, frames, anchors, params, flow_params, track) -> dict:
+    """The run's detector self-check (`tracker.selfcheck`, as `ppmtrack track` runs it) on these detections:
+    mean agreement and chance over the keypoints, and the keypoints flagged."""
+    from ppmtrack.pipelines.self_check import MIN_RADIUS_PX
+    from ppmtrack.tracker.kalman import measure_flow
+    from ppmtrack.tracker.selfcheck import check_detector
+
+    flow = measure_flow(frames, raw_xy, conf, t, anchors, params=params, flow_params=flow_params)
+    k = len(clip.names)
+    radius = np.maximum(np.broadcast_to(np.asarray(params.measurement_noise_px, float), (k,)), MIN_RADIUS_PX)
+    ok = np.isfinite(flow.fb_error) & (flow.fb_error <= params.max_flow_error_px)
+    checks = check_detector(clip.names, np.arange(len(frames)), raw_xy, flow.displacement, ok, track, radius,
+                            window=max(30, len(frames) // 4))
+    agreement = [c.agreement for c in checks if c.agreement is not None]
+    chance = [c.chance for c in checks if c.chance is not None]
+    return {"agreement": round(float(np.mean(agreement)), 3) if agreement else None,
+            "chance": round(float(np.mean(chance)), 3) if chance else None,
+            "flagged": sum(c.verdict == "no better than chance" or bool(c.bad_stretches) for c in checks),
+            "keypoints": k}
+
+
+def random_detections(raw_xy: np.ndarray, shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Control (c): uniformly random positions in the frame where the engine detected something (NaN stays NaN)."""
+    h, w = shape
+    rng = np.random.default_rng(seed)
+    out = np.stack([rng.uniform(0, w - 1, raw_xy.shape[:2]), rng.uniform(0, h - 1, raw_xy.shape[:2])], axis=-1)
+    return np.where(np.isfinite(raw_xy), out, np.nan)
+
+
+def lk_from_every_support_frame(frames, support_frames: list[int], support_xy: np.ndarray, params) -> np.ndarray:
+    """Control (b): pure LK chained from every support frame; each frame takes the track of the nearest one."""
+    from ppmtrack.tracker.flow import track_points_flow
+
+    tracks = [track_points_flow(frames, f, xy, params) for f, xy in zip(support_frames, support_xy, strict=True)]
+    nearest = np.argmin(np.abs(np.arange(len(frames))[:, None] - np.array(support_frames)[None]), axis=1)
+    return np.stack([tracks[j][i] for i, j in enumerate(nearest)])
+
+
+def verdict(result: dict) -> str:
+    """"the detector adds nothing here" when +flow does not beat controls (a) and (c) at PCK@0.1."""
+    controls = [result[k][0.1] for k in ("(a) flow+anchors, no detections", "(c) random detections") if k in result]
+    if controls and result["+flow"][0.1] <= max(controls):
+        return "the detector adds nothing here"
+    return "the detector adds to the controls" if controls else ""
 
 
 def format_row(r: dict) -> str:
     parts = [f"{k} {v[0.1]:.3f}/{v[0.2]:.3f}" for k, v in r.items() if isinstance(v, dict) and 0.1 in v]
-    return f"{r['clip']} support {r['support']} ({r['query_frames']} query frames): " + ", ".join(parts)
+    what = " (new session)" if r.get("new_session") else ""
+    return (f"{r['clip']}{what} support {r['support']} ({r['query_frames']} query frames): " + ", ".join(parts)
+            + (f" — {r['verdict']}" if r.get("verdict") else ""))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -348,6 +446,20 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         cells = " | ".join(f"{r[v][0.1]:.2f} / {r[v][0.2]:.2f}" if v in r else "–" for v in variants)
         lines.append(f"| {r['clip']} | {r['support']} | {r['query_frames']} | {cells} |")
+    checked = [r for r in rows if "self_check" in r]
+    if checked:
+        lines += ["", "Detector self-check (agreement of detections with the flow vs chance; keypoints flagged):", "",
+                  "| clip | support | engine: agreement / chance, flagged | random detections: agreement / chance, "
+                  "flagged |", "|---|---|---|---|"]
+        for r in checked:
+            cells = [f"{c['agreement']} / {c['chance']}, {c['flagged']} of {c['keypoints']}"
+                     for c in (r["self_check"]["engine"], r["self_check"]["random detections"])]
+            lines.append(f"| {r['clip']} | {r['support']} | {cells[0]} | {cells[1]} |")
+    flagged = [f"{r['clip']} support {r['support']}" for r in rows
+               if r.get("verdict") == "the detector adds nothing here"]
+    if flagged:
+        lines += ["", "the detector adds nothing here (+flow does not beat controls (a) and (c) at PCK@0.1): "
+                  + ", ".join(flagged)]
     validated = [r for r in rows if "validation" in r]
     if validated:
         lines += ["", "Does the validation predict the result? Held-out numbers `adapt` printed beside the detections"

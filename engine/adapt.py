@@ -20,6 +20,31 @@ from ppmtrack.engine.infer import MapExtractor
 from ppmtrack.engine.support import SupportSet
 
 LOSSES = ("ce", "mse")
+
+SD_MIN_CHANNELS = 256  # a UNet whose widest block has at least this many channels is SD-sized (SD 1.5: 1280)
+# The keypoint learning rate when validation does not choose one, per model family (`model_family`). SD-sized: the
+# PPM paper's 5e-4 (Adam on the prompt embeddings; the paper trains 20 steps per support frame with the MSE loss,
+# a candidate of the validation grid, engine.validate). tiny (untrained, random weights, maps far from calibrated):
+# 0.1, measured on the bundled sample (docs/method.md) — 200x too large for Stable Diffusion's embeddings.
+DEFAULT_LR = {"tiny": 0.1, "sd": 5e-4}
+DEFAULT_LR_WHY = {
+    "tiny": "the tiny model's default (measured on the bundled sample, docs/method.md)",
+    "sd": "the PPM paper's rate for Stable Diffusion (a Stable-Diffusion-sized model)",
+}
+
+
+def model_family(model) -> str:
+    """``sd`` for a Stable-Diffusion-sized UNet (widest block ≥ `SD_MIN_CHANNELS` channels), else ``tiny``.
+
+    Classified by the UNet's config, not its name, so a local copy or fine-tune of SD 1.5 counts as ``sd``.
+    """
+    channels = max(int(c) for c in model.unet.config.block_out_channels)
+    return "sd" if channels >= SD_MIN_CHANNELS else "tiny"
+
+
+def default_lr(model) -> float:
+    """The keypoint learning rate an adaptation without validation uses on ``model`` (`DEFAULT_LR`)."""
+    return DEFAULT_LR[model_family(model)]
 from ppmtrack.engine.attention import TOKENS  # noqa: E402 (defined once, with the capture)
 
 # A loss above this multiple of the first step's loss means the optimisation diverged (docs/method.md): a working
@@ -65,7 +90,8 @@ class AdaptConfig:
         Stop the foreground prompt when the mean loss of the last `PLATEAU_WINDOW` steps has not fallen by 1 %
         below its best for this many steps (`loss_plateaued`); 0 = always run `fg_steps` steps.
     steps, lr : int, float
-        Adam steps and learning rate for the keypoint prompts.
+        Adam steps and learning rate for the keypoint prompts. ``lr=None`` (the default): chosen by validation
+        when it runs, else the model family's rate (`DEFAULT_LR`: 5e-4 for Stable Diffusion, 0.1 for tiny).
     loss : str
         ``ce``: spatial-softmax cross-entropy to the keypoint plus the sigmoid-map MSE (keeps confidences
         calibrated); ``mse``: the paper's sigmoid-map MSE to a Gaussian heatmap.
@@ -94,7 +120,7 @@ class AdaptConfig:
     fg_patience: int = 10
     fg_lr: float = 1e-2
     steps: int = 150
-    lr: float = 1e-1
+    lr: float | None = None
     loss: str = "ce"
     mse_weight: float = 1.0
     batch_size: int = 4
@@ -111,6 +137,8 @@ class AdaptConfig:
             raise AdaptConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         for name, option in (("lr", "--lr"), ("fg_lr", "--fg-lr")):
             value = getattr(self, name)
+            if value is None and name == "lr":
+                continue  # the model family's default, filled in by Engine.adapt
             try:
                 valid = math.isfinite(float(value)) and float(value) > 0
             except (TypeError, ValueError):
@@ -338,9 +366,11 @@ class _Optimiser:
 
     def _diverged(self, what: str) -> AdaptationDiverged:
         suggestion = min(self.default, self.lr / 10)
+        family = (f" (this model family's default is {self.default:g})" if self.option == "--lr"
+                  and suggestion != self.default else "")
         return AdaptationDiverged(
             f"adaptation diverged: {what}; the {self.stage} prompt learning rate {self.lr:g} is too high, try "
-            f"{self.option} {suggestion:g} or lower (nothing was saved)")
+            f"{self.option} {suggestion:g} or lower{family} (nothing was saved)")
 
     def step(self, loss: torch.Tensor) -> bool:
         """One Adam step on `loss`; False when it was skipped (non-finite gradients)."""
@@ -437,7 +467,9 @@ def train_keypoint_prompts(extractor: MapExtractor, views: SupportViews, pf: tor
     start = pf.reshape(1, -1).repeat(n_keypoints, 1) if init is None else init.reshape(n_keypoints, -1)
     prompts = torch.nn.Parameter(start.float().to(device).clone())
     rest = pf.reshape(1, -1).expand(TOKENS - n_keypoints, -1).to(device)
-    opt = _Optimiser([prompts], cfg.lr, extractor.model.dtype, "keypoint", "--lr", AdaptConfig.lr, cfg.steps)
+    family_lr = default_lr(extractor.model)
+    opt = _Optimiser([prompts], family_lr if cfg.lr is None else cfg.lr, extractor.model.dtype, "keypoint", "--lr",
+                     family_lr, cfg.steps)
     history = []
     stride = None
     for step in range(cfg.steps):

@@ -122,7 +122,7 @@ class Engine:
     def adapt(cls, support: SupportSet, model: str | DiffusionModel = DEFAULT_MODEL,
               config: AdaptConfig | None = None,
               device: str | None = None, dtype: str | None = None, progress: Progress | None = None,
-              foreground: str | Path | torch.Tensor | None = None, validation=None, init: str = "foreground",
+              foreground: str | Path | torch.Tensor | None = None, validation="auto", init: str = "foreground",
               species: str | None = None) -> Engine:
         """Adapt keypoint prompts to a support set (FARA → foreground prompt → keypoint prompts).
 
@@ -130,13 +130,21 @@ class Engine:
         `engine.foreground.save_foreground`, or the tensor); default: fit P_f on the support frames (base-free).
         `config` is not changed: the engine keeps a copy with the resolution filled in. Raises
         `engine.adapt.AdaptationDiverged` when the loss explodes (learning rate too high).
-        `validation`: an `engine.validate.ValidationConfig` to estimate held-out accuracy and choose the keypoint
-        learning rate and step count before the final training (``info["validation"]``); default: none.
+        `validation`: an `engine.validate.ValidationConfig` (or ``"auto"``, the default, as ``ppmtrack adapt``
+        does; ``"off"`` or None: no validation) to estimate held-out accuracy and choose the keypoint
+        learning rate and step count before the final training (``info["validation"]``). A rate that neither
+        `config` nor validation sets is the model family's (`engine.adapt.DEFAULT_LR`: 5e-4 for Stable
+        Diffusion, 0.1 for tiny); ``info["defaults"]`` says which applied and why.
         `init`: where the keypoint prompts start (`engine.text_prompts`): "foreground" (P_f, the PPM paper's
         start), "names" ("the {keypoint} of a {species}" through the model's CLIP text encoder), or "auto" (with
         validation: both are validated and the lower held-out error wins; without: foreground). The choice and
         why are stored in ``info["prompt_init"]``.
         """
+        from ppmtrack.engine.adapt import DEFAULT_LR, DEFAULT_LR_WHY, model_family
+        from ppmtrack.engine.validate import ValidationConfig
+
+        if validation is None or isinstance(validation, str):
+            validation = ValidationConfig(mode=validation or "off")
         from ppmtrack.engine.text_prompts import check_init
 
         init_mode = check_init(init)  # (`init` below is P_f's random start)
@@ -194,6 +202,15 @@ class Engine:
                 init_record["why"] = "validation skipped: the foreground start (PPM's)"
             if "chosen" in validated:
                 cfg = replace(cfg, **validated["chosen"])
+        family = model_family(dm)
+        if cfg.lr is not None:
+            defaults = {"family": family, "lr": cfg.lr, "lr_from": "validation" if validated and "chosen" in
+                        validated else "given"}
+        else:
+            why = ("validation was off" if validated is None else f"validation was skipped: {validated['skipped']}")
+            cfg = replace(cfg, lr=DEFAULT_LR[family])
+            defaults = {"family": family, "lr": cfg.lr, "lr_from": "family default",
+                        "why": f"{why}; {DEFAULT_LR_WHY[family]}"}
         prompts, kp_hist, kp_skipped = train_keypoint_prompts(extractor, views, pf, len(support.names), cfg, rng,
                                                               progress, init=start)
         seconds = time.perf_counter() - t0
@@ -224,6 +241,7 @@ class Engine:
         if validated is not None:
             info["validation"] = validated
         info["prompt_init"] = init_record
+        info["defaults"] = defaults
         info["crop"] = cfg.crop.to_dict()  # the crops it was adapted on; tracking crops with its margin and zoom
         eng = cls(dm, support.names, prompts, pf, cfg, support.skeleton, support.flip_pairs, info=info)
         return eng

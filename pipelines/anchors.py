@@ -1,5 +1,8 @@
 """Support frames as anchors: labelled frames that lie in the video being tracked pin the tracks there.
 
+(Which video frame a support frame is — from its labels, its file name or its pixels — is
+:mod:`pipelines.anchor_discovery`; this module holds the records and the thumbnail check.)
+
 ``ppmtrack adapt`` records, in the engine file's info, where each support frame came from (video file name and
 frame index), its labelled keypoints and a 16×16 grey thumbnail. When ``ppmtrack track`` runs on a video of
 that name, those frames' labels enter the keypoint filter as near-exact positions (anchors,
@@ -15,8 +18,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ppmtrack.pipelines.labels import Labels
-
 logger = logging.getLogger("ppmtrack")
 
 THUMBNAIL_SIDE = 16
@@ -29,26 +30,6 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     return cv2.resize(grey, (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA)
 
 
-def support_frame_records(labels: Labels, images: list[np.ndarray]) -> list[dict]:
-    """The engine-info records of the support frames that are video frames (others have no place in a video).
-
-    Each record: ``{"video": file name, "frame": index, "points": [[x, y] or None per keypoint],
-    "thumbnail": 256 ints}``.
-    """
-    records = []
-    for ref, points, image in zip(labels.frames, labels.keypoints, images, strict=True):
-        if ref.video is None or ref.frame is None:
-            continue
-        records.append({
-            "video": Path(ref.video).name,
-            "frame": int(ref.frame),
-            "points": [None if not np.isfinite(p).all() else [round(float(p[0]), 3), round(float(p[1]), 3)]
-                       for p in points],
-            "thumbnail": thumbnail(image).reshape(-1).astype(int).tolist(),
-        })
-    return records
-
-
 def anchors_for_source(engine_info: dict, source_name: str, n_keypoints: int) -> dict[int, dict]:
     """The support frames recorded in an engine that belong to a video named ``source_name``.
 
@@ -59,7 +40,8 @@ def anchors_for_source(engine_info: dict, source_name: str, n_keypoints: int) ->
     """
     out = {}
     for record in engine_info.get("support_frames", []):
-        if record.get("video") != Path(source_name).name or len(record.get("points", [])) != n_keypoints:
+        if (record.get("video") is None or record.get("frame") is None or Path(record["video"]).stem
+                != Path(source_name).stem or len(record.get("points", [])) != n_keypoints):
             continue
         xy = np.array([[np.nan, np.nan] if p is None else p for p in record["points"]], dtype=np.float64)
         out[int(record["frame"])] = {"xy": xy, "thumbnail": np.array(record["thumbnail"], dtype=np.uint8)

@@ -105,6 +105,8 @@ def _validation_config(args):
         config.learning_rates = (args.lr,)
     if args.steps is not None:
         config.step_fractions = (1.0,)
+    if args.lr is not None or args.steps is not None or getattr(args, "loss", None) is not None:
+        config.paper_setting = False  # the paper's setting has its own rate, steps and loss
     return config
 
 
@@ -112,7 +114,7 @@ def _adapt_engine(args, model: str):
     """Adapt on ``args.support`` with a progress display; print losses, time, validation and the support-frame
     error."""
     from ppmtrack.engine import Engine
-    from ppmtrack.pipelines.anchors import support_frame_records
+    from ppmtrack.pipelines.anchor_discovery import support_frame_records
     from ppmtrack.pipelines.engine_report import format_validation
     from ppmtrack.pipelines.progress import progress_bar
 
@@ -578,9 +580,28 @@ def run_eval(args) -> int:
         raise UsageError(f"{args.truth}: labels {len(truth.individuals)} animals ({', '.join(truth.individuals)}) "
                          f"but {args.tracks} tracks one; score it against one of them with --individual NAME, "
                          "or track with --animals")
+    import numpy as np
+
+    from ppmtrack.pipelines.evaluate import support_frames_of_run
+
     tracks = read_tracks_csv(args.tracks)
-    sys.stdout.write(format_report(evaluate(tracks, truth, use="raw" if args.raw else "xy", video=args.truth_video,
-                                            tracked_span_only=args.tracked_span)))
+    exclude, note = set(), ""
+    if not args.include_support:
+        exclude, note = support_frames_of_run(args.tracks, args.summary, args.engine, args.truth_video)
+    options = dict(video=args.truth_video, tracked_span_only=args.tracked_span, exclude_frames=exclude)
+    result = evaluate(tracks, truth, use="raw" if args.raw else "xy", **options)
+    detection_only = None
+    if not args.raw and np.isfinite(tracks.raw_xy).any() and not np.array_equal(tracks.raw_xy, tracks.xy,
+                                                                                   equal_nan=True):
+        detection_only = evaluate(tracks, truth, use="raw", **options)
+    report = format_report(result, detection_only, note)
+    if not args.include_support and note and not result.support_frames_excluded:
+        report = report.replace("\n", f"\nno support frame of the engine lies in this video ({note}): a new session, "
+                                "the engine and the flow alone\n", 1)
+    elif result.support_frames_excluded:
+        report = report.replace("\n", "\nthe tracks are anchored at the support frames in this video: fused PCK is "
+                                "an anchored number; detection-only PCK measures the engine\n", 1)
+    sys.stdout.write(report)
     return 0
 
 
@@ -672,8 +693,31 @@ def run_label(args) -> int:
     names, skeleton, flip_pairs = _keypoint_options(args)
     prepare_output_dir(Path(args.output).parent)
     session = LabelSession([Path(v) for v in args.videos], Path(args.output), names, skeleton, flip_pairs)
+    if args.frames_from:
+        session.suggested = _outlier_frames_of(args.frames_from, session.videos)
     serve(session, host=args.host, port=args.port)
     return 0
+
+
+def _outlier_frames_of(summary_path: str, videos) -> dict[int, list[int]]:
+    """``label --frames-from``: video id → the outlier frames a run's summary lists (its ``detector``)."""
+    import json
+
+    try:
+        doc = json.loads(Path(summary_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{summary_path}: cannot read the run's summary ({exc})") from None
+    frames = [int(f["frame"]) for f in ((doc.get("detector") or {}).get("outlier_frames") or [])]
+    if not frames:
+        raise UsageError(f"{summary_path}: lists no outlier frames (a run of this version with optical flow on a "
+                         "file lists them in 'detector')")
+    source = Path(str((doc.get("input") or {}).get("path") or (doc.get("input") or {}).get("source") or ""))
+    matching = [i for i, v in enumerate(videos) if Path(v.path).stem == source.stem]
+    if not matching:
+        raise UsageError(f"{summary_path} is the run of {source.name}, not of any video named here "
+                         f"({', '.join(Path(v.path).name for v in videos)})")
+    print(f"{len(frames)} outlier frames of {source.name} to label first: {', '.join(map(str, sorted(frames)))}")
+    return {matching[0]: sorted(frames)}
 
 
 def run_review(args) -> int:
@@ -779,6 +823,9 @@ def _add_browser_and_plot_commands(commands, debug) -> None:
     label.add_argument("--from", dest="keypoints_from", metavar="FILE",
                        help="take keypoint names and skeleton from an annotation, DeepLabCut/SLEAP/COCO labels "
                             "or a DeepLabCut config.yaml")
+    label.add_argument("--frames-from", dest="frames_from", metavar="SUMMARY",
+                       help="propose the outlier frames a tracking run found (results/STEM.summary.json, "
+                            "'detector'): where detection and motion disagree most — label them, adapt, track again")
     label.set_defaults(run=run_label)
 
     review = commands.add_parser(
@@ -910,7 +957,8 @@ def _adapt_options(with_defaults: bool) -> argparse.ArgumentParser:
                             f"{base.steps // 2} and {base.steps}; {base.steps} without validation)")
     group.add_argument("--lr", type=float,
                        help="keypoint prompt learning rate (default: chosen by --validate from the model family's "
-                            f"grid; {base.lr:g} without validation)")
+                            "grid; without validation the family's rate: 5e-4 for Stable Diffusion (the PPM "
+                            "paper's), 0.1 for the tiny test model; 'ppmtrack info' shows which applied)")
     group.add_argument("--fg-steps", type=int, dest="fg_steps",
                        help=f"at most this many foreground prompt steps; it stops earlier when its loss stops "
                             f"improving (default: {base.fg_steps})")
@@ -1135,7 +1183,9 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", parents=[debug], formatter_class=_HelpFormatter,
         help="score a tracks CSV against ground truth",
         description="Print PCK@0.05/0.1/0.2 and the pixel error of tracked keypoints against labelled "
-                    "frames.",
+                    "frames, fused (smoothed) and detection-only (the engine's raw detections). The engine's "
+                    "support frames in this video (from the run's summary and engine file) are not scored: "
+                    "the tracks are pinned there, so they would measure the labels, not the tracker.",
         epilog="examples:\n  ppmtrack eval results/sample.csv samples/truth.json\n"
                "  ppmtrack eval results/reachingvideo1.csv labeled-data/reachingvideo1/CollectedData_Mackenzie.csv\n"
                "  ppmtrack eval results/clip.csv labels.v001.slp --truth-video clip\n",
@@ -1155,7 +1205,16 @@ def build_parser() -> argparse.ArgumentParser:
                             help="leave out truth frames before the first or after the last tracked frame "
                                  "(tracks of part of a video); by default they count as not tracked")
     evaluation.add_argument("--raw", action="store_true",
-                            help="score the engine's raw measurements instead of the smoothed positions")
+                            help="score the engine's raw measurements instead of the smoothed positions (by "
+                                 "default both are printed: fused PCK and, beside it, detection-only PCK)")
+    evaluation.add_argument("--include-support", action="store_true", dest="include_support",
+                            help="also score the engine's support frames (by default they are left out: the engine "
+                                 "was trained on them and the tracks are anchored there)")
+    evaluation.add_argument("--summary", metavar="PATH",
+                            help="the run's summary, for its support frames (default: STEM.summary.json beside "
+                                 "TRACKS_CSV, when there)")
+    evaluation.add_argument("--engine", metavar="PATH",
+                            help="also leave out the support frames this engine file records for the tracked video")
     evaluation.set_defaults(run=run_eval)
 
     convert = commands.add_parser(

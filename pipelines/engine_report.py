@@ -92,6 +92,11 @@ def format_engine_info(description: dict) -> str:
     lines.append(f"adaptation: lr {config.get('lr', '?')}, {config.get('steps', '?')} keypoint steps, loss "
                  f"{config.get('loss', '?')}, batch {config.get('batch_size', '?')}, "
                  f"{config.get('views_per_frame', '?')} views per frame, seed {config.get('seed', '?')}")
+    defaults = info.get("defaults")
+    if defaults:
+        why = {"given": "given by the user", "validation": "chosen by validation"}.get(defaults.get("lr_from"))
+        why = why or f"the {defaults.get('family', '?')} family's default: {defaults.get('why', '')}"
+        lines.append(f"  keypoint learning rate {defaults.get('lr', '?'):g}: {why}")
     if adaptation:
         floor = adaptation.get("foreground_loss_floor")
         lines += [f"  {adaptation.get('support_frames', '?')} support frames, {adaptation.get('views', '?')} views, "
@@ -106,8 +111,13 @@ def format_engine_info(description: dict) -> str:
     lines.append(format_validation(info.get("validation", {}), meta["keypoints"]))
     records = info.get("support_frames", [])
     if records:
-        lines.append(f"support frames in videos ({len(records)}): "
-                     + ", ".join(f"{r['video']}#{r['frame']}" for r in records))
+        placed = [r for r in records if r.get("video") is not None and r.get("frame") is not None]
+        if placed:
+            lines.append(f"support frames in videos ({len(placed)}): "
+                         + ", ".join(f"{r['video']}#{r['frame']}" for r in placed))
+        if len(placed) < len(records):
+            lines.append(f"support frames found by content when tracked ({len(records) - len(placed)}): "
+                         + ", ".join(str(r.get("label", "?")) for r in records if r not in placed))
     if "crop" in info:
         lines.append("crop policy: " + json.dumps(info["crop"], sort_keys=True))
     if "support_key" in info:

@@ -52,6 +52,10 @@ class EvalResult:
         Truth frames, and how many of them the tracks contain.
     n_outside_span : int
         Truth frames left out because they lie outside the tracked frames (``tracked_span_only=True``).
+    support_frames_excluded : list of int
+        Truth frames left out because they are the engine's support frames (``exclude_frames``): the engine
+        was trained on them and the tracks are anchored there, so scoring them measures the labels, not the
+        tracker.
     """
 
     names: list[str]
@@ -66,6 +70,7 @@ class EvalResult:
     n_truth_frames: int
     n_tracked_frames: int
     n_outside_span: int = 0
+    support_frames_excluded: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def fraction_tracked(self) -> float:
@@ -135,7 +140,7 @@ def truth_for_video(truth: Labels, video: str | None = None) -> Labels:
 
 def evaluate(tracks: Tracks, truth: Labels, thresholds=(0.05, 0.1, 0.2), use: str = "xy",
              min_bbox_size: float = MIN_BBOX_SIZE_PX, video: str | None = None,
-             tracked_span_only: bool = False) -> EvalResult:
+             tracked_span_only: bool = False, exclude_frames=()) -> EvalResult:
     """Compare tracks with ground-truth labels of the same video.
 
     Truth frames are matched to tracked frames by video frame index (``FrameRef.frame`` against
@@ -164,11 +169,21 @@ def evaluate(tracks: Tracks, truth: Labels, thresholds=(0.05, 0.1, 0.2), use: st
     tracked_span_only : bool
         Leave out truth frames before the first or after the last tracked frame (tracks of part of a video);
         they are counted in ``n_outside_span``. By default they count as not tracked.
+    exclude_frames : iterable of int
+        Video frame indices not to score: the engine's support frames (:func:`support_frames_of_run`). Those
+        that are truth frames are listed in ``support_frames_excluded``.
     """
     if use not in ("xy", "raw"):
         raise ValueError(f"use must be 'xy' or 'raw', got {use!r}")
     thresholds = tuple(float(a) for a in thresholds)
     truth = truth_for_video(truth, video)
+    excluded = sorted({int(f) for f in exclude_frames} & {int(ref.frame) for ref in truth.frames})
+    if excluded:
+        keep = [i for i, ref in enumerate(truth.frames) if int(ref.frame) not in set(excluded)]
+        if not keep:
+            raise UsageError(f"{truth.source}: every truth frame is a support frame of the engine ({_span(excluded)});"
+                             " nothing is left to score (--include-support scores them anyway)")
+        truth = dataclasses.replace(truth, frames=[truth.frames[i] for i in keep], keypoints=truth.keypoints[keep])
     n_outside = 0
     if tracked_span_only and len(tracks.frame):
         first, last = int(tracks.frame.min()), int(tracks.frame.max())
@@ -225,6 +240,7 @@ def evaluate(tracks: Tracks, truth: Labels, thresholds=(0.05, 0.1, 0.2), use: st
         n_truth_frames=len(frames),
         n_tracked_frames=int(tracked.sum()),
         n_outside_span=n_outside,
+        support_frames_excluded=excluded,
     )
 
 
@@ -232,9 +248,61 @@ def _span(frames: list[int]) -> str:
     return f"{min(frames)}–{max(frames)}" if frames else "none"
 
 
-def format_report(result: EvalResult) -> str:
+def support_frames_of_run(tracks_csv: str | Path, summary: str | Path | None = None,
+                          engine: str | Path | None = None, video: str | None = None) -> tuple[set[int], str]:
+    """The engine's support frames that lie in the tracked video, and where that was learnt.
+
+    Read from the run's summary (``STEM.summary.json`` beside ``STEM.csv`` unless ``summary`` names one): the
+    frames it anchored (``settings.anchor_frames``), and the support frames recorded in its engine file that
+    belong to the tracked video; and from ``engine`` if given. A missing summary or engine file is not an
+    error (nothing is known: an empty set).
+
+    Returns
+    -------
+    (set of int, str)
+        The frame indices, and a short description of the sources read (for the report).
+    """
+    import json
+
+    frames: set[int] = set()
+    sources = []
+    path = Path(summary) if summary is not None else Path(tracks_csv).with_suffix(".summary.json")
+    doc = None
+    if path.is_file():
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: cannot read the run's summary ({exc})") from None
+        sources.append(path.name)
+    elif summary is not None:
+        raise UsageError(f"{path}: no such summary file")
+    names = {Path(video).name} if video else set()
+    engine_paths = [Path(engine)] if engine is not None else []
+    if doc is not None:
+        frames |= {int(f) for f in (doc.get("settings") or {}).get("anchor_frames", [])}
+        source = (doc.get("input") or {}).get("path") or (doc.get("input") or {}).get("source")
+        if source:
+            names.add(Path(str(source)).name)
+        recorded = (doc.get("engine") or {}).get("path")
+        if engine is None and recorded and Path(recorded).is_file():
+            engine_paths.append(Path(recorded))
+    stems = {Path(n).stem for n in names}
+    for engine_path in engine_paths:
+        from ppmtrack.engine.engine_file import read_engine_file
+
+        _, meta = read_engine_file(engine_path)
+        sources.append(engine_path.name)
+        for record in (meta.get("info") or {}).get("support_frames", []):
+            if Path(str(record.get("video", ""))).stem in stems and record.get("frame") is not None:
+                frames.add(int(record["frame"]))
+    return frames, " and ".join(sources)
+
+
+def format_report(result: EvalResult, detection_only: EvalResult | None = None,
+                  support_note: str = "") -> str:
     """A plain-text report: one line per PCK threshold, the mean pixel error, frames tracked, and a
-    per-keypoint table."""
+    per-keypoint table. ``detection_only`` (the same scores on the raw detections) adds a column beside each
+    PCK line; ``support_note`` names where the support frames were learnt."""
     total = int(result.n_labelled.sum())
     lines = [
         f"Evaluation of {'smoothed (xy)' if result.use == 'xy' else 'raw'} positions: "
@@ -245,8 +313,20 @@ def format_report(result: EvalResult) -> str:
     ]
     if result.n_outside_span:
         lines.insert(2, f"truth frames outside the tracked frames, not scored: {result.n_outside_span}")
+    n_support = len(result.support_frames_excluded)
+    if n_support:
+        frames = ", ".join(str(f) for f in result.support_frames_excluded[:8])
+        frames += ", …" if n_support > 8 else ""
+        source = f" (from {support_note})" if support_note else ""
+        lines.insert(2, f"{n_support} support frame{'s' if n_support != 1 else ''} not scored{source}: {frames}; "
+                        "--include-support to score them")
     for a in result.thresholds:
-        lines.append(f"PCK@{a:g}: {result.pck[a]:.3f} ({round(result.pck[a] * total)}/{total} keypoints)")
+        line = f"PCK@{a:g}: {result.pck[a]:.3f} ({round(result.pck[a] * total)}/{total} keypoints)"
+        if detection_only is not None:
+            line += f"   detection-only: {detection_only.pck[a]:.3f}"
+        lines.append(line)
+    if detection_only is not None:
+        lines.append("  (detection-only: the engine's raw detections, before flow, anchors and smoothing)")
     lines.append(f"mean error: {result.mean_error_px:.2f} px (over predicted keypoints)")
     width = max([len("keypoint"), *(len(n) for n in result.names)])
     header = f"{'keypoint':<{width}}  {'labelled':>8}  {'predicted':>9}"

@@ -77,6 +77,7 @@ class RunSummary:
     waiting_for_frames_s: float = 0.0
     latency_s: dict = field(default_factory=dict)
     finalize_s: dict = field(default_factory=dict)
+    detector: dict | None = None  # the detector's self-check (pipelines.self_check): agreement vs chance, outliers
     identities: dict | None = None  # several animals: names, uncertain identity decisions (docs/multi-animal.md)
     stages: dict = field(default_factory=lambda: {name: StageTime() for name in STAGES})
 

@@ -21,7 +21,7 @@ import numpy as np
 from ppmtrack.engine.atomic import atomic_path
 from ppmtrack.engine.engine_file import file_sha256
 from ppmtrack.engine.errors import PpmtrackError, UsageError
-from ppmtrack.pipelines.anchors import anchors_for_source, matching_anchor
+from ppmtrack.pipelines.anchor_discovery import AnchorFinder
 from ppmtrack.pipelines.batching import BatchStats, iter_batches
 from ppmtrack.pipelines.crops import crop_policy_for, crop_settings, predict_with_crops
 from ppmtrack.pipelines.detection_noise import (
@@ -29,7 +29,7 @@ from ppmtrack.pipelines.detection_noise import (
     parse_detection_noise,
     resolve_detection_noise,
 )
-from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv
+from ppmtrack.pipelines.io.csv import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from ppmtrack.pipelines.io.formats import OUTPUT_FORMATS, check_output_formats, write_tracks
 from ppmtrack.pipelines.io.video import DEFAULT_VIDEO_FPS, AnnotatedVideoWriter
 from ppmtrack.pipelines.outputs import (
@@ -47,6 +47,7 @@ from ppmtrack.pipelines.outputs import (
 )
 from ppmtrack.pipelines.progress import expected_frames, progress_bar
 from ppmtrack.pipelines.run_state import RunState, RunStateError, record_dtype, state_dir
+from ppmtrack.pipelines.self_check import self_check
 from ppmtrack.pipelines.sources import Source, VideoFrame, is_live_spec, open_source, redact, redact_url
 
 __all__ = [  # also importable from here (their homes: engine.engine_file, pipelines.outputs, pipelines.io.formats)
@@ -112,7 +113,7 @@ class _TrackWriter:
                  anchors: dict | None = None, clock_origin: float | None = None, reference: int | None = None):
         self.k = len(engine.names)
         self.smoother = OnlineSmoother(self.k, params, flow=flow)
-        self.anchors = anchors or {}
+        self.anchors = anchors  # an AnchorFinder (pipelines.anchor_discovery), or None
         self.state = state
         self.keep = state is not None
         self.reference = reference
@@ -183,7 +184,8 @@ class _TrackWriter:
         if self.first_time is None:
             self.first_time = frame.time
         t0 = time.perf_counter()
-        anchor = matching_anchor(self.anchors, frame.index, frame.image) if self.anchors else None
+        anchor = (self.anchors.match(frame.index, frame.image, self.state.n if self.state is not None else None)
+                  if self.anchors else None)
         xy, visible = self.smoother.update(t, raw_xy, confidence, frame.image, anchor)
         t1 = time.perf_counter()
         stages["smoothing"].add(t1 - t0, 1)
@@ -239,8 +241,23 @@ class _TrackWriter:
         workspace = self.state.folder / "smoothing"
         workspace.mkdir(exist_ok=True)
         flow = self.smoother.flow is not None
-        return smooth_on_disk(lambda a, b: self.state.filter_inputs(a, b, flow), self.state.column("filter_time"),
-                              self.k, self.smoother.params, workspace)
+        by_content = dict(self.anchors.found_by_content()) if self.anchors else {}  # row → (K, 2), found by pixels
+        if self.anchors is not None and self.anchors.report:
+            self.summary.settings["anchors"] = self.anchors.summary()
+            if by_content:
+                frames = self.state.column("frame")
+                found = {int(frames[r]) for r in by_content}
+                self.summary.settings["anchor_frames"] = sorted(
+                    set(self.summary.settings.get("anchor_frames", [])) | found)
+
+        def read_chunk(start, stop):
+            raw, confidence, displacement, fb_error, anchor = self.state.filter_inputs(start, stop, flow)
+            for row, xy in by_content.items():
+                if start <= row < stop:
+                    anchor[row - start] = np.where(np.isfinite(xy), xy, anchor[row - start])
+            return raw, confidence, displacement, fb_error, anchor
+
+        return smooth_on_disk(read_chunk, self.state.column("filter_time"), self.k, self.smoother.params, workspace)
 
     def tracks(self, names, skeleton, rows=None) -> Tracks:
         """The run's frames as Tracks in memory (for the extra formats and plots), with the positions of
@@ -627,8 +644,8 @@ def track_video(
             if resume:  # the CSV of exactly the frames the state holds (no half-written or unrecorded frame)
                 with _naming_the_file(paths["csv"]):
                     _write_csv_from_state(state, paths["csv"], engine.names)
-        anchors = {} if flow == "off" else anchors_for_source(getattr(engine, "info", {}), str(source_spec),
-                                                             len(engine.names))
+        anchors = None if flow == "off" else AnchorFinder(getattr(engine, "info", {}), str(source_spec),
+                                                          len(engine.names))
         writer = _TrackWriter(engine, paths["csv"], video, params, summary, state=state,
                               flow=None if flow == "off" else FlowParams(), anchors=anchors,
                               clock_origin=source.started_at if is_live else None, reference=reference)
@@ -727,6 +744,26 @@ def track_video(
     return summary
 
 
+SELF_CHECK_MAX_FRAMES = 100_000
+"""The detector's self-check holds the run's tracks in memory (about 1 KB a frame for 20 keypoints): longer runs
+skip it (and say so in the summary) to keep memory independent of the video's length."""
+
+
+def _check_detector(writer: _TrackWriter, engine, rows, fps: float | None) -> dict:
+    """The summary's ``detector`` (:mod:`pipelines.self_check`) of a file run with optical flow; under the key
+    ``tracks`` the run's tracks with the confidence capped where the detections are no better than chance."""
+    if writer.smoother.flow is None:
+        return {"skipped": "no optical flow in this run (--flow off): nothing to check the detections against"}
+    n = writer.state.n
+    if n > SELF_CHECK_MAX_FRAMES:
+        return {"skipped": f"{n} frames: the self-check runs on runs of up to {SELF_CHECK_MAX_FRAMES} frames"}
+    tracks = writer.tracks(engine.names, engine.skeleton, rows)
+    checked, report = self_check(tracks, writer.state.column("flow").reshape(n, -1, 2),
+                                 writer.state.column("flow_error").reshape(n, -1), writer.smoother.params, fps)
+    report["tracks"] = checked
+    return report
+
+
 def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: dict, extra_formats: list[str],
                     stem: str, engine_name: str, source_spec, fps: float | None, rts: bool,
                     format_options: dict, plots: bool = False) -> None:
@@ -738,10 +775,16 @@ def _finish_outputs(summary: RunSummary, writer: _TrackWriter, engine, paths: di
         t0 = time.perf_counter()
         rows = writer.smoothed_rows()
         t1 = time.perf_counter()
-        _write_csv_from_state(writer.state, paths["csv"], engine.names, rows)
+        summary.detector = _check_detector(writer, engine, rows, fps)
+        if summary.detector.get("tracks") is not None:  # positions no better than chance: confidence capped
+            tracks = summary.detector.pop("tracks")
+            write_tracks_csv(tracks, paths["csv"])
+        else:
+            summary.detector.pop("tracks", None)
+            _write_csv_from_state(writer.state, paths["csv"], engine.names, rows)
         summary.csv_positions = "rts"
         summary.finalize_s.update(rts_smoothing=t1 - t0, csv_rewrite=time.perf_counter() - t1)
-    if writer.keep and (extra_formats or plots):  # these take the whole run in memory
+    if tracks is None and writer.keep and (extra_formats or plots):  # these take the whole run in memory
         tracks = writer.tracks(engine.names, engine.skeleton, rows)
     if extra_formats:
         t0 = time.perf_counter()

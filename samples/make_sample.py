@@ -5,6 +5,7 @@ Run from the repository root::
     python samples/make_sample.py            # writes samples/sample.mp4, support.json, truth.json
     python samples/make_sample.py --out DIR  # writes the same three files into DIR
     python samples/make_sample.py --pair     # the two-animal sample: pair.mp4, pair_support.json, pair_truth.json
+    python samples/make_sample.py --session 2  # a new session of the same animal: session2.mp4, session2_truth.json
 
 Everything is deterministic (fixed seed, closed-form motion). The ground truth comes from the same geometry
 that draws the animal, in OpenCV's pixel-centre convention: pixel (0, 0)'s centre is at (0, 0). Polygons are
@@ -35,6 +36,14 @@ VIDEO_NAME = "sample.mp4"
 PAIR_VIDEO_NAME = "pair.mp4"
 INDIVIDUALS = ["lizard1", "lizard2"]
 PAIR_SUPPORT_FRAMES = [15, 70, 99, 150]  # apart, approaching, touching side by side, apart again
+# Further recordings ("sessions") of the same animal: another random seed (background, textures), lighting, path
+# and pose sequence, and no support frame inside — what a lab tracks after labelling its first session.
+# lighting: overall gain, RGB tint, and a left-to-right gradient (fraction of the gain)
+SESSIONS = {
+    2: {"seed": SEED + 2, "n_frames": 150, "start": (230.0, 150.0), "heading0": 4.19,
+        "speed": (1.3, 0.6, 95.0, 14.0), "omega": (-0.035, 60.0, 30.0, 0.021, 125.0, 15.0),
+        "gait_phase": 1.9, "wave_shift": 23.0, "gain": 0.86, "tint": (1.04, 0.98, 0.9), "gradient": 0.22},
+}
 # the second lizard's trunk and head are a little darker: two individuals of one species, not two species
 PAIR_TINTS = {"body": (160, 88, 52), "head": (190, 150, 95)}
 
@@ -149,12 +158,16 @@ def _left(a: float) -> np.ndarray:
     return np.array([math.sin(a), -math.cos(a)])
 
 
-def pose(i: int, traj) -> dict:
-    """All geometry of frame ``i``: keypoints and the drawable parts (back to front)."""
+def pose(i: int, traj, gait_phase: float = 0.0, wave_shift: float = 0.0) -> dict:
+    """All geometry of frame ``i``: keypoints and the drawable parts (back to front).
+
+    ``gait_phase`` (rad) and ``wave_shift`` (frames) shift the gait and the tail and head waves: another pose
+    sequence on the same path.
+    """
     pos, heading, omega, dist = traj
     p0, th, om, d = pos[i], float(heading[i]), float(omega[i]), float(dist[i])
-    t = float(i)
-    phi = 2 * math.pi * d / STRIDE  # gait phase
+    t = float(i) + wave_shift
+    phi = 2 * math.pi * d / STRIDE + gait_phase  # gait phase
     # spine: constant-curvature arc through mid_back; bends into the turn and sways with the gait
     curv = (-16.0 * om + 0.22 * math.sin(phi)) / (TRUNK_FRONT + TRUNK_REAR)  # rad/px
     yaw = 0.10 * math.sin(phi + 0.8)  # girdle rotation
@@ -422,6 +435,36 @@ def render(n_frames: int = N_FRAMES):
         yield np.clip(np.round(canvas), 0, 255).astype(np.uint8), p["keypoints"]
 
 
+def session_trajectory(session: int):
+    """The path of session ``session`` (`SESSIONS`): its own start, heading, speed profile and turns."""
+    cfg = SESSIONS[session]
+    n = cfg["n_frames"]
+    t = np.arange(n, dtype=np.float64)
+    v, dip, at, width = cfg["speed"]
+    speed = v * (1.0 - dip * _bump(t, at, width))
+    a1, c1, w1, a2, c2, w2 = cfg["omega"]
+    omega = a1 * _bump(t, c1, w1) + a2 * _bump(t, c2, w2)
+    return trajectory(n, start=cfg["start"], heading0=cfg["heading0"], speed=speed, omega=omega)
+
+
+def render_session(session: int):
+    """Yield (RGB uint8 frame, keypoints dict) for every frame of a further session (`SESSIONS`)."""
+    cfg = SESSIONS[session]
+    rng = np.random.default_rng(cfg["seed"])
+    background = make_background(rng)
+    painter = Painter(rng)
+    traj = session_trajectory(session)
+    x = np.linspace(-0.5, 0.5, WIDTH, dtype=np.float32)
+    light = cfg["gain"] * (1.0 + cfg["gradient"] * x)[None, :, None] * np.array(cfg["tint"], np.float32)
+    for i in range(cfg["n_frames"]):
+        p = pose(i, traj, cfg["gait_phase"], cfg["wave_shift"])
+        canvas = background.copy()
+        painter.shadow(canvas, [poly for name, poly, *_ in p["parts"] if name != "eye"])
+        for name, poly, origin, ang, pattern in p["parts"]:
+            painter.paint(canvas, name, poly, origin, ang, pattern)
+        yield np.clip(np.round(canvas * light), 0, 255).astype(np.uint8), p["keypoints"]
+
+
 def all_keypoints(n_frames: int = N_FRAMES) -> list[dict[str, np.ndarray]]:
     traj = trajectory(n_frames)
     return [pose(i, traj)["keypoints"] for i in range(n_frames)]
@@ -533,9 +576,25 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="output folder")
     ap.add_argument("--pair", action="store_true",
                     help="write the two-animal sample instead: pair.mp4, pair_truth.json, pair_support.json")
+    ap.add_argument("--session", type=int, choices=sorted(SESSIONS),
+                    help="write a further session of the same animal instead (another seed, background, lighting, "
+                         "path and poses; no support frame): sessionN.mp4, sessionN_truth.json")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     kps: list = []
+    if args.session:
+        name = f"session{args.session}.mp4"
+
+        def session_frames():
+            for img, kp in render_session(args.session):
+                kps.append(kp)
+                yield img, kp
+
+        n = write_video(args.out / name, session_frames())
+        (args.out / f"session{args.session}_truth.json").write_text(annotation_text(list(range(n)), kps, name))
+        print(f"wrote {args.out / name} ({n} frames, {(args.out / name).stat().st_size} bytes), "
+              f"session{args.session}_truth.json")
+        return 0
     name, prefix, support_frames = ((PAIR_VIDEO_NAME, "pair_", PAIR_SUPPORT_FRAMES) if args.pair
                                     else (VIDEO_NAME, "", SUPPORT_FRAMES))
 

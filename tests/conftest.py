@@ -49,7 +49,7 @@ def adapted_engine(tiny_model, sample_support):
     """The engine adapted on the sample with the default settings (the settings the README's demo uses)."""
     from ppmtrack.engine import AdaptConfig, Engine
 
-    return Engine.adapt(sample_support, tiny_model, AdaptConfig())
+    return Engine.adapt(sample_support, tiny_model, AdaptConfig(), validation="off")
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,7 @@ def test_keypoint_learning_rate_far_too_high_stops_with_advice(tiny_model, small
         Engine.adapt(small_support, tiny_model, AdaptConfig(**{**QUICK, "lr": 1e6}))
     message = str(err.value)
     assert "keypoint" in message and "learning rate 1e+06 is too high" in message
-    assert "try --lr 0.1 or lower" in message and isinstance(err.value, PpmtrackError)
+    assert "try --lr 0.1 or lower" in message and isinstance(err.value, PpmtrackError)  # the tiny family's rate
 
 
 def test_diverging_foreground_prompt_stops_with_advice(tiny_model, small_support):
@@ -179,3 +179,43 @@ def test_augmented_mask_follows_the_mirrored_image_at_the_border():
     assert white[20:44, :16].any()  # the mirrored copy exists
     assert np.array_equal(white, wmask > 0.5)
     assert np.allclose(kp, [[21.0, 30.0]]) and not outside.any()
+
+
+def test_learning_rate_without_validation_is_the_model_familys():
+    """No SD weights here: the family rule is checked on the UNet config that decides it."""
+    from types import SimpleNamespace
+
+    from ppmtrack.engine.adapt import DEFAULT_LR, default_lr
+    from ppmtrack.engine.validate import LEARNING_RATES, PAPER_SETTING, ValidationConfig, plan_validation
+
+    sd15 = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(block_out_channels=(320, 640, 1280, 1280))))
+    tiny = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(block_out_channels=(32, 64))))
+    assert default_lr(sd15) == 5e-4 == DEFAULT_LR["sd"] and default_lr(tiny) == 0.1
+    assert AdaptConfig().lr is None  # no single number for every model
+    # the SD grid holds the paper's own setting (5e-4, 20 steps per support frame, MSE) beside its rates
+    assert PAPER_SETTING == {"lr": 5e-4, "steps_per_frame": 20, "loss": "mse"}
+    plan, _ = plan_validation(4, AdaptConfig(), ValidationConfig(), "sd")
+    assert plan.paper_steps == 80 and plan.paper_run_steps > 0 and plan.learning_rates == LEARNING_RATES["sd"]
+    assert plan.total_steps <= 2 * AdaptConfig().steps  # still within the cost rule
+    tiny_plan, _ = plan_validation(4, AdaptConfig(), ValidationConfig(), "tiny")
+    assert tiny_plan.paper_run_steps == 0
+    fixed, _ = plan_validation(4, AdaptConfig(), ValidationConfig(learning_rates=(1e-3,)), "sd")
+    assert fixed.paper_run_steps == 0  # a rate the user fixed is not second-guessed
+
+
+def test_adapt_without_validation_records_which_default_applied(tiny_model, small_support):
+    from ppmtrack.pipelines.engine_report import format_engine_info
+
+    engine = Engine.adapt(small_support, tiny_model, AdaptConfig(**QUICK))  # validates by default: too few steps
+    assert engine.config.lr == 0.1
+    defaults = engine.info["defaults"]
+    assert defaults["lr_from"] == "family default" and defaults["family"] == "tiny"
+    assert "validation was skipped" in defaults["why"]
+    off = Engine.adapt(small_support, tiny_model, AdaptConfig(**QUICK), validation="off")
+    assert "validation was off" in off.info["defaults"]["why"]
+    given = Engine.adapt(small_support, tiny_model, AdaptConfig(**{**QUICK, "lr": 0.05}), validation="off")
+    assert given.config.lr == 0.05 and given.info["defaults"]["lr_from"] == "given"
+    line = [x for x in format_engine_info({"path": "e", "bytes": 1, "sha256": "x", "meta": {
+        "keypoints": ["a"], "model": {"name": "tiny"}, "adapt_config": {}, "info": engine.info}}).splitlines()
+        if "keypoint learning rate" in x]
+    assert line and "tiny family's default" in line[0]

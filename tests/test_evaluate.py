@@ -122,3 +122,33 @@ def test_report_has_a_line_per_pck_threshold_and_the_errors():
     assert "frames tracked: 1/2 (50.0%)" in report
     assert "mean error: 16.67 px" in report
     assert any(line.startswith("tail") and "30.00" in line for line in lines)
+
+
+def test_support_frames_are_left_out_by_default_so_anchors_cannot_inflate_the_score(tmp_path):
+    """A CSV perfect on the support frames (anchored there) and wrong elsewhere scores low by default."""
+    from ppmtrack.pipelines.cli import main
+    from ppmtrack.pipelines.io.annotation import write_annotation
+    from ppmtrack.pipelines.io.csv import write_tracks_csv
+
+    frames = list(range(10))
+    support = [0, 3, 6, 9]
+    xy = np.repeat(TRUTH[None], 10, axis=0) + 150.0  # far off everywhere ...
+    xy[support] = TRUTH  # ... except on the support frames
+    write_tracks_csv(make_tracks(frames, xy, raw_xy=xy + 1.0), tmp_path / "video.csv")
+    (tmp_path / "video.summary.json").write_text(json.dumps(
+        {"input": {"path": str(tmp_path / "video.mp4")}, "engine": {"path": None},
+         "settings": {"anchor_frames": support}}))
+    write_annotation(make_truth(frames), tmp_path / "truth.json")
+
+    def run(*extra):
+        import contextlib
+        import io
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["eval", str(tmp_path / "video.csv"), str(tmp_path / "truth.json"), *extra]) == 0
+        return out.getvalue()
+
+    report = run()
+    assert "4 support frames not scored" in report and "--include-support" in report
+    assert "PCK@0.2: 0.000" in report and "detection-only: 0.000" in report
+    assert "PCK@0.2: 0.400" in run("--include-support")

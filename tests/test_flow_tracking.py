@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ppmtrack.engine import AdaptConfig, Engine
-from ppmtrack.pipelines.anchors import anchors_for_source, matching_anchor, support_frame_records
+from ppmtrack.pipelines.anchor_discovery import support_frame_records
+from ppmtrack.pipelines.anchors import anchors_for_source, matching_anchor
 from ppmtrack.pipelines.io.annotation import read_annotation
 from ppmtrack.pipelines.io.csv import read_tracks_csv
 from ppmtrack.pipelines.track import track_video

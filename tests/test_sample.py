@@ -142,3 +142,42 @@ def test_pair_sample_truth_has_two_individuals_on_their_pixels(gen):
                 pixel = np.median(frames[f][y - 1 : y + 2, x - 1 : x + 2].reshape(-1, 3), axis=0)
                 dist = {p: np.linalg.norm(pixel - c) for p, c in palette.items()}
                 assert min(dist, key=dist.get) == parts[name], (f, a, name, pixel)
+
+
+def test_session2_is_a_new_recording_whose_truth_overlays_the_animal(gen, video_frames):
+    """The new-session sample: another background, lighting, path and poses, no frame of the first session
+    (no support frame inside), and exact truth on the animal's markings under its lighting."""
+    truth = read_annotation(SAMPLES / "session2_truth.json")
+    frames = _decode(SAMPLES / "session2.mp4")
+    cfg = gen.SESSIONS[2]
+    assert len(frames) == len(truth.frames) == cfg["n_frames"] and truth.names == gen.KEYPOINTS
+    assert (SAMPLES / "session2.mp4").stat().st_size < 400_000
+    assert all(ref.video.name == "session2.mp4" for ref in truth.frames)
+    # shares no frame with the first session: every pair of frames differs clearly (grey-level thumbnails)
+    from ppmtrack.pipelines.anchors import MAX_THUMBNAIL_DIFFERENCE, thumbnail
+
+    first = np.stack([thumbnail(f) for f in video_frames]).astype(float)
+    second = np.stack([thumbnail(f) for f in frames]).astype(float)
+    closest = np.abs(second[:, None] - first[None]).mean(axis=(2, 3)).min()
+    assert closest > MAX_THUMBNAIL_DIFFERENCE, closest  # no frame would be taken for a support frame
+    full = min(np.abs(a.astype(float) - b.astype(float)).mean() for a in frames[::10] for b in video_frames[::10])
+    assert full > 15.0, full  # and at full resolution they are far apart
+    first_truth = read_annotation(SAMPLES / "truth.json").keypoints
+    assert np.abs(truth.keypoints[:, None] - first_truth[None]).max(axis=(2, 3)).min() > 5.0  # another path
+    # the truth overlays the animal: each marked keypoint's pixel has its part's colour under this lighting
+    parts = {n: p for n, p in gen.KEYPOINT_PART.items() if p is not None}
+    h, w = frames[0].shape[:2]
+    light_x = cfg["gain"] * (1.0 + cfg["gradient"] * np.linspace(-0.5, 0.5, w))
+    checked = 0
+    for f in range(0, len(frames), 5):
+        for k, name in enumerate(truth.names):
+            if name not in parts:
+                continue
+            x, y = np.round(truth.keypoints[f, k]).astype(int)
+            assert 0 <= x < w and 0 <= y < h
+            pixel = np.median(frames[f][y - 1 : y + 2, x - 1 : x + 2].reshape(-1, 3), axis=0)
+            lit = {p: np.array(gen.COLOURS[p], float) * light_x[x] * np.array(cfg["tint"]) for p in parts.values()}
+            dist = {p: np.linalg.norm(pixel - c) for p, c in lit.items()}
+            assert min(dist, key=dist.get) == parts[name], (f, name, pixel, dist)
+            checked += 1
+    assert checked == len(range(0, len(frames), 5)) * len(parts)

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def engine():
     support = read_annotation(SAMPLES / "support.json").to_support()
-    return Engine.adapt(support, "tiny", AdaptConfig(**TINY_ADAPT.to_dict()))
+    return Engine.adapt(support, "tiny", AdaptConfig(**TINY_ADAPT.to_dict()), validation="off")
 
 
 def count_video_frames(path: Path) -> tuple[int, tuple[int, int]]:

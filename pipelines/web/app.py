@@ -200,6 +200,9 @@ def create_app(session: LabelSession | ReviewSession, token: str | None = None,
         vid = request.path_params["video"]
         if vid >= len(session.videos):
             return PlainTextResponse("no such video", 404)
+        suggested = (getattr(session, "suggested", None) or {}).get(vid)
+        if suggested:  # ppmtrack label --frames-from: a run's outlier frames come first
+            return JSONResponse({"frames": suggested, "source": "outlier frames of the run"})
         n = int(request.query_params.get("n", 20))
         if not 1 <= n <= 1000:
             raise WebInputError("n must be between 1 and 1000")
