@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ppmtrack.engine.adapt import (
     AdaptConfig,
@@ -327,6 +326,7 @@ class Engine:
         from the whole-frame maps. Regions and appearance always come from the whole frame.
         Returns one :class:`engine.multi.Animals` per frame, keypoints in original-frame pixels.
         """
+        from ppmtrack.engine.correspond import descriptor_grid
         from ppmtrack.engine.multi import Animals, find_animals, region_appearance, region_boxes
 
         self.cache_prompt()
@@ -337,9 +337,7 @@ class Engine:
             out = self.extractor.layer_maps(z, self.conditioning(), n_tokens=len(self.names) + 1, features=True)
             maps = out["maps"]
             res = maps.shape[-1]
-            features = torch.cat([F.normalize(F.interpolate(f.permute(0, 3, 1, 2).float(), size=(res, res),
-                                                            mode="bilinear", align_corners=False), dim=1)
-                                  for f in out["features"]], dim=1).permute(0, 2, 3, 1)  # (B, R, R, C)
+            features = descriptor_grid(out["features"], res)  # (B, R, R, C), unit per cell (engine.correspond)
         else:
             maps = (self.map_runner or self.eager_maps)(z)
         fused, fg = self._fused_maps(maps)
