@@ -1012,6 +1012,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Ray actors (default: one per GPU of the cluster, else one per CPU)")
     track.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
     track.set_defaults(run=run_track)
+    from ppmtrack.pipelines.points import add_points_command
+
+    add_points_command(commands, [device, debug], _HelpFormatter)
 
     evaluation = commands.add_parser(
         "eval", parents=[debug], formatter_class=_HelpFormatter,
