@@ -649,6 +649,10 @@ def run_label(args) -> int:
     names, skeleton, flip_pairs = _keypoint_options(args)
     prepare_output_dir(Path(args.output).parent)
     session = LabelSession([Path(v) for v in args.videos], Path(args.output), names, skeleton, flip_pairs)
+    if args.model:  # label propagation: "Suggest" places keypoints from the labelled frames
+        from ppmtrack.pipelines.propagate import LabelProposer
+
+        session.proposer = LabelProposer(args.model)
     serve(session, host=args.host, port=args.port)
     return 0
 
@@ -708,6 +712,11 @@ def _add_browser_and_plot_commands(commands, debug) -> None:
     label.add_argument("--from", dest="keypoints_from", metavar="FILE",
                        help="take keypoint names and skeleton from an annotation, DeepLabCut/SLEAP/COCO labels "
                             "or a DeepLabCut config.yaml")
+    label.add_argument("--model", metavar="ID_OR_PATH",
+                       help="diffusion model for suggestions: 'Suggest' places every keypoint on other frames from "
+                            "the labelled ones (feature correspondence, and optical flow within 5 frames); you "
+                            "accept or drag them (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5; loaded on "
+                            "first use)")
     label.set_defaults(run=run_label)
 
     review = commands.add_parser(
