@@ -77,6 +77,8 @@ class Engine:
                                       encoder=speed_encoder(model, self.speed))
         self.keypoint_prompts = keypoint_prompts
         self.foreground_prompt = foreground_prompt
+        # (K, C) correspondence descriptors of the keypoints (engine.correspond_engine; track --detector)
+        self.keypoint_descriptors: torch.Tensor | None = None
         self._kv_conditioning: torch.Tensor | None = None  # the conditioning the cached prompt K/V belong to
         self.map_runner: MapRunner | None = None
         self.set_map_runner(build_map_runner(self, self.speed))
@@ -191,6 +193,9 @@ class Engine:
             info["validation"] = validated
         info["crop"] = cfg.crop.to_dict()  # the crops it was adapted on; tracking crops with its margin and zoom
         eng = cls(dm, support.names, prompts, pf, cfg, support.skeleton, support.flip_pairs, info=info)
+        from ppmtrack.engine.correspond_engine import describe_support
+
+        eng.keypoint_descriptors = describe_support(eng, support)
         return eng
 
     @classmethod
@@ -221,6 +226,7 @@ class Engine:
         engine = cls(dm, meta["keypoints"], tensors["keypoint_prompts"], tensors["foreground_prompt"], cfg,
                      meta.get("skeleton", []), meta.get("flip_pairs", []), FgarConfig(**meta.get("fgar", {})),
                      info=meta.get("info", {}), truncate=truncate, speed=speed)
+        engine.keypoint_descriptors = tensors.get("keypoint_descriptors")  # None in files from before it
         engine.path = Path(path)
         return engine
 
@@ -243,8 +249,10 @@ class Engine:
             "fgar": asdict(self.fgar),
             "info": {k: v for k, v in self.info.items() if k != "loss_history"},
         }
-        write_engine_file(path, {"keypoint_prompts": self.keypoint_prompts,
-                                 "foreground_prompt": self.foreground_prompt}, meta)
+        tensors = {"keypoint_prompts": self.keypoint_prompts, "foreground_prompt": self.foreground_prompt}
+        if self.keypoint_descriptors is not None:
+            tensors["keypoint_descriptors"] = self.keypoint_descriptors
+        write_engine_file(path, tensors, meta)
         self.path = Path(path)
 
     # ---- inference ----------------------------------------------------------------------------------------

@@ -128,6 +128,7 @@ class PointTracker:
     """
 
     flip_pairs: list = []
+    detector = "features"  # recorded in the run summary's settings
 
     def __init__(self, matcher: PointMatcher, names: list[str], descriptors: torch.Tensor, info: dict | None = None):
         if len(names) != len(descriptors):

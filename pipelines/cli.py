@@ -374,12 +374,19 @@ def run_track(args) -> int:
             raise UsageError("--animals tracks one video file per command (several videos or streams: not yet)")
     if len(inputs) == 1 and not live:  # a bad file or an empty selection fails now, before loading a model
         check_selection(args.start, args.stop, args.stride, probe_source(inputs[0]).n_frames)
+    if args.detector != "ppm" and (args.animals is not None or args.ray or args.devices):
+        raise UsageError(f"--detector {args.detector} tracks one animal in this process (not with --animals, "
+                         "--devices or --ray)")
     out_dir = prepare_output_dir(args.output)
     if args.ray:
         if live or not args.engine:
             raise UsageError("--ray tracks video files with an engine file (--engine)")
         return _run_ray(args, out_dir, inputs, formats)
     engine, engine_path = _load_engine(args, out_dir, inputs, (_devices(args) or [None])[0])
+    if args.detector != "ppm":  # correspondence of the keypoints' descriptors as the (second) detector
+        from ppmtrack.engine.correspond_engine import DetectorEngine
+
+        engine = DetectorEngine(engine, args.detector)
     sha = file_sha256(engine_path) if Path(engine_path).is_file() else None
     items = plan_batch(inputs, out_dir, engine_identity(engine, engine_path, sha), args.overwrite)
     kwargs = _track_kwargs(args, formats)
@@ -952,6 +959,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how far the keypoint filter trusts the engine's detections, as their error in pixels at "
                             "confidence 1; auto: each keypoint's held-out error that 'adapt' measured (printed by "
                             "'ppmtrack info ENGINE'), 2 px for an engine adapted without validation")
+    track.add_argument("--detector", choices=("ppm", "features", "both"), default="ppm",
+                       help="the measurement of each keypoint: ppm (the keypoint prompts' maps), features (the "
+                            "correspondence of the keypoint's diffusion features with the support frames', from the "
+                            "same forward), both (PPM, replaced by the features where they disagree and the features "
+                            "are surer); docs/points.md has the measurement behind the default")
     track.add_argument("--crop", choices=CROP_MODES, default="auto",
                        help="on: once the animal is found, the engine sees a square crop around where it is "
                             "expected (it fills the engine's input), and the whole frame again when the animal is "
