@@ -14,7 +14,6 @@ before the model loads.
 from __future__ import annotations
 
 import csv
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from ppmtrack.engine.errors import UsageError
-
-logger = logging.getLogger("ppmtrack")
 
 QUERY_COLUMNS = ("name", "frame", "x", "y")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
