@@ -8,6 +8,12 @@ last up block (the 64² layers); "UNet to 32²" stops after ``up_blocks.2``, the
 attention (at 512² input). Whole frame and crop differ in what the pixels show, not in cost: a crop
 resized to the same side costs the same.
 
+The second table is the feature correspondence (``engine.correspond``, ``ppmtrack points``, label
+propagation) on the same forward's decoder features: the cosine correlation of N point descriptors with
+every cell of the up path's feature grid (counted the same way, on the CPU), plus the kernel soft-argmax read-out
+(``engine.correspond.correlation_flops``: ~10 operations per point and cell, an estimate: the counter sees
+only the matrix product).
+
     python bench/flops.py [--keypoints 20]
 """
 
@@ -68,7 +74,26 @@ def main(argv=None) -> int:
         cells = [r["vae"], r["taesd"], r["unet_64"], r["unet_32"], r["vae"] + r["unet_64"], r["taesd"] + r["unet_64"],
                  r["vae"] + r["unet_32"], r["taesd"] + r["unet_32"]]
         print(f"| {r['input']} | " + " | ".join(f"{c / t:.3f}" for c in cells) + " |")
+    print_correspondence(args.keypoints, results)
     return 0
+
+
+def print_correspondence(n_points: int, results: list[dict]) -> None:
+    """The correspondence read-out's cost beside the forward's (second table of the module docstring)."""
+    from ppmtrack.engine.correspond import correlation, correlation_flops
+
+    # the up path's cross-attention layers: 3 per up block with attention, at 1280, 640 and 320 channels
+    channels = 3 * sum(SD15_UNET_CONFIG["block_out_channels"][:3])
+    print(f"\nFeature correspondence, {n_points} points (GFLOP per frame; descriptor {channels} channels)\n")
+    print("| input | grid | correlation (counted) | + read-out (estimate) | share of VAE + UNet |")
+    print("|---|---|---|---|---|")
+    for (label, side), r in zip(ROWS[:1] + ROWS[2:], results[:1] + results[2:], strict=True):
+        cells = (side // 8) ** 2
+        grid = torch.zeros(1, side // 8, side // 8, channels)
+        counted = count(correlation, torch.zeros(n_points, channels), grid)
+        total = counted + correlation_flops(n_points, cells, channels) - 2 * cells * channels * n_points
+        print(f"| {label} {side}² | {side // 8}² | {counted / 1e9:.2f} | {total / 1e9:.2f} | "
+              f"{total / (r['vae'] + r['unet_64']):.2e} |")
 
 
 if __name__ == "__main__":

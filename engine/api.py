@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ppmtrack.engine.adapt import (
     AdaptConfig,
@@ -81,6 +80,8 @@ class Engine:
                                       encoder=speed_encoder(model, self.speed))
         self.keypoint_prompts = keypoint_prompts
         self.foreground_prompt = foreground_prompt
+        # (K, C) correspondence descriptors of the keypoints (engine.correspond_engine; track --detector)
+        self.keypoint_descriptors: torch.Tensor | None = None
         self._kv_conditioning: torch.Tensor | None = None  # the conditioning the cached prompt K/V belong to
         self.map_runner: MapRunner | None = None
         self.set_map_runner(build_map_runner(self, self.speed))
@@ -244,6 +245,9 @@ class Engine:
         info["defaults"] = defaults
         info["crop"] = cfg.crop.to_dict()  # the crops it was adapted on; tracking crops with its margin and zoom
         eng = cls(dm, support.names, prompts, pf, cfg, support.skeleton, support.flip_pairs, info=info)
+        from ppmtrack.engine.correspond_engine import describe_support
+
+        eng.keypoint_descriptors = describe_support(eng, support)
         return eng
 
     @classmethod
@@ -286,6 +290,7 @@ class Engine:
         engine = cls(dm, meta["keypoints"], tensors["keypoint_prompts"], tensors["foreground_prompt"], cfg,
                      meta.get("skeleton", []), meta.get("flip_pairs", []), fgar,
                      info=meta.get("info", {}), truncate=truncate, speed=speed)
+        engine.keypoint_descriptors = tensors.get("keypoint_descriptors")  # None in files from before it
         engine.path = Path(path)
         engine.sha256 = content.sha256
         return engine
@@ -309,8 +314,10 @@ class Engine:
             "fgar": asdict(self.fgar),
             "info": {k: v for k, v in self.info.items() if k != "loss_history"},
         }
-        write_engine_file(path, {"keypoint_prompts": self.keypoint_prompts,
-                                 "foreground_prompt": self.foreground_prompt}, meta)
+        tensors = {"keypoint_prompts": self.keypoint_prompts, "foreground_prompt": self.foreground_prompt}
+        if self.keypoint_descriptors is not None:
+            tensors["keypoint_descriptors"] = self.keypoint_descriptors
+        write_engine_file(path, tensors, meta)
         self.path = Path(path)
         self.sha256 = file_sha256(path)
 
@@ -393,6 +400,7 @@ class Engine:
         from the whole-frame maps. Regions and appearance always come from the whole frame.
         Returns one :class:`engine.multi.Animals` per frame, keypoints in original-frame pixels.
         """
+        from ppmtrack.engine.correspond import descriptor_grid
         from ppmtrack.engine.multi import Animals, find_animals, region_appearance, region_boxes
 
         self.cache_prompt()
@@ -403,9 +411,7 @@ class Engine:
             out = self.extractor.layer_maps(z, self.conditioning(), n_tokens=len(self.names) + 1, features=True)
             maps = out["maps"]
             res = maps.shape[-1]
-            features = torch.cat([F.normalize(F.interpolate(f.permute(0, 3, 1, 2).float(), size=(res, res),
-                                                            mode="bilinear", align_corners=False), dim=1)
-                                  for f in out["features"]], dim=1).permute(0, 2, 3, 1)  # (B, R, R, C)
+            features = descriptor_grid(out["features"], res)  # (B, R, R, C), unit per cell (engine.correspond)
         else:
             maps = (self.map_runner or self.eager_maps)(z)
         fused, fg = self._fused_maps(maps)

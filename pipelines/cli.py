@@ -390,12 +390,19 @@ def run_track(args) -> int:
             raise UsageError("--animals tracks one video file per command (several videos or streams: not yet)")
     if len(inputs) == 1 and not live:  # a bad file or an empty selection fails now, before loading a model
         check_selection(args.start, args.stop, args.stride, probe_source(inputs[0]).n_frames)
+    if args.detector != "ppm" and (args.animals is not None or args.ray or args.devices):
+        raise UsageError(f"--detector {args.detector} tracks one animal in this process (not with --animals, "
+                         "--devices or --ray)")
     out_dir = prepare_output_dir(args.output)
     if args.ray:
         if live or not args.engine:
             raise UsageError("--ray tracks video files with an engine file (--engine)")
         return _run_ray(args, out_dir, inputs, formats)
     engine, engine_path = _load_engine(args, out_dir, inputs, (_devices(args) or [None])[0])
+    if args.detector != "ppm":  # correspondence of the keypoints' descriptors as the (second) detector
+        from ppmtrack.engine.correspond_engine import DetectorEngine
+
+        engine = DetectorEngine(engine, args.detector)
     sha = engine_sha256(engine, engine_path)  # taken when the engine read its file
     items = plan_batch(inputs, out_dir, engine_identity(engine, engine_path, sha), args.overwrite,
                        frame_selection(args.start, args.stop, args.stride))
@@ -695,6 +702,10 @@ def run_label(args) -> int:
     session = LabelSession([Path(v) for v in args.videos], Path(args.output), names, skeleton, flip_pairs)
     if args.frames_from:
         session.suggested = _outlier_frames_of(args.frames_from, session.videos)
+    if args.model:  # label propagation: "Suggest" places keypoints from the labelled frames
+        from ppmtrack.pipelines.propagate import LabelProposer
+
+        session.proposer = LabelProposer(args.model)
     serve(session, host=args.host, port=args.port)
     return 0
 
@@ -826,6 +837,11 @@ def _add_browser_and_plot_commands(commands, debug) -> None:
     label.add_argument("--frames-from", dest="frames_from", metavar="SUMMARY",
                        help="propose the outlier frames a tracking run found (results/STEM.summary.json, "
                             "'detector'): where detection and motion disagree most — label them, adapt, track again")
+    label.add_argument("--model", metavar="ID_OR_PATH",
+                       help="diffusion model for suggestions: 'Suggest' places every keypoint on other frames from "
+                            "the labelled ones (feature correspondence, and optical flow within 5 frames); you "
+                            "accept or drag them (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5; loaded on "
+                            "first use)")
     label.set_defaults(run=run_label)
 
     review = commands.add_parser(
@@ -1098,6 +1114,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how far the keypoint filter trusts the engine's detections, as their error in pixels at "
                             "confidence 1; auto: each keypoint's held-out error that 'adapt' measured (printed by "
                             "'ppmtrack info ENGINE'), 2 px for an engine adapted without validation")
+    track.add_argument("--detector", choices=("ppm", "features", "both"), default="ppm",
+                       help="the measurement of each keypoint: ppm (the keypoint prompts' maps), features (the "
+                            "correspondence of the keypoint's diffusion features with the support frames', from the "
+                            "same forward), both (PPM, replaced by the features where they disagree and the features "
+                            "are surer); docs/points.md has the measurement behind the default")
     track.add_argument("--crop", choices=CROP_MODES, default="auto",
                        help="on: once the animal is found, the engine sees a square crop around where it is "
                             "expected (it fills the engine's input), and the whole frame again when the animal is "
@@ -1178,6 +1199,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Ray actors (default: one per GPU of the cluster, else one per CPU)")
     track.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
     track.set_defaults(run=run_track)
+    from ppmtrack.pipelines.points import add_points_command
+
+    add_points_command(commands, [device, debug], _HelpFormatter)
 
     evaluation = commands.add_parser(
         "eval", parents=[debug], formatter_class=_HelpFormatter,

@@ -611,6 +611,7 @@ def track_video(
                 "device": str(engine.model.device)},
         settings={"batch_size": batch_size, "smooth": "rts" if final_rts else "causal",
                   "flow": "off" if flow == "off" else "lk", "detection_noise": noise_record,
+                  "detector": getattr(engine, "detector", "ppm"),  # track --detector (engine.correspond_engine)
                   "crop": crop_settings(engine, crop, crops),
                   "smoothing": dataclasses.asdict(params), "output_formats": ["csv", *extra_formats],
                   "write_video": write_video, "video_style": video_style if write_video else None,

@@ -209,6 +209,13 @@ def create_app(session: LabelSession | ReviewSession, token: str | None = None,
         return JSONResponse({"frames": await asyncio.to_thread(propose_frames, session.videos[vid], n)})
 
     @errors
+    async def suggest(request):  # label propagation (pipelines.propagate.LabelProposer)
+        doc = await request.json()
+        frames = doc.get("frames") if isinstance(doc, dict) else None
+        return JSONResponse(await asyncio.to_thread(session.proposer.suggest, session,
+                                                    request.path_params["video"], frames))
+
+    @errors
     async def export_dlc(request):
         doc = await json_body(request)
         if not isinstance(doc, dict) or not isinstance(doc.get("scorer", ""), str):
@@ -254,6 +261,8 @@ def create_app(session: LabelSession | ReviewSession, token: str | None = None,
         routes += [Route("/api/labels", save_labels, methods=["PUT"]),
                    Route("/api/video/{video:int}/proposals", proposals),
                    Route("/api/export-dlc", export_dlc, methods=["POST"])]
+        if getattr(session, "proposer", None) is not None:  # ppmtrack label --model
+            routes.append(Route("/api/video/{video:int}/suggest", suggest, methods=["POST"]))
     else:
         routes += [Route("/api/support", add_support, methods=["POST"]),
                    Route("/api/tracks", tracks),

@@ -1,7 +1,8 @@
 // The labeller: place keypoints on chosen frames; every change is saved to the annotation file at once.
 "use strict";
 
-const state = {doc: null, video: 0, frame: 0, keypoint: 0, labels: new Map(), proposals: {}, dragging: -1, conflict: null};
+const state = {doc: null, video: 0, frame: 0, keypoint: 0, labels: new Map(), proposals: {}, dragging: -1, conflict: null,
+  suggestions: new Map()};  // suggestions: key → {name: [x, y]}, shown hollow until accepted
 let saving = Promise.resolve();
 const $ = (id) => document.getElementById(id);
 const view = new FrameView($("view"), drawPoints);
@@ -14,7 +15,15 @@ function pointsOf(label) {
   return state.doc.keypoints.map((name, k) => [k, label ? label.points[name] || null : null]);
 }
 
+function suggestedPoints() {
+  // suggestions of this frame for keypoints it has no label for: [k, [x, y] or null]
+  const suggested = state.suggestions.get(key(state.video, state.frame)) || {};
+  const label = currentLabel();
+  return state.doc.keypoints.map((name, k) => [k, label && label.points[name] ? null : suggested[name] || null]);
+}
+
 function drawPoints() {
+  for (const [k, xy] of suggestedPoints()) if (xy) view.dot(xy[0], xy[1], colour(k), 6, true);
   const label = currentLabel();
   if (!label) return;
   const byName = label.points;
@@ -119,6 +128,11 @@ $("view").addEventListener("mousedown", (e) => {
   const p = view.canvasPoint(e);
   const hit = view.nearest(pointsOf(currentLabel()), p);
   if (hit >= 0) { state.dragging = hit; state.keypoint = hit; render(); return; }
+  const suggestion = view.nearest(suggestedPoints(), p);
+  if (suggestion >= 0) {  // grabbing a suggestion accepts it; dragging moves it
+    ensureLabel().points[state.doc.keypoints[suggestion]] = suggestedPoints()[suggestion][1];
+    state.dragging = suggestion; state.keypoint = suggestion; render(); return;
+  }
   const [x, y] = clampToImage(view.toImage(p));
   ensureLabel().points[state.doc.keypoints[state.keypoint]] = [round3(x), round3(y)];
   save();
@@ -161,6 +175,7 @@ window.addEventListener("keydown", (e) => {
     ensureLabel().points[state.doc.keypoints[state.keypoint]] = null;
     save(); nextKeypoint(1);
   } else if (e.key === "a") { ensureLabel(); save(); render(); }
+  else if (e.key === "s") acceptSuggestions();
   else if (e.key === "x") {
     if (currentLabel() && confirm(`Remove frame ${state.frame} from the labels?`)) {
       state.labels.delete(key(state.video, state.frame)); save(); render();
@@ -191,6 +206,39 @@ async function propose() {
   } catch (e) { showStatus(e.message, true); }
 }
 $("propose").onclick = propose;
+
+async function suggest(frames) {
+  const video = state.video;
+  frames = frames.filter((f) => !state.labels.has(key(video, f))).slice(0, 50);
+  if (!frames.length) { showStatus("no unlabelled frame to suggest keypoints for"); return; }
+  showStatus(`suggesting keypoints on ${frames.length} frame(s)…`);
+  try {
+    const r = await api(`/api/video/${video}/suggest`, {method: "POST", body: {frames}});
+    for (const [frame, points] of Object.entries(r.frames)) {
+      const xy = {};
+      for (const [name, p] of Object.entries(points)) xy[name] = [p.x, p.y];
+      state.suggestions.set(key(video, Number(frame)), xy);
+    }
+    showStatus(`suggestions on ${Object.keys(r.frames).length} frame(s): drag to correct, s to accept`);
+    render();
+  } catch (e) {
+    showStatus(e.message === "Not Found" ? "suggestions need a model: start ppmtrack label with --model" : e.message,
+      true);
+  }
+}
+
+function acceptSuggestions() {
+  const suggested = suggestedPoints().filter(([, xy]) => xy);
+  if (!suggested.length) return;
+  const label = ensureLabel();
+  for (const [k, xy] of suggested) label.points[state.doc.keypoints[k]] = xy;
+  state.suggestions.delete(key(state.video, state.frame));
+  save();
+  render();
+}
+$("suggest-here").onclick = () => suggest([state.frame]);
+$("suggest-proposed").onclick = () => suggest(state.proposals[state.video] || []);
+$("accept").onclick = acceptSuggestions;
 
 $("apply-names").onclick = () => {
   const names = $("names").value.split("\n").map((s) => s.trim()).filter(Boolean);
