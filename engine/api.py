@@ -473,9 +473,9 @@ class Engine:
         maps = out["maps"]
         res = maps.shape[-1]
         read = self.read_out(maps, crop_box, return_foreground=True)
-        features = torch.cat([F.normalize(F.interpolate(f.permute(0, 3, 1, 2).float(), size=(res, res),
-                                                        mode="bilinear", align_corners=False), dim=1)
-                              for f in out["features"]], dim=1).permute(0, 2, 3, 1)  # (N, R, R, C)
+        from ppmtrack.engine.correspond import descriptor_grid
+
+        features = descriptor_grid(out["features"], res)  # (N, R, R, C), unit per cell (engine.correspond)
         # each crop's cells whose centres lie inside its given box
         centres = grid_to_input(np.arange(res, dtype=np.float64), self.resolution / res)
         corners = crop_box.to_input(np.array(given).reshape(-1, 2, 2))  # (N, 2 corners, xy)

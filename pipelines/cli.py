@@ -696,10 +696,18 @@ def run_label(args) -> int:
     from ppmtrack.pipelines.web.app import require_ui, serve
     from ppmtrack.pipelines.web.sessions import LabelSession
 
+    videos = [Path(v) for v in args.videos]
+    if args.output is None:  # `ppmtrack label proposed.json`: open an annotation (e.g. from discover) in place
+        if len(videos) != 1 or videos[0].suffix.lower() != ".json":
+            raise UsageError("name the annotation file to write with -o OUT.json (or open one: ppmtrack label "
+                             "FILE.json)")
+        if not videos[0].is_file():
+            raise UsageError(f"{videos[0]}: no such annotation file")
+        args.output, videos = str(videos[0]), []
     require_ui()
     names, skeleton, flip_pairs = _keypoint_options(args)
     prepare_output_dir(Path(args.output).parent)
-    session = LabelSession([Path(v) for v in args.videos], Path(args.output), names, skeleton, flip_pairs)
+    session = LabelSession(videos, Path(args.output), names, skeleton, flip_pairs)
     if args.frames_from:
         session.suggested = _outlier_frames_of(args.frames_from, session.videos)
     if args.model:  # label propagation: "Suggest" places keypoints from the labelled frames
@@ -824,11 +832,15 @@ def _add_browser_and_plot_commands(commands, debug) -> None:
         epilog="examples:\n  ppmtrack label session1.mp4 session2.mp4 -o support.json --keypoints nose,neck,tail "
                "--skeleton nose-neck,neck-tail\n  ppmtrack label session1.mp4 -o support.json --from "
                "dlc-project/config.yaml\n  ppmtrack label session1.mp4 -o support.json    # continue an existing "
-               "file\n",
+               "file\n  ppmtrack label proposed.json    # open a proposal of 'ppmtrack discover' to name and correct "
+               "its points\n",
     )
-    label.add_argument("videos", nargs="+", metavar="VIDEO", help="video files to label")
-    label.add_argument("-o", "--output", required=True, metavar="OUT.json",
-                       help="annotation file to write (continued if it exists)")
+    label.add_argument("videos", nargs="+", metavar="VIDEO",
+                       help="video files to label, or one annotation file to open and edit in place (e.g. the "
+                            "proposal of 'ppmtrack discover')")
+    label.add_argument("-o", "--output", metavar="OUT.json",
+                       help="annotation file to write (continued if it exists); needed unless an annotation file "
+                            "is opened")
     label.add_argument("--keypoints", metavar="A,B,C", help="keypoint names (or define them in the page)")
     label.add_argument("--skeleton", metavar="A-B,B-C", help="skeleton edges between --keypoints")
     label.add_argument("--from", dest="keypoints_from", metavar="FILE",
@@ -1286,6 +1298,9 @@ def build_parser() -> argparse.ArgumentParser:
         onnx.add_argument("--batch-size", type=int, dest="batch_size",
                           help="fixed batch size (default: dynamic)")
         onnx.set_defaults(run=run_export_onnx)
+    from ppmtrack.pipelines.discover import add_discover_command
+
+    add_discover_command(commands, [device, debug], _HelpFormatter)
     return parser
 
 

@@ -241,17 +241,29 @@ $("suggest-proposed").onclick = () => suggest(state.proposals[state.video] || []
 $("accept").onclick = acceptSuggestions;
 
 $("apply-names").onclick = () => {
-  const names = $("names").value.split("\n").map((s) => s.trim()).filter(Boolean);
+  // "head = kp03" renames kp03 (its points kept); "head = kp03 + kp05" merges them (the mean where both are placed)
+  const names = [], sources = {};
+  for (const line of $("names").value.split("\n").map((s) => s.trim()).filter(Boolean)) {
+    const [name, from] = line.split("=").map((s) => s.trim());
+    if (!name || names.includes(name)) continue;
+    names.push(name);
+    sources[name] = from ? from.split("+").map((s) => s.trim()).filter(Boolean) : [name];
+  }
+  const used = new Set(Object.values(sources).flat());
   const skeleton = $("skeleton").value.split("\n").map((s) => s.split(",").map((n) => n.trim()))
     .filter((e) => e.length === 2 && e[0] && e[1]);
   const lost = [...state.labels.values()].some((l) => Object.entries(l.points)
-    .some(([n, xy]) => xy && !names.includes(n)));
+    .some(([n, xy]) => xy && !used.has(n)));
   if (lost && !confirm("Keypoints that are no longer in the list lose their points. Go on?")) return;
   for (const l of state.labels.values()) {
     const points = {};
-    for (const n of names) points[n] = l.points[n] || null;
+    for (const n of names) {
+      const xs = sources[n].map((o) => l.points[o]).filter(Boolean);
+      points[n] = xs.length ? [0, 1].map((d) => round3(xs.reduce((a, p) => a + p[d], 0) / xs.length)) : null;
+    }
     l.points = points;
   }
+  $("names").value = names.join("\n");
   state.doc.keypoints = names;
   state.doc.skeleton = skeleton;
   state.keypoint = 0;
