@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from ppmtrack.engine.geometry import InputMapping, crop, engine_input, grid_to_i
 from ppmtrack.engine.infer import MapExtractor
 from ppmtrack.engine.localize import read_out
 from ppmtrack.engine.models import DEFAULT_MODEL, DiffusionModel, load_model, same_model
+from ppmtrack.engine.prediction import Prediction
 from ppmtrack.engine.speed import MapRunner, SpeedConfig, build_map_runner, speed_encoder
 from ppmtrack.engine.support import SupportSet
 from ppmtrack.engine.validate import validate_adaptation
@@ -39,21 +40,6 @@ def package_version() -> str:
         return version("ppmtrack")
     except Exception:  # noqa: BLE001 (running from a source tree)
         return "0+unknown"
-
-
-@dataclass
-class Prediction:
-    """Keypoints of a batch of frames, in original-frame pixels.
-
-    keypoints (B, K, 2); confidence (B, K): peak of the refined map in [0, 1]; sharpness (B, K): peak over the
-    map's mean; maps (B, K, R, R) refined maps and foreground (B, R, R), when asked for.
-    """
-
-    keypoints: np.ndarray
-    confidence: np.ndarray
-    sharpness: np.ndarray
-    maps: np.ndarray | None = None
-    foreground: np.ndarray | None = None
 
 
 class Engine:

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from ppmtrack.engine.adapt import to_image, to_tensor
-from ppmtrack.engine.api import Prediction
 from ppmtrack.engine.augment import AugmentConfig, random_affine, warp_view
 from ppmtrack.engine.correspond import (
     CorrespondConfig,
@@ -32,6 +31,7 @@ from ppmtrack.engine.correspond import (
 )
 from ppmtrack.engine.errors import UsageError
 from ppmtrack.engine.geometry import grid_to_input, input_to_grid
+from ppmtrack.engine.prediction import Prediction
 
 DETECTORS = ("ppm", "features", "both")
 DEFAULT_DETECTOR = "ppm"

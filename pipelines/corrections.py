@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ppmtrack.engine.atomic import atomic_path
 from ppmtrack.engine.errors import UsageError
 from ppmtrack.pipelines.io.csv import read_multi_tracks_csv, write_multi_tracks_csv
 from ppmtrack.tracker import Tracks
@@ -186,9 +186,8 @@ class Corrections:
 
     def _save(self) -> list[str]:
         path = corrections_path(self.csv)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.doc, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.doc, indent=1) + "\n", encoding="utf-8")
         return self.export()
 
     def outputs(self) -> list[Path]:

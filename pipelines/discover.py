@@ -226,7 +226,7 @@ def run_discover(args) -> int:
           + " of the frames' farthest-point sets")
     print(f"wrote {output} and {sheet_path(output)}")
     if engine is not None:
-        from ppmtrack.pipelines.anchors import support_frame_records
+        from ppmtrack.pipelines.anchor_discovery import support_frame_records
 
         engine.info["support_frames"] = support_frame_records(labels, chosen.images)
         engine.save(engine_path)

@@ -641,7 +641,9 @@ def track_video(
                                          info.fps_fraction or info.fps or DEFAULT_VIDEO_FPS, engine.names,
                                          engine.skeleton, **video_style)
         if not is_live:
-            state = RunState(state_folder, engine.names, keep=n_before if resume else None)
+            # a URL read as a file (not a live stream) gets its run state too
+            state = RunState(state_folder or state_dir(out_dir, stem), engine.names,
+                             keep=n_before if resume else None)
             if resume:  # the CSV of exactly the frames the state holds (no half-written or unrecorded frame)
                 with _naming_the_file(paths["csv"]):
                     _write_csv_from_state(state, paths["csv"], engine.names)

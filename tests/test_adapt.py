@@ -82,7 +82,7 @@ def test_engine_file_for_another_model_is_refused(adapted_engine, tmp_path):
     with torch.no_grad():
         for p in other.unet.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    with pytest.raises(EngineFileError, match="different weights"):
+    with pytest.raises(EngineFileError, match="weights loaded now under that name differ"):
         Engine.load(path, model=other)
 
 

@@ -57,7 +57,8 @@ def test_the_label_page_suggests_without_saving_until_the_user_accepts(tiny_mode
     assert "label at least one frame" in client.post("/api/video/0/suggest", json={"frames": [3]}).json()["error"]
     doc = {"keypoints": ["nose", "tail_tip"], "skeleton": [], "frames": [
         {"video": 0, "frame": 10, "points": {"nose": [154.4, 160.3], "tail_tip": [21.2, 134.4]}}]}
-    client.put("/api/labels", json=doc)
+    revision = client.put("/api/labels", json={**doc, "revision": client.get("/api/state").json()["revision"]}
+                          ).json()["revision"]
     before = out.read_bytes()
     r = client.post("/api/video/0/suggest", json={"frames": [12, 60, 10]})
     assert r.status_code == 200
@@ -74,5 +75,5 @@ def test_the_label_page_suggests_without_saving_until_the_user_accepts(tiny_mode
     assert client.post("/api/video/5/suggest", json={"frames": [1]}).status_code == 400
     # accepting is the page saving them as labels, like clicks
     doc["frames"].append({"video": 0, "frame": 60, "points": {n: [p["x"], p["y"]] for n, p in got["60"].items()}})
-    client.put("/api/labels", json=doc)
+    assert client.put("/api/labels", json={**doc, "revision": revision}).status_code == 200
     assert [ref.frame for ref in read_annotation(out).frames] == [10, 60]
