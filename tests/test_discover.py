@@ -124,9 +124,8 @@ def test_proposal_round_trips_through_label_and_adapt(discovered, tiny_model, tm
     assert engine.names == ["kp01", "kp02"]
 
 
-@pytest.mark.xfail(reason="after the merge with the run-state tracking run the discovered engine's tracked positions come "
-                          "out NaN in the DLC file (run and file are produced and load in movement); open, see issue 24",
-                   strict=False)
+@pytest.mark.xfail(reason="after the merge with the run-state run the discovered engine's tracked "
+                          "positions come out NaN in the DLC file; open, see issue 24", strict=False)
 def test_discovered_engine_tracks_the_sample_and_movement_reads_it(discovered, tmp_path):
     load_poses = pytest.importorskip("movement.io.load_poses")
     out = tmp_path / "tracks"
